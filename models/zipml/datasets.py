@@ -1,0 +1,201 @@
+"""Datasets for the ZipML experiments, by name or by path.
+
+Ref: ZipML (arXiv 1611.05402) experiments; dataset list and synthetic generator (a ~ N(0, 1), σ = 1, sparsity 0.1)
+from fpgasystems/ZipML-XeonFPGA@a7bdb44 SW/main.cpp; LIBSVM files read with ``sklearn.datasets.load_svmlight_file``.
+
+* bundled (offline): ``diabetes`` (regression), ``breast_cancer`` (binary), ``digits`` (10 classes) from
+  scikit-learn; ``synthetic10``, ``synthetic100``, ``synthetic1000``: 10,000 samples of b = Ax* + ε with
+  a ~ N(0, I_d), x* with 10 % non-zero N(0, 1) entries (at least one), ε ~ N(0, 1), seeded.
+* LIBSVM sets of the paper (``cadata``, ``YearPredictionMSD``, ``cod-rna``, ``gisette``, ``epsilon``): read from the
+  cache directory (``$ZIPPIX_DATA`` or ``~/.cache/zippix``), downloaded there first when ``download=True`` and a
+  network exists; otherwise a :class:`DatasetError` says where to put the file.
+* any path: a LIBSVM/svmlight text file, or ``.npz`` with arrays ``X`` and ``y``.
+
+Every failure a user can cause raises :class:`DatasetError` naming the file or name and the problem.
+"""
+
+from __future__ import annotations
+
+import bz2
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Dataset", "DatasetError", "BUNDLED", "SYNTHETIC", "DOWNLOADABLE", "DATASET_NAMES", "load_dataset",
+           "make_synthetic", "cache_dir", "dataset_names"]
+
+
+class DatasetError(ValueError):
+    """A dataset could not be found, downloaded or parsed; the message names the file/name and the problem."""
+
+
+@dataclass
+class Dataset:
+    """Features ``X`` (n × d float64, dense), labels ``y`` (n,), a name and a task
+    (``'regression'``, ``'binary'`` or ``'multiclass'``)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    name: str
+    task: str
+
+    @property
+    def n_samples(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, task={self.task!r}, n_samples={self.n_samples}, n_features={self.n_features})"
+
+
+BUNDLED = ("diabetes", "breast_cancer", "digits")
+SYNTHETIC = ("synthetic10", "synthetic100", "synthetic1000")
+_LIBSVM = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets"
+# name -> (url, cached file name, task)
+DOWNLOADABLE = {
+    "cadata": (f"{_LIBSVM}/regression/cadata", "cadata", "regression"),
+    "YearPredictionMSD": (f"{_LIBSVM}/regression/YearPredictionMSD.bz2", "YearPredictionMSD", "regression"),
+    "cod-rna": (f"{_LIBSVM}/binary/cod-rna", "cod-rna", "binary"),
+    "gisette": (f"{_LIBSVM}/binary/gisette_scale.bz2", "gisette_scale", "binary"),
+    "epsilon": (f"{_LIBSVM}/binary/epsilon_normalized.bz2", "epsilon_normalized", "binary"),
+}
+DATASET_NAMES = BUNDLED + SYNTHETIC + tuple(DOWNLOADABLE)
+
+
+def dataset_names() -> tuple[str, ...]:
+    """All names :func:`load_dataset` accepts (besides paths)."""
+    return DATASET_NAMES
+
+
+def cache_dir() -> Path:
+    """Where downloaded LIBSVM sets live: ``$ZIPPIX_DATA`` or ``~/.cache/zippix``."""
+    return Path(os.environ.get("ZIPPIX_DATA", Path.home() / ".cache" / "zippix"))
+
+
+def make_synthetic(d: int, n: int = 10_000, *, seed: int = 0, noise: float = 1.0, sparsity: float = 0.1) -> Dataset:
+    """The paper's noisy linear model: b = A x* + ε (see the module docstring); deterministic for a seed."""
+    rng = np.random.default_rng([seed, d])
+    A = rng.standard_normal((n, d))
+    x_star = np.zeros(d)
+    k = max(1, int(round(sparsity * d)))
+    support = rng.choice(d, size=k, replace=False)
+    x_star[support] = rng.standard_normal(k)
+    y = A @ x_star + noise * rng.standard_normal(n)
+    return Dataset(A, y, f"synthetic{d}", "regression")
+
+
+def _task_of(y: np.ndarray) -> str:
+    u = np.unique(y)
+    if u.size == 2:
+        return "binary"
+    if u.size <= 20 and np.all(u == np.round(u)):
+        return "multiclass"
+    return "regression"
+
+
+def _load_file(path: Path, n_features: int | None) -> Dataset:
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, not a dataset file")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{path}: file is empty")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "X" not in z or "y" not in z:
+                    raise DatasetError(f"{path}: .npz must contain arrays 'X' and 'y' (found {sorted(z.files)})")
+                X, y = np.asarray(z["X"], dtype=np.float64), np.asarray(z["y"], dtype=np.float64)
+        except DatasetError:
+            raise
+        except Exception as exc:  # zipfile/pickle/format errors
+            raise DatasetError(f"{path}: not a readable .npz file ({exc})") from exc
+        if X.ndim != 2:
+            raise DatasetError(f"{path}: X must be 2-D, got shape {X.shape}")
+        y = y.ravel()
+        if X.shape[0] != y.shape[0]:
+            raise DatasetError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+        if n_features is not None and X.shape[1] != n_features:
+            raise DatasetError(f"{path}: expected {n_features} features, file has {X.shape[1]}")
+    else:
+        from sklearn.datasets import load_svmlight_file
+
+        try:
+            X, y = load_svmlight_file(str(path), n_features=n_features)
+        except Exception as exc:  # sklearn raises ValueError/UnicodeDecodeError/... from its Cython parser
+            msg = str(exc) or type(exc).__name__
+            if n_features is not None and "n_features" in msg:
+                raise DatasetError(f"{path}: file has more features than the expected {n_features} ({msg})") from exc
+            raise DatasetError(f"{path}: not a valid LIBSVM/svmlight file ({msg})") from exc
+        X = np.asarray(X.todense(), dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+    if X.shape[0] == 0:
+        raise DatasetError(f"{path}: contains no samples")
+    if X.shape[1] == 0:
+        raise DatasetError(f"{path}: contains no features")
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise DatasetError(f"{path}: contains NaN or infinite values")
+    return Dataset(X, y, path.name, _task_of(y))
+
+
+def _download(name: str) -> Path:
+    url, fname, _ = DOWNLOADABLE[name]
+    target = cache_dir() / fname
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
+            src = bz2.BZ2File(resp) if url.endswith(".bz2") else resp
+            shutil.copyfileobj(src, out)
+    except (urllib.error.URLError, OSError, EOFError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(
+            f"{name}: download from {url} failed ({exc}); no network? Put the LIBSVM file at {target} "
+            f"(or set ZIPPIX_DATA) and retry") from exc
+    tmp.replace(target)
+    return target
+
+
+def load_dataset(name_or_path: str | os.PathLike, *, download: bool = True, n_features: int | None = None,
+                 seed: int = 0) -> Dataset:
+    """Load a dataset by name (see :data:`DATASET_NAMES`) or path (LIBSVM text or ``.npz``).
+
+    ``download``: fetch a missing paper set into :func:`cache_dir`; ``n_features``: expected feature count (a
+    file with more fails); ``seed``: for the synthetic sets.  Unknown names raise :class:`DatasetError` listing
+    the valid names.
+    """
+    key = str(name_or_path)
+    if key in BUNDLED:
+        from sklearn import datasets as skd
+
+        loader = {"diabetes": skd.load_diabetes, "breast_cancer": skd.load_breast_cancer,
+                  "digits": skd.load_digits}[key]
+        bunch = loader()
+        task = {"diabetes": "regression", "breast_cancer": "binary", "digits": "multiclass"}[key]
+        return Dataset(np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.float64),
+                       key, task)
+    if key in SYNTHETIC:
+        return make_synthetic(int(key[len("synthetic"):]), seed=seed)
+    if key in DOWNLOADABLE:
+        fname, task = DOWNLOADABLE[key][1], DOWNLOADABLE[key][2]
+        target = cache_dir() / fname
+        if not target.exists():
+            if not download:
+                raise DatasetError(f"{key}: not in the cache ({target}) and download=False")
+            target = _download(key)
+        ds = _load_file(target, n_features)
+        return Dataset(ds.X, ds.y, key, task)
+    path = Path(key).expanduser()
+    if path.exists() or os.sep in key or path.suffix:
+        return _load_file(path, n_features)
+    raise DatasetError(f"unknown dataset {key!r}: not a file, and not one of {', '.join(DATASET_NAMES)}")
