@@ -10,7 +10,7 @@ Modules: :mod:`.rng` (hardware-twin xorshift32 lanes), :mod:`.quantize` (levels,
 :mod:`.deep` (PyTorch CNN with quantized weights; imports torch lazily, only when used).
 """
 
-from .datasets import DATASET_NAMES, Dataset, DatasetError, load_dataset, make_synthetic
+from .datasets import DATASET_NAMES, Dataset, DatasetError, load_dataset, make_synthetic, prepare_linear
 from .optimal_levels import (optimal_levels, optimal_levels_brute_force, optimal_levels_candidates,
                              optimal_levels_exact, per_feature_optimal_levels, variance_cost)
 from .pack import (pack_double_sampled, pack_fields, pack_rows_with_label, unpack_double_sampled, unpack_fields,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Dataset", "DatasetError", "BUNDLED", "SYNTHETIC", "DOWNLOADABLE", "DATASET_NAMES", "load_dataset",
-           "make_synthetic", "cache_dir", "dataset_names"]
+           "make_synthetic", "cache_dir", "dataset_names", "prepare_linear"]
 
 
 class DatasetError(ValueError):
@@ -199,3 +199,29 @@ def load_dataset(name_or_path: str | os.PathLike, *, download: bool = True, n_fe
     if path.exists() or os.sep in key or path.suffix:
         return _load_file(path, n_features)
     raise DatasetError(f"unknown dataset {key!r}: not a file, and not one of {', '.join(DATASET_NAMES)}")
+
+
+def prepare_linear(ds: Dataset, *, signed: bool = False, per: str = "feature", labels: str = "auto",
+                   positive_class=None):
+    """Scale a dataset the way the FPGA host does (SW/zipml_sgd.h ``a_normalize``): features min-max scaled per
+    feature (or per sample) to [0, 1] / [−1, 1], a constant-1 bias column appended (not normalised), labels handled
+    separately: ``'minmax'`` scales them to [0, 1] (regression), ``'binary'`` maps them to {0, 1} (``binarize_b``),
+    ``'pm1'`` to {−1, +1}; ``'auto'`` = minmax for regression, binary otherwise.  For multiclass data
+    ``positive_class`` picks one-vs-all (default: the largest label).  Returns ``(A, b)``.
+    """
+    from .quantize import add_bias, minmax_scale, scale_labels
+
+    A, _ = minmax_scale(add_bias(ds.X), per=per, signed=signed, bias_column=-1)
+    y = np.asarray(ds.y, dtype=np.float64)
+    if labels == "auto":
+        labels = "minmax" if ds.task == "regression" else "binary"
+    if labels == "minmax":
+        b, _ = scale_labels(y)
+    elif labels in ("binary", "pm1"):
+        pos = np.max(y) if positive_class is None else positive_class
+        b = (y == pos).astype(np.float64)
+        if labels == "pm1":
+            b = 2.0 * b - 1.0
+    else:
+        raise ValueError(f"labels must be auto, minmax, binary or pm1, got {labels!r}")
+    return A, b
