@@ -11,7 +11,7 @@ Sorted x_1 ≤ … ≤ x_d, prefix sums β_j = Σ_{m≤j} x_m, γ_j = Σ_{m≤j}
     MSE[2, j] = C[1, j];   MSE[i, j] = min_{k ≤ j} MSE[i−1, k] + C[k, j];   answer MSE[s, d]
 
 (k = j adds a duplicate level at zero cost, so inputs with fewer than s distinct values work.)  Each DP row is one
-vectorised min over a (d × d) matrix.  The candidate method restricts levels to M quantile points of the data but
+vectorised min over a (d × d) matrix.  The candidate method restricts levels to M candidate points (quantiles plus an even value grid) but
 still charges every data point (C uses the full prefix sums), so its cost is exact for the levels it returns.
 """
 
@@ -77,13 +77,18 @@ def optimal_levels_exact(x, s: int):
 
 
 def optimal_levels_candidates(x, s: int, n_candidates: int = 256):
-    """Fast near-optimal levels: exact DP over ``n_candidates`` quantile points (min and max included);
+    """Fast near-optimal levels: exact DP over ``n_candidates`` candidate points (min and max included): half at
+    evenly spaced ranks (quantiles, for dense regions), half at the data points nearest an even grid of values
+    (for sparse tails, where skewed data put levels);
     O(d log d + s·M²).  Exact when the data have at most ``n_candidates`` points.  Returns ``(levels, cost)``."""
     xs = _check(x, s)
     d = xs.size
     if d <= n_candidates:
         return _dp(xs, np.arange(d), s)
-    cand = np.unique(np.round(np.linspace(0, d - 1, n_candidates)).astype(np.int64))
+    half = max(n_candidates // 2, 2)
+    by_rank = np.round(np.linspace(0, d - 1, half)).astype(np.int64)  # quantiles: dense regions
+    by_value = np.searchsorted(xs, np.linspace(xs[0], xs[-1], n_candidates - half + 2))  # sparse tails
+    cand = np.unique(np.clip(np.concatenate([by_rank, by_value]), 0, d - 1))
     # keep the last copy of each candidate value so ties are charged correctly
     cand = np.unique(np.searchsorted(xs, xs[cand], side="right") - 1)
     if cand[0] != 0:
