@@ -19,7 +19,7 @@ def test_chebyshev_coefficients_approximate_the_derivative():
         assert np.allclose(p, cheb(z), atol=1e-10)  # power-basis conversion is exact
         errs.append(np.max(np.abs(p - logistic_derivative(z))))
     assert all(a > b for a, b in zip(errs, errs[1:])) and errs[-1] < 3e-3
-    assert errs[0] < 0.1
+    assert errs[0] < 0.15
     assert logistic_derivative(0.0) == pytest.approx(-0.5)
 
 
