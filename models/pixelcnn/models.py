@@ -1,0 +1,228 @@
+"""PixelCNN models: baseline Gated PixelCNN, Grayscale PixelCNN, Pyramid PixelCNN, and the plain
+masked-conv streaming PixelCNN used for the integer hardware export.
+
+Ref: Kolesnikov & Lampert, ICML 2017 (arXiv 1612.08185) §3 (auxiliary variables: quantised grayscale
+view, multi-resolution pyramid; loss -log p(f(x)) - log p(x | f(x)), an upper bound on -log p(x));
+released Pyramid code kolesman/FaceGeneration utils.py (avg-pool of the full-resolution image then
+re-quantise; coarsest level unconditional; shallow conditional PixelCNN per finer level with a
+non-causal conditioning net). Gated PixelCNN: arXiv 1606.05328. Softmax outputs as in arXiv 1601.06759.
+
+Every model exposes ``loss_parts(x) -> {name: bits per image (N,)}`` and ``bpd(x)`` in bits per
+dimension of the full-resolution image (the same denominator C*H*W for every part).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import GatedLayer, MaskedConv2d
+
+LN2 = math.log(2.0)
+
+
+def nll_bits(logits, x):
+    """Bits per image of integer image ``x`` (N,C,H,W) under softmax ``logits`` (N,C,L,H,W)."""
+    ce = F.cross_entropy(logits.transpose(1, 2), x.long(), reduction="none")
+    return ce.flatten(1).sum(1) / LN2
+
+
+class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN (vertical+horizontal stacks, no blind spot), softmax over ``levels`` per channel;
+    RGB handled by channel-group masks (R, then G given R, then B given R, G). Optional conditioning
+    map (``cond_ch`` channels, same H x W) enters every layer through 1x1 convs."""
+
+    def __init__(self, channels=1, levels=17, hidden=32, n_layers=5, k=3, cond_ch=0):
+        super().__init__()
+        self.channels, self.levels, self.cond_ch = channels, levels, cond_ch
+        g = channels
+        self.layers = nn.ModuleList(
+            GatedLayer(channels if i == 0 else hidden, hidden, k, g, first=i == 0, cond_ch=cond_ch)
+            for i in range(n_layers))
+        self.head1 = MaskedConv2d(hidden, hidden, 1, "B", g)
+        self.head2 = MaskedConv2d(hidden, channels * levels, 1, "B", g)
+
+    def scale(self, x):
+        return x.to(self.head2.weight.dtype) * (2.0 / (self.levels - 1)) - 1.0
+
+    def head(self, h):
+        return self.head2(F.relu(self.head1(F.relu(h))))
+
+    def forward(self, x, cond=None):
+        v = h = self.scale(x)
+        for layer in self.layers:
+            v, h = layer(v, h, cond)
+        out = self.head(h)
+        n, _, hh, ww = out.shape
+        return out.view(n, self.channels, self.levels, hh, ww)
+
+    def nll(self, x, cond=None):
+        return nll_bits(self(x, cond), x)
+
+    def loss_parts(self, x):
+        return {"pixels": self.nll(x)}
+
+    def bpd(self, x):
+        return sum(self.loss_parts(x).values()) / x[0].numel()
+
+
+class CondNet(nn.Module):
+    """Non-causal conditioning network (plain 3x3 convs + ReLU) over a whole auxiliary image."""
+
+    def __init__(self, cin, hidden=32, n=3):
+        super().__init__()
+        mods = []
+        for i in range(n):
+            mods += [nn.Conv2d(cin if i == 0 else hidden, hidden, 3, padding=1)]
+            if i < n - 1:
+                mods += [nn.ReLU()]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def to_gray(x, levels, gray_levels):
+    """Deterministic f(x): quantised grayscale. RGB: ITU-R 601 luma (299R + 587G + 114B)/1000, then
+    floor(Y * G / L); 1 channel: floor(x * G / L). Exact integer arithmetic. Returns (N,1,H,W) in 0..G-1."""
+    x = x.long()
+    if x.shape[1] == 3:
+        y = 299 * x[:, 0:1] + 587 * x[:, 1:2] + 114 * x[:, 2:3]
+        return (y * gray_levels) // (1000 * levels)
+    return (x * gray_levels) // levels
+
+
+class GrayscalePixelCNN(nn.Module):
+    """p(x) <= p(g) p(x | g), g = f(x) a ``gray_levels``-level grayscale view: a Gated PixelCNN prior on g,
+    and a Gated PixelCNN on x conditioned on a non-causal CondNet over all of g."""
+
+    def __init__(self, channels=1, levels=17, gray_levels=16, hidden=32, n_layers=5, k=3,
+                 gray_hidden=None, gray_layers=None, cond_hidden=32):
+        super().__init__()
+        self.channels, self.levels, self.gray_levels = channels, levels, gray_levels
+        self.prior = GatedPixelCNN(1, gray_levels, gray_hidden or hidden, gray_layers or n_layers, k)
+        self.cond_net = CondNet(1, cond_hidden)
+        self.colour = GatedPixelCNN(channels, levels, hidden, n_layers, k, cond_ch=cond_hidden)
+
+    def aux(self, x):
+        return to_gray(x, self.levels, self.gray_levels)
+
+    def condition(self, g):
+        return self.cond_net(self.prior.scale(g))
+
+    def loss_parts(self, x):
+        g = self.aux(x)
+        return {"gray": self.prior.nll(g), "colour": self.colour.nll(x, self.condition(g))}
+
+    def bpd(self, x):
+        return sum(self.loss_parts(x).values()) / x[0].numel()
+
+
+def pool_levels(x, factor):
+    """Average-pool integer image over factor x factor blocks of the full-resolution image and
+    re-quantise with round-half-up: floor(mean + 1/2) = (2*sum + n) // (2n). Exact integers."""
+    if factor == 1:
+        return x.long()
+    n = factor * factor
+    s = F.avg_pool2d(x.double(), factor) * n
+    return ((2 * s.round().long() + n) // (2 * n))
+
+
+class PyramidPixelCNN(nn.Module):
+    """Pyramid PixelCNN: levels x_0 (full res), x_l = pool(x, 2^l); the coarsest level by an
+    unconditional Gated PixelCNN; every finer level by a shallow Gated PixelCNN conditioned on a
+    CondNet over the nearest-upsampled coarser level. Loss parts ``level<l>`` (0 = finest)."""
+
+    def __init__(self, channels=1, levels=17, n_levels=2, hidden=32, coarse_layers=5, fine_layers=2,
+                 k=3, cond_hidden=32):
+        super().__init__()
+        self.channels, self.levels, self.n_levels = channels, levels, n_levels
+        self.coarse = GatedPixelCNN(channels, levels, hidden, coarse_layers, k)
+        self.fine = nn.ModuleList(GatedPixelCNN(channels, levels, hidden, fine_layers, k, cond_ch=cond_hidden)
+                                  for _ in range(n_levels - 1))
+        self.cond_nets = nn.ModuleList(CondNet(channels, cond_hidden) for _ in range(n_levels - 1))
+
+    def pyramid(self, x):
+        h, w = x.shape[-2:]
+        f = 2 ** (self.n_levels - 1)
+        if h % f or w % f:
+            raise ValueError(f"image size {h}x{w} not divisible by 2^(n_levels-1) = {f}")
+        return [pool_levels(x, 2 ** l) for l in range(self.n_levels)]
+
+    def condition(self, l, coarser):
+        up = F.interpolate(self.coarse.scale(coarser), scale_factor=2, mode="nearest")
+        return self.cond_nets[l](up)
+
+    def loss_parts(self, x):
+        xs = self.pyramid(x)
+        parts = {f"level{self.n_levels - 1}": self.coarse.nll(xs[-1])}
+        for l in range(self.n_levels - 2, -1, -1):
+            parts[f"level{l}"] = self.fine[l].nll(xs[l], self.condition(l, xs[l + 1]))
+        return parts
+
+    def bpd(self, x):
+        return sum(self.loss_parts(x).values()) / x[0].numel()
+
+
+def input_lut(levels):
+    """int8 input code of each pixel level: round_half_up((2*level/(L-1) - 1) * 127), in -127..127."""
+    lv = torch.arange(levels, dtype=torch.float64)
+    return torch.floor((2 * lv / (levels - 1) - 1) * 127 + 0.5).long()
+
+
+class StreamPixelCNN(nn.Module):
+    """Plain masked-conv PixelCNN for the integer/streaming export (every layer a masked KxK or 1x1
+    conv over the same H x W, zero padding): mask-A KxK conv + ReLU; ``n_res`` residual blocks
+    h = h + ReLU(maskB conv(h)); 1x1 + ReLU; 1x1 to ``levels`` logits. Input = input_lut[x] / 127.
+    Has the classic blind spot (kept on purpose: streaming-friendly)."""
+
+    def __init__(self, channels=1, levels=17, hidden=32, n_res=4, k_first=5, k=3, head=32):
+        super().__init__()
+        self.channels, self.levels = channels, levels
+        g = channels
+        self.first = MaskedConv2d(channels, hidden, k_first, "A", g)
+        self.res = nn.ModuleList(MaskedConv2d(hidden, hidden, k, "B", g) for _ in range(n_res))
+        self.head1 = MaskedConv2d(hidden, head, 1, "B", g)
+        self.head2 = MaskedConv2d(head, channels * levels, 1, "B", g)
+        self.register_buffer("in_lut", input_lut(levels))
+
+    def scale(self, x):
+        return self.in_lut[x.long()].to(self.head2.weight.dtype) / 127.0
+
+    def forward(self, x, cond=None):
+        h = F.relu(self.first(self.scale(x)))
+        for conv in self.res:
+            h = h + F.relu(conv(h))
+        out = self.head2(F.relu(self.head1(h)))
+        n, _, hh, ww = out.shape
+        return out.view(n, self.channels, self.levels, hh, ww)
+
+    def nll(self, x, cond=None):
+        return nll_bits(self(x), x)
+
+    def loss_parts(self, x):
+        return {"pixels": self.nll(x)}
+
+    def bpd(self, x):
+        return sum(self.loss_parts(x).values()) / x[0].numel()
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def build(name, channels, levels, **kw):
+    """Model factory used by train.py / bench: name in pixelcnn, gray, pyramid, stream."""
+    if name == "pixelcnn":
+        return GatedPixelCNN(channels, levels, **kw)
+    if name == "gray":
+        kw.setdefault("gray_levels", 16 if channels == 3 else 4)
+        return GrayscalePixelCNN(channels, levels, **kw)
+    if name == "pyramid":
+        return PyramidPixelCNN(channels, levels, **kw)
+    if name == "stream":
+        return StreamPixelCNN(channels, levels, **kw)
+    raise ValueError(f"unknown model {name!r}; expected pixelcnn, gray, pyramid or stream")
+
+
+MODEL_NAMES = ("pixelcnn", "gray", "pyramid", "stream")

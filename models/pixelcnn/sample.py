@@ -1,0 +1,183 @@
+"""Sampling: naive (a full forward pass per pixel/channel), cached fast sampling (per new pixel only
+the positions it affects are computed: the vertical stack once per row, the horizontal stack and head
+at the new pixel only; Ramachandran et al. arXiv 1704.06001 style caches), coarse-to-fine Pyramid
+sampling and gray-then-colour Grayscale sampling; PNG grids of samples next to test images.
+
+Randomness is an explicit uniform stream u (N, C, H, W) in [0, 1): the value at a sub-pixel is the
+inverse-CDF draw  v = #{levels l : cdf(l) < u}  (float64 softmax), so naive and cached sampling with the
+same u give identical images. Ref: shared/docs/pixelcnn.md §2.4 (Pyramid coarse-to-fine), §3.3.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .layers import gate
+from .models import GatedPixelCNN, GrayscalePixelCNN, PyramidPixelCNN
+
+
+def draw(logits, u):
+    """Inverse-CDF draw. logits (N, L), u (N,) -> int64 (N,)."""
+    cdf = torch.softmax(logits.double(), dim=-1).cumsum(-1)
+    return (cdf < u.double()[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def uniform_stream(n, shape, seed=0):
+    """The random stream: float64 uniforms (n, *shape) from NumPy's PCG64 with ``seed``."""
+    return torch.from_numpy(np.random.default_rng(seed).random((n, *shape)))
+
+
+@torch.no_grad()
+def sample_naive(model, u, cond=None):
+    """Full forward pass for every sub-pixel (raster order, then R, G, B)."""
+    n, C, H, W = u.shape
+    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    for i in range(H):
+        for j in range(W):
+            for c in range(C):
+                x[:, c, i, j] = draw(model(x, cond)[:, c, :, i, j], u[:, c, i, j])
+    return x
+
+
+def _pw(conv, v):
+    """A 1x1 conv (masked or not) applied to per-position vectors v (N, Cin)."""
+    w = conv.weight[:, :, 0, 0]
+    if hasattr(conv, "mask"):
+        w = w * conv.mask[:, :, 0, 0]
+    return F.linear(v, w, conv.bias)
+
+
+@torch.no_grad()
+def sample_cached(model: GatedPixelCNN, u, cond=None):
+    """Cached sampling for a GatedPixelCNN: row i of the vertical stack is computed once when row i
+    starts (it only sees rows < i); each new sub-pixel then costs one horizontal-stack position per
+    layer plus the head. Same result as sample_naive for the same u."""
+    if not isinstance(model, GatedPixelCNN):
+        raise TypeError("sample_cached needs a GatedPixelCNN")
+    n, C, H, W = u.shape
+    dt = model.head2.weight.dtype
+    k = model.layers[0].k
+    p = k // 2
+    buf = lambda ch: torch.zeros(n, ch, H + 2 * p, W + 2 * p, dtype=dt)
+    L = len(model.layers)
+    hid = model.layers[0].ch
+    xin = buf(C)                                      # scaled image (input of v0 and h0)
+    zero = model.scale(torch.zeros(1, dtype=torch.long)).item()
+    xin[:, :, p:p + H, p:p + W] = zero                # image of level-0 pixels, as naive's zero image
+    vin = [xin] + [buf(hid) for _ in range(L - 1)]    # inputs of the vertical convs
+    hin = [xin] + [buf(hid) for _ in range(L)]        # inputs/outputs of the horizontal stack
+    vp = [torch.zeros(n, 2 * hid, H, W, dtype=dt) for _ in range(L)]
+    conds = [lay.cond(cond).chunk(2, dim=1) if lay.cond is not None else (0, 0) for lay in model.layers]
+    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    for i in range(H):
+        for l, lay in enumerate(model.layers):
+            row = lay.v.forward_row(vin[l], i)
+            if lay.cond is not None:
+                row = row + conds[l][0][:, :, i:i + 1]
+            vp[l][:, :, i] = row[:, :, 0]
+            if l + 1 < L:
+                vin[l + 1][:, :, p + i, p:p + W] = gate(row)[:, :, 0]
+        for j in range(W):
+            for c in range(C):
+                for l, lay in enumerate(model.layers):
+                    hp = lay.h.forward_at(hin[l], i, j) + _pw(lay.v2h, vp[l][:, :, i, j])
+                    if lay.cond is not None:
+                        hp = hp + conds[l][1][:, :, i, j]
+                    hn = _pw(lay.h_out, gate(hp))
+                    if not lay.first:
+                        hn = hn + hin[l][:, :, p + i, p + j]
+                    hin[l + 1][:, :, p + i, p + j] = hn
+                hv = hin[L][:, :, p + i, p + j]
+                logits = _pw(model.head2, F.relu(_pw(model.head1, F.relu(hv))))
+                v = draw(logits.view(n, C, -1)[:, c], u[:, c, i, j])
+                x[:, c, i, j] = v
+                xin[:, c, p + i, p + j] = model.scale(v)
+    return x
+
+
+@torch.no_grad()
+def sample_grayscale(model: GrayscalePixelCNN, u_gray, u, cached=True):
+    """Sample g ~ p(g), then x ~ p(x | g). Returns (g, x)."""
+    fn = sample_cached if cached else sample_naive
+    g = fn(model.prior, u_gray)
+    return g, fn(model.colour, u, model.condition(g))
+
+
+@torch.no_grad()
+def sample_pyramid(model: PyramidPixelCNN, us, cached=True):
+    """Coarse-to-fine: ``us`` = uniform streams per level, finest first. Returns levels, finest first."""
+    fn = sample_cached if cached else sample_naive
+    xs = [fn(model.coarse, us[-1])]
+    for l in range(model.n_levels - 2, -1, -1):
+        xs.insert(0, fn(model.fine[l], us[l], model.condition(l, xs[0])))
+    return xs
+
+
+def pyramid_streams(model, n, shape, seed=0):
+    C, H, W = shape
+    return [uniform_stream(n, (C, H >> l, W >> l), seed + l) for l in range(model.n_levels)]
+
+
+def sample_model(model, n, shape, seed=0, cached=True):
+    """Sample n full-resolution images from any model of this package."""
+    C, H, W = shape
+    if isinstance(model, PyramidPixelCNN):
+        return sample_pyramid(model, pyramid_streams(model, n, shape, seed), cached)[0]
+    if isinstance(model, GrayscalePixelCNN):
+        return sample_grayscale(model, uniform_stream(n, (1, H, W), seed + 100),
+                                uniform_stream(n, shape, seed), cached)[1]
+    u = uniform_stream(n, shape, seed)
+    if cached and isinstance(model, GatedPixelCNN):
+        return sample_cached(model, u)
+    return sample_naive(model, u)
+
+
+def grid(images, levels, ncol=8):
+    """(N, C, H, W) ints -> (rows*H+, ncol*W+, 3) float image in [0, 1] with 1-pixel white borders."""
+    x = np.asarray(images, np.float64) / (levels - 1)
+    n, C, H, W = x.shape
+    if C == 1:
+        x = np.repeat(x, 3, axis=1)
+    rows = -(-n // ncol)
+    out = np.ones((rows * (H + 1) + 1, ncol * (W + 1) + 1, 3))
+    for t in range(n):
+        r, c = divmod(t, ncol)
+        out[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[t].transpose(1, 2, 0)
+    return out
+
+
+def save_grid(path, samples, test_images, levels, ncol=8, scale=4):
+    """PNG: samples (left) next to test images (right), separated by a grey bar; nearest upscaled."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    a, b = grid(samples, levels, ncol), grid(test_images, levels, ncol)
+    h = max(a.shape[0], b.shape[0])
+    pad = lambda g: np.concatenate([g, np.ones((h - g.shape[0], g.shape[1], 3))]) if g.shape[0] < h else g
+    img = np.concatenate([pad(a), np.full((h, 3, 3), 0.5), pad(b)], axis=1)
+    img = np.kron(img, np.ones((scale, scale, 1)))
+    plt.imsave(path, np.clip(img, 0, 1))
+    return path
+
+
+def main(argv=None):
+    import argparse
+    from . import data
+    from .train import load_checkpoint
+    p = argparse.ArgumentParser(description="Sample a PNG grid from a trained checkpoint",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint")
+    p.add_argument("-n", "--samples", type=int, default=32)
+    p.add_argument("-o", "--out", default="samples.png")
+    p.add_argument("-s", "--seed", type=int, default=0)
+    p.add_argument("--naive", action="store_true", help="naive (full forward per pixel) instead of cached")
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model, ck = load_checkpoint(a.checkpoint)
+    model.eval()
+    ds = data.load(ck["meta"]["dataset"])
+    x = sample_model(model, a.samples, ds.shape, a.seed, cached=not a.naive)
+    print(save_grid(a.out, x.numpy(), ds.test[:a.samples], ds.levels))
+
+
+if __name__ == "__main__":
+    main()
