@@ -64,7 +64,7 @@ def _convs(model):
     return [model.first, *model.res, model.head1, model.head2]
 
 
-def calibrate(model, calib, percentile=99.99, stream_percentile=100.0):
+def calibrate(model, calib, percentile=99.99, stream_percentile=99.0):
     """Activation scales from float activations on calibration images: per layer the accumulator
     output scale ``s_z`` (percentile of ReLU(z), or of |z| for the logits / 127) and one residual
     stream scale ``s_h`` (max of the stream / 127)."""
@@ -264,7 +264,8 @@ def load_export(path, max_channels=None, kernels=None):
     return spec
 
 
-def export_checkpoint(ckpt, out, calib_n=500, percentile=99.99, qat_epochs=10, qat_ckpt=None, log=print):
+def export_checkpoint(ckpt, out, calib_n=500, percentile=99.99, stream_percentile=99.0, qat_epochs=30,
+                      qat_ckpt=None, log=print):
     """Checkpoint of a trained StreamPixelCNN -> (optional QAT fine-tune) -> validated .npz export.
     Returns (spec, float bpd of the checkpoint, float bpd after QAT, integer bpd)."""
     from . import data
@@ -275,7 +276,7 @@ def export_checkpoint(ckpt, out, calib_n=500, percentile=99.99, qat_epochs=10, q
     ds = data.load(ck["meta"]["dataset"])
     calib = ds.train[np.random.RandomState(0).permutation(len(ds.train))[:calib_n]]
     fb, _ = evaluate(model.double(), ds.test)
-    scales = calibrate(model, calib, percentile)
+    scales = calibrate(model, calib, percentile, stream_percentile)
     if qat_epochs:
         model = qat_finetune(model, ds, scales, qat_epochs, log=log)
         if qat_ckpt:
@@ -298,12 +299,13 @@ def main(argv=None):
     p.add_argument("out", help="output .npz")
     p.add_argument("--calib", type=int, default=500, help="training images used for calibration")
     p.add_argument("--percentile", type=float, default=99.99, help="activation range percentile")
-    p.add_argument("--qat-epochs", type=int, default=10, help="quantisation-aware fine-tuning epochs (0: PTQ)")
+    p.add_argument("--stream-percentile", type=float, default=99.0, help="residual-stream range percentile")
+    p.add_argument("--qat-epochs", type=int, default=30, help="quantisation-aware fine-tuning epochs (0: PTQ)")
     p.add_argument("--qat-checkpoint", default=None, help="save the QAT fine-tuned float model here")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    spec, fb, fq, ib = export_checkpoint(a.checkpoint, a.out, a.calib, a.percentile, a.qat_epochs,
-                                         a.qat_checkpoint)
+    spec, fb, fq, ib = export_checkpoint(a.checkpoint, a.out, a.calib, a.percentile, a.stream_percentile,
+                                         a.qat_epochs, a.qat_checkpoint)
     print(f"{a.out}: {len(spec['layers'])} layers; bits/dim: float {fb:.4f}, float after QAT {fq:.4f}, "
           f"integer {ib:.4f} (integer - float {ib - fb:+.4f})")
 

@@ -60,7 +60,7 @@ class MaskedConv2d(nn.Conv2d):
     def __init__(self, cin, cout, k, kind="B", groups=1, out_repeat=1, bias=True):
         super().__init__(cin, cout, k, padding=k // 2, bias=bias)
         self.kind, self.groups_rgb = kind, groups
-        self.register_buffer("mask", make_mask(cout, cin, k, kind, groups, out_repeat))
+        self.register_buffer("mask", make_mask(cout, cin, k, kind, groups, out_repeat), persistent=False)
 
     def forward(self, x):
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)

@@ -216,7 +216,7 @@ def build(name, channels, levels, **kw):
     if name == "pixelcnn":
         return GatedPixelCNN(channels, levels, **kw)
     if name == "gray":
-        kw.setdefault("gray_levels", 16 if channels == 3 else 4)
+        kw.setdefault("gray_levels", 16 if levels > 32 else 4)
         return GrayscalePixelCNN(channels, levels, **kw)
     if name == "pyramid":
         return PyramidPixelCNN(channels, levels, **kw)

@@ -68,7 +68,8 @@ def load_checkpoint(path):
     ck = torch.load(path, map_location="cpu", weights_only=False)
     m = ck["meta"]
     model = build(m["model"], m["channels"], m["levels"], **m["arch"])
-    model.load_state_dict(ck["model"])
+    # masks are rebuilt from the architecture (older checkpoints stored them)
+    model.load_state_dict({k: v for k, v in ck["model"].items() if not k.endswith(".mask")})
     return model, ck
 
 
@@ -85,7 +86,7 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(ds.train) / batch_size)
     total = max_steps or epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.05 ** min(1.0, s / max(1, total)))
+    lr_fn = lambda s: 0.05 ** min(1.0, s / max(1, total))
     start = 0
     if resume and out and os.path.exists(out):
         ck = torch.load(out, map_location="cpu", weights_only=False)
@@ -94,9 +95,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
         start = ck["epoch"]
         torch.set_rng_state(ck["torch_rng"])
         np.random.set_state(ck["np_rng"])
-        sched.last_epoch = start * steps_per_epoch - 1
-        sched.step()
         log(f"resumed {out} at epoch {start}")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_fn, last_epoch=start * steps_per_epoch - 1 if start else -1)
     dims = int(np.prod(ds.shape))
     step = start * steps_per_epoch
     t0 = time.time()
@@ -134,12 +134,13 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-m", "--model", default="pixelcnn", choices=MODEL_NAMES)
+    p.add_argument("-m", "--model", default="pixelcnn", choices=MODEL_NAMES,
+                   help="pixelcnn (gated baseline), gray, pyramid, or stream (integer-exportable)")
     p.add_argument("-d", "--dataset", default="digits", help="digits, faces, patches, or a folder / .npz path")
-    p.add_argument("-e", "--epochs", type=int, default=10)
-    p.add_argument("-b", "--batch-size", type=int, default=64)
+    p.add_argument("-e", "--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="images per step")
     p.add_argument("-l", "--lr", type=float, default=2e-3, help="Adam learning rate (decays x0.05 over the run)")
-    p.add_argument("-s", "--seed", type=int, default=0)
+    p.add_argument("-s", "--seed", type=int, default=0, help="torch and NumPy seed")
     p.add_argument("-a", "--arch", nargs="*", default=[],
                    help="model kwargs key=value, e.g. hidden=32 n_layers=5 k=3 (pyramid: n_levels, "
                         "coarse_layers, fine_layers; gray: gray_levels, gray_hidden; stream: n_res, k_first)")
