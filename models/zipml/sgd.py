@@ -82,7 +82,8 @@ def _bracket(A, lv2):
 
 
 def auto_step(A, batch_size: int) -> float:
-    """A safe constant step: 1 / (λ_max(AᵀA/n) + mean‖a‖² / batch_size)."""
+    """A safe constant step: 1 / (λ_max(AᵀA/n) + mean‖a‖² / batch_size).  :func:`linear_sgd` with
+    ``step='auto'`` evaluates it on one quantized copy of A for the quantized modes (larger second moment)."""
     A = np.asarray(A, dtype=np.float64)
     lam = float(np.linalg.eigvalsh(A.T @ A / A.shape[0])[-1])
     return 1.0 / (lam + float(np.mean(np.sum(A * A, axis=1))) / batch_size)
@@ -138,8 +139,6 @@ def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool
     n, d = A.shape
     rng = _as_rng(rng)
     onchip = rng if onchip_rng is None else _as_rng(onchip_rng)
-    gamma0 = auto_step(A, batch_size) if step == "auto" else float(step)
-    sched = step_schedule(schedule, gamma0, decay=decay)
     mb, gb = model_bits or bits or 8, grad_bits or bits or 8
     x = np.zeros(d) if x0 is None else np.array(x0, dtype=np.float64)
 
@@ -147,6 +146,12 @@ def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool
         if levels is not None:
             return quantize_to_levels(Amat, levels, rng=rng)
         return quantize(Amat, bits, signed=signed, rng=rng)
+
+    if step == "auto":  # on quantized data E‖Q(a)‖² = ‖a‖² + ΣVar: size the step on a quantized copy
+        gamma0 = auto_step(A if mode == "full" else q(A), batch_size)
+    else:
+        gamma0 = float(step)
+    sched = step_schedule(schedule, gamma0, decay=decay)
 
     losses = [least_squares_loss(A, b, x)]
     steps = []
