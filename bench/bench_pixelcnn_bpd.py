@@ -1,0 +1,115 @@
+"""Bits/dim table on the same test splits: baseline Gated PixelCNN vs Grayscale vs Pyramid PixelCNN at
+comparable parameter counts, next to trivial baselines (uniform; per-position independent categorical
+with Laplace smoothing), plus the integer (int8) streaming model vs its float original.
+
+    python bench/bench_pixelcnn_bpd.py --out results            # committed checkpoints (about 1 min)
+    python bench/bench_pixelcnn_bpd.py --out results --quick    # retrain each model briefly (< 10 min)
+
+Writes OUT/pixelcnn_bpd.json and OUT/pixelcnn_bpd.png. Ref: Kolesnikov & Lampert ICML 2017 (Table of
+bits/dim, auxiliary-variable models vs PixelCNN); shared/docs/pixelcnn.md §5 (trivial baselines).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from models.pixelcnn import data, export, integer  # noqa: E402
+from models.pixelcnn.models import n_params  # noqa: E402
+from models.pixelcnn.train import evaluate, load_checkpoint, train  # noqa: E402
+
+WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "pixelcnn", "weights")
+DATASETS = ("digits", "faces", "patches")
+MODELS = ("pixelcnn", "gray", "pyramid")
+# the architectures of the committed checkpoints (see docs/pixelcnn-models.md for the training commands)
+ARCH = {"pixelcnn": dict(hidden=32, n_layers=5),
+        "gray": dict(hidden=24, n_layers=5, gray_hidden=16, gray_layers=4, cond_hidden=16),
+        "pyramid": dict(hidden=24, coarse_layers=5, fine_layers=3, cond_hidden=16)}
+QUICK_EPOCHS = {"digits": 8, "faces": 15, "patches": 1}
+
+
+def trivial(ds):
+    """Uniform and per-position independent categorical (Laplace +1 counts on train) test bits/dim."""
+    L = ds.levels
+    counts = np.ones((L,) + ds.shape)
+    np.add.at(counts, (ds.train,) + tuple(np.indices(ds.train.shape)[1:]), 1)
+    p = counts / counts.sum(0)
+    idx = np.indices(ds.test.shape)[1:]
+    lp = np.log2(p[(ds.test,) + tuple(idx)])
+    return {"uniform": math.log2(L), "independent": float(-lp.mean())}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--quick", action="store_true", help="retrain every model briefly instead of loading")
+    ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    os.makedirs(a.out, exist_ok=True)
+    res = {"source": "quick retrain" if a.quick else "committed checkpoints", "datasets": {}}
+    for name in a.datasets:
+        ds = data.load(name)
+        row = {"levels": ds.levels, "shape": list(ds.shape), "n_test": len(ds.test), "trivial_bits_per_dim": trivial(ds),
+               "models": {}}
+        for m in MODELS:
+            t0 = time.time()
+            arch = dict(ARCH[m], **({"n_levels": 3} if (m == "pyramid" and name == "faces") else {}))
+            if a.quick:
+                model, _ = train(m, ds, QUICK_EPOCHS[name], 32 if name == "faces" else 64, arch=arch,
+                                 progress=False, log=lambda s: None)
+            else:
+                model, _ = load_checkpoint(os.path.join(WEIGHTS, f"bench_{m}_{name}.pt"))
+            bpd, parts = evaluate(model, ds.test)
+            row["models"][m] = {"bits_per_dim": bpd, "parts_bits_per_dim": parts, "n_params": n_params(model),
+                                "eval_s": time.time() - t0}
+            print(f"{name:8s} {m:9s} {bpd:.4f} bits/dim  {parts}", flush=True)
+        res["datasets"][name] = row
+        f = os.path.join(WEIGHTS, f"stream_{name}_int8.npz")
+        if os.path.exists(f) and not a.quick:
+            spec = export.load_export(f)
+            fm, _ = load_checkpoint(os.path.join(WEIGHTS, f"stream_{name}_float.pt"))
+            fb, _ = evaluate(fm.double(), ds.test)
+            ib = integer.evaluate_int(spec, ds.test)
+            row["integer_stream_model"] = {"float_bits_per_dim": fb, "int8_bits_per_dim": ib,
+                                           "int8_minus_float_bits_per_dim": ib - fb, "n_params": n_params(fm)}
+            print(f"{name:8s} stream    float {fb:.4f}  int8 {ib:.4f}", flush=True)
+    with open(os.path.join(a.out, "pixelcnn_bpd.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    plot(res, os.path.join(a.out, "pixelcnn_bpd.png"))
+    return res
+
+
+def plot(res, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(res["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    for ax, n in zip(axes[0], names):
+        r = res["datasets"][n]
+        labels = ["uniform", "indep."] + list(r["models"])
+        vals = [r["trivial_bits_per_dim"]["uniform"], r["trivial_bits_per_dim"]["independent"]] + \
+               [v["bits_per_dim"] for v in r["models"].values()]
+        if "integer_stream_model" in r:
+            labels += ["stream f32", "stream int8"]
+            vals += [r["integer_stream_model"]["float_bits_per_dim"], r["integer_stream_model"]["int8_bits_per_dim"]]
+        ax.bar(range(len(vals)), vals, color=["#bbb", "#999"] + ["C0", "C1", "C2", "C3", "C4"][:len(vals) - 2])
+        ax.set_xticks(range(len(vals)), labels, rotation=45, ha="right", fontsize=8)
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_title(f"{n} ({r['levels']} levels)")
+        ax.set_ylabel("test bits/dim")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
