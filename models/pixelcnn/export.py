@@ -201,7 +201,8 @@ def _need(z, key, dtype, shape=None, what=""):
 
 def load_export(path, max_channels=None, kernels=None):
     """Read and validate an export file -> spec dict (as quantize_model returns). Raises ExportError
-    with a clear message on any mismatch; optional hardware limits: ``max_channels`` (per layer)
+    with a clear message on any mismatch; optional hardware limits: ``max_channels`` (feature-map
+    channels: every layer input and every output except the logits layer's channels*levels)
     and ``kernels`` (allowed kernel sizes)."""
     try:
         z = np.load(path, allow_pickle=False)
@@ -250,7 +251,8 @@ def load_export(path, max_channels=None, kernels=None):
         mask = make_mask(co, ci, k, l["mask"], l["groups"]).numpy()
         if np.any(l["weight"][mask == 0]):
             raise ExportError(f"{w}non-zero weights at taps removed by mask {l['mask']}")
-        if max_channels is not None and max(ci, co) > max_channels:
+        last = i == spec["n_layers"] - 1  # the logits layer has channels*levels outputs
+        if max_channels is not None and max(ci, 0 if last else co) > max_channels:
             raise ExportError(f"{w}{ci}->{co} channels exceed the hardware limit of {max_channels}")
         if kernels is not None and k not in kernels:
             raise ExportError(f"{w}kernel {k} not supported by the hardware (supports {tuple(kernels)})")
