@@ -14,7 +14,9 @@ Encoding.  A "b-bit" code has ``2**(b-1) + 1`` levels (b in {1, 2, 4, 8}):
 Stochastic rounding: ``s = x * D`` (D the denominator above), ``q = floor(s) + [u < s - floor(s)]``, so E[q/D] = x
 and Var = (hi - x)(x - lo) <= 1 / (4 D**2).  The public code rounds ``|x|`` and reapplies the sign; rounding ``x``
 with floor gives the same distribution (the two levels and their probabilities are fixed by unbiasedness) and is
-what two's-complement hardware does.  ``u`` comes from a NumPy ``Generator`` or, bit-exactly, from the hardware twin
+what two's-complement hardware does.  With a NumPy ``Generator`` it is computed as ``floor(s + u)``, u uniform
+float32 in [0, 1) (same distribution, fewer passes over memory); bit-exactly reproducible rounding comes from the
+hardware twin
 :class:`models.zipml.rng.Xorshift32Lanes` (``s`` is first made fixed point: ``v = floor(s * 2**frac_bits)``, then
 :func:`models.zipml.rng.stochastic_round_fixed` with ``k = frac_bits``).  Nearest rounding (baseline) is
 ``floor(s + 1/2)`` (ties up, as a hardware adder does).
@@ -79,8 +81,8 @@ def _round_up(frac_shape_s: np.ndarray, rng, frac_bits: int) -> np.ndarray:
         return stochastic_round_fixed(v, frac_bits, rng)
     if rng is None:
         raise ValueError("stochastic rounding needs rng: a numpy Generator or a Xorshift32Lanes")
-    base = np.floor(s)
-    return (base + (rng.random(s.shape) < (s - base))).astype(np.int64)
+    # floor(s + u) = floor(s) + [u >= 1 - frac(s)]: rounds up with probability frac(s); u has 24 random bits
+    return np.floor(s + rng.random(s.shape, dtype=np.float32)).astype(np.int64)
 
 
 def quantize_codes(x, bits: int, *, signed: bool = False, rng=None, rounding: str = "stochastic",
@@ -106,7 +108,17 @@ def dequantize(codes, bits: int, *, signed: bool = False) -> np.ndarray:
 
 def quantize(x, bits: int, *, signed: bool = False, rng=None, rounding: str = "stochastic",
              frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
-    """Quantized values (floats) of ``x``; shorthand for ``dequantize(quantize_codes(...))``."""
+    """Quantized values (floats) of ``x``; equal to ``dequantize(quantize_codes(...))`` for the same random
+    source, with a faster path for a NumPy ``Generator`` (no integer round trip)."""
+    if rounding == "stochastic" and isinstance(rng, np.random.Generator):
+        _check_bits(bits, signed)
+        d = denominator(bits, signed)
+        s = np.clip(np.asarray(x, dtype=np.float64), -1.0 if signed else 0.0, 1.0) * d
+        s += rng.random(s.shape, dtype=np.float32)
+        np.floor(s, out=s)
+        np.minimum(s, d, out=s)  # s = d exactly stays d (u < 1); guards float round-up at the top level
+        s /= d
+        return s
     q = quantize_codes(x, bits, signed=signed, rng=rng, rounding=rounding, frac_bits=frac_bits)
     return dequantize(q, bits, signed=signed)
 
