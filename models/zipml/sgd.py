@@ -145,7 +145,7 @@ def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool
     def q(Amat):
         if levels is not None:
             return quantize_to_levels(Amat, levels, rng=rng)
-        return quantize(Amat, bits, signed=signed, rng=rng)
+        return quantize(Amat, bits, signed=signed, rng=rng, dtype=np.float32)  # levels exact in float32
 
     if step == "auto":  # on quantized data E‖Q(a)‖² = ‖a‖² + ΣVar: size the step on a quantized copy
         gamma0 = auto_step(A if mode == "full" else q(A), batch_size)
