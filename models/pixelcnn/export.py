@@ -312,5 +312,15 @@ def main(argv=None):
           f"integer {ib:.4f} (integer - float {ib - fb:+.4f})")
 
 
+def committed_export_path(dataset="digits"):
+    """Path of the committed int8 export for ``dataset`` (digits or faces)."""
+    import os
+    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", f"stream_{dataset}_int8.npz")
+    if not os.path.exists(p):
+        raise ExportError(f"no committed integer export for dataset {dataset!r} (have digits, faces)")
+    return p
+
+
 if __name__ == "__main__":
     main()
+
