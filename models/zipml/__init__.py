@@ -7,7 +7,8 @@ fpgasystems/ZipML-PYNQ, ZipML/caffe.
 Modules: :mod:`.rng` (hardware-twin xorshift32 lanes), :mod:`.quantize` (levels, encoding, scaling, rounding),
 :mod:`.pack` (bus-word packing), :mod:`.sgd` (least-squares SGD variants), :mod:`.optimal_levels`
 (variance-optimal levels), :mod:`.nonlinear` (Chebyshev logistic, refetching SVM), :mod:`.datasets`,
-:mod:`.deep` (PyTorch CNN with quantized weights; imports torch lazily, only when used).
+:mod:`.deep` (PyTorch CNN with quantized weights; imports torch lazily, only when used), :mod:`.fixed_point`
+(bit-exact integer qFSGD reference for the gateware), :mod:`.report` (benchmark output helpers).
 """
 
 from .datasets import DATASET_NAMES, Dataset, DatasetError, load_dataset, make_synthetic, prepare_linear

@@ -1,0 +1,122 @@
+"""Bit-exact fixed-point reference of the FPGA's quantized SGD (qFSGD), with optional on-chip stochastic rounding.
+
+Ref: fpgasystems/ZipML-XeonFPGA@a7bdb44 RTL/qFSGD.vhd, qfixed_dot_product.vhd, fixed_subtract_mult.vhd,
+qfixed_scalar_vector_mult.vhd, fixed_vector_subtract.vhd and SW/zipml_sgd.h ``Qfixed_linreg_SGD`` (shared reference
+docs/zipml.md §7.3-7.4); ZipML (arXiv 1611.05402) §2.2 double sampling, §3 end-to-end quantization (stochastic
+rounding of model and gradient, here with the hardware-twin generator of :mod:`models.zipml.rng`).
+
+Integer semantics, per sample i (batch size 1, as the hardware), all shifts arithmetic (floor), F = 23:
+
+    model x_j : int32, Q.F (1.0 = 2**23)          label b_i : int(b·2**F) truncated, int32
+    nb        = b − 1 for [0, 1] data, b − 2 for [−1, 1] data   (q / 2**nb is the code's value)
+    dot       = Σ_j ((xd_j · q1_j) >> nb)          per-lane shift, then the adder tree (RTL order)
+    t         = (dot − b_i) >> step_shift
+    g_j       = (t · q2_j) >> nb                    or, with ``grad_rounding='stochastic'``,
+                stochastic_round_fixed(t · q2_j, nb, grad_rng)   (unbiased instead of floor)
+    x_j      -= g_j
+
+``xd`` is the model the dot product reads.  Without staleness it is x itself; with ``stale_mask = m`` it is a copy
+refreshed from x after sample i's update whenever ``(i & m) == m`` (the CSR ``mini_batch_size`` used as a bitmask;
+m = 0 refreshes after every sample; where inside the pipeline the refresh lands is this model's assumption).
+With ``model_frac_bits = f < F`` the dot product reads x stochastically rounded to f fractional bits
+(``stochastic_round_fixed(x_j, F − f, model_rng) << (F − f)``), drawn afresh for every sample.
+Step decay: after epoch e (counting from 1), ``step_shift += 1`` when ``(e & decline_interval) ==
+decline_interval`` (the driver uses 127).  Intermediates are exact (int64); a model word leaving the int32 range
+raises ``OverflowError`` rather than wrapping silently.
+
+Random words: each twin has one lane per parallel feature lane; per sample, one request of d words (feature j ->
+lane j % L, step j // L, see :mod:`models.zipml.rng`); the model rounding and the gradient rounding use separate
+generators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rng import stochastic_round_fixed
+
+__all__ = ["FRAC_BITS", "to_fixed", "from_fixed", "FixedSGDResult", "qfixed_sgd"]
+
+FRAC_BITS = 23
+_I32 = (-(2**31), 2**31 - 1)
+
+
+def to_fixed(v, frac_bits: int = FRAC_BITS) -> np.ndarray:
+    """``int(v · 2**frac_bits)`` truncated toward zero, like the driver's C cast; int64 array."""
+    return np.trunc(np.asarray(v, dtype=np.float64) * 2.0**frac_bits).astype(np.int64)
+
+
+def from_fixed(v, frac_bits: int = FRAC_BITS) -> np.ndarray:
+    return np.asarray(v, dtype=np.float64) / 2.0**frac_bits
+
+
+@dataclass
+class FixedSGDResult:
+    """Final model (int64 holding int32 values, Q.23), the model after every epoch, and the step shifts used."""
+
+    x: np.ndarray
+    history: list = field(default_factory=list)
+    step_shifts: list = field(default_factory=list)
+
+
+def qfixed_sgd(q1, q2, labels_fixed, bits: int, *, signed: bool = False, epochs: int = 1, step_shift: int = 12,
+               decline_interval: int | None = None, stale_mask: int = 0, grad_rounding: str = "truncate",
+               grad_rng=None, model_frac_bits: int | None = None, model_rng=None, x0=None,
+               copies_per_epoch: bool = False) -> FixedSGDResult:
+    """Run the integer SGD of the module docstring over the samples in order (no shuffling, as the FPGA).
+
+    ``q1``, ``q2``: integer codes, shape ``(n, d)`` (the same array twice for one-copy/naive data), or, with
+    ``copies_per_epoch=True``, shape ``(epochs, n, d)``: one double-quantized dataset image per epoch, as the host
+    precomputes them.  ``labels_fixed``: int labels in Q.23 (:func:`to_fixed`).  Returns the model as integers.
+    """
+    q1 = np.asarray(q1, dtype=np.int64)
+    q2 = np.asarray(q2, dtype=np.int64)
+    if q1.shape != q2.shape:
+        raise ValueError(f"q1 {q1.shape} and q2 {q2.shape} differ")
+    if copies_per_epoch and (q1.ndim != 3 or q1.shape[0] < epochs):
+        raise ValueError("copies_per_epoch needs codes of shape (epochs, n, d)")
+    if not copies_per_epoch and q1.ndim != 2:
+        raise ValueError("codes must have shape (n, d)")
+    n, d = q1.shape[-2:]
+    bl = np.asarray(labels_fixed, dtype=np.int64).ravel()
+    if bl.shape[0] != n:
+        raise ValueError(f"{n} samples but {bl.shape[0]} labels")
+    if grad_rounding not in ("truncate", "stochastic"):
+        raise ValueError("grad_rounding must be 'truncate' or 'stochastic'")
+    if grad_rounding == "stochastic" and grad_rng is None:
+        raise ValueError("grad_rounding='stochastic' needs grad_rng (a Xorshift32Lanes)")
+    if model_frac_bits is not None and (model_rng is None or not 0 <= model_frac_bits < FRAC_BITS):
+        raise ValueError("model_frac_bits needs model_rng and 0 <= model_frac_bits < 23")
+    nb = bits - 2 if signed else bits - 1
+    x = np.zeros(d, dtype=np.int64) if x0 is None else np.array(x0, dtype=np.int64)
+    xd = x.copy()
+    shift = int(step_shift)
+    res = FixedSGDResult(x=x)
+    for e in range(epochs):
+        Q1 = q1[e] if copies_per_epoch else q1
+        Q2 = q2[e] if copies_per_epoch else q2
+        res.step_shifts.append(shift)
+        for i in range(n):
+            src = x if stale_mask == 0 else xd
+            if model_frac_bits is not None:
+                drop = FRAC_BITS - model_frac_bits
+                src = stochastic_round_fixed(src, drop, model_rng) << drop
+            dot = int(np.sum((src * Q1[i]) >> nb))
+            t = (dot - int(bl[i])) >> shift
+            prod = t * Q2[i]
+            if grad_rounding == "stochastic" and nb > 0:
+                g = stochastic_round_fixed(prod, nb, grad_rng)
+            else:
+                g = prod >> nb
+            x -= g
+            if x.min() < _I32[0] or x.max() > _I32[1]:
+                raise OverflowError(f"model left the int32 range at epoch {e}, sample {i}; increase step_shift")
+            if stale_mask and (i & stale_mask) == stale_mask:
+                xd = x.copy()
+        res.history.append(x.copy())
+        if decline_interval is not None and ((e + 1) & decline_interval) == decline_interval:
+            shift += 1
+    res.x = x
+    return res
