@@ -1,0 +1,276 @@
+"""The link core: frames in, commands executed against the link registers and an engine, replies out.
+
+See ``hw.protocol`` for the wire format. A received frame is held in a frame buffer (one block RAM)
+while its CRC is checked; only a frame with a good CRC is acted on, so a corrupted WRITE_REG or
+WRITE_BULK never reaches the engine. One frame is executed at a time (the host waits for each reply).
+"""
+import hashlib
+import json
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .. import protocol as P
+from .cobs import CobsDecoder, CobsEncoder, FrameByte
+from .crc import CRC_INIT, CrcAppender, crc16_update
+
+HEADER_BYTES = 7  # seq, cmd and up to five argument bytes are kept in registers
+READ_IDLE_CYCLES = 64  # READ_BULK stops after this many cycles without a byte from the engine
+STALL_CYCLES = 1024  # WRITE_BULK replies early (with the count taken) after the engine stalls this long
+
+
+def design_info(engine, max_frame: int, extra_params: dict | None = None) -> tuple[bytes, int]:
+    """The info blob (compact JSON of every design parameter) and its 32-bit digest."""
+    params = {
+        "protocol": P.PROTOCOL_VERSION,
+        "max_frame": max_frame,
+        "engine": engine.engine_id,
+        "engine_params": engine.params,
+        **(extra_params or {}),
+    }
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":")).encode()
+    return blob, int.from_bytes(hashlib.sha256(blob).digest()[:4], "big")
+
+
+class LinkCore(wiring.Component):
+    """Byte streams on one side (from a UART PHY or a simulation bridge), an engine on the other."""
+
+    rx: In(stream.Signature(8))
+    tx: Out(stream.Signature(8))
+    busy: Out(1)
+
+    def __init__(self, engine, *, max_frame: int = 512, extra_params: dict | None = None):
+        if not 16 <= max_frame <= 4096:
+            raise ValueError(f"max_frame must be in 16..4096 bytes, got {max_frame}")
+        self.engine = engine
+        self.max_frame = max_frame
+        self.info_blob, self.digest = design_info(engine, max_frame, extra_params)
+        if len(self.info_blob) > 0xFFFF:
+            raise ValueError("design parameters too large for the info blob")
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        eng = self.engine
+        max_frame = self.max_frame
+        max_reply_data = max_frame - P.FRAME_OVERHEAD
+
+        m.submodules.engine = eng
+        m.submodules.decoder = dec = CobsDecoder()
+        m.submodules.appender = app = CrcAppender()
+        m.submodules.encoder = enc = CobsEncoder()
+        wiring.connect(m, wiring.flipped(self.rx), dec.i)
+        wiring.connect(m, app.o, enc.i)
+        wiring.connect(m, enc.o, wiring.flipped(self.tx))
+        txq = app.i
+
+        m.submodules.frame = frame = memory.Memory(shape=unsigned(8), depth=max_frame, init=[])
+        fwr = frame.write_port()
+        frd = frame.read_port()
+        info = self.info_blob
+        m.submodules.info = info_rom = memory.Memory(shape=unsigned(8), depth=len(info), init=info)
+        ird = info_rom.read_port()
+
+        # --- counters and link registers
+        cycles = Signal(64)
+        cycles_hi_latch = Signal(32)
+        frames_ok = Signal(32)
+        frames_dropped = Signal(32)
+        frames_rejected = Signal(32)
+        scratch = Signal(32)
+        m.d.sync += cycles.eq(cycles + 1)
+
+        # --- receive state
+        length = Signal(range(max_frame + 1))
+        overflow = Signal()
+        crc = Signal(16, init=CRC_INIT)
+        hdr = [Signal(8, name=f"hdr{i}") for i in range(HEADER_BYTES)]
+        seq, cmd = hdr[0], hdr[1]
+        arg_u16 = Cat(hdr[2], hdr[3])
+        reg_addr = hdr[2]
+        reg_wdata = Cat(hdr[3], hdr[4], hdr[5], hdr[6])
+        n_args = Signal(range(max_frame + 1))
+        m.d.comb += n_args.eq(length - P.FRAME_OVERHEAD)
+
+        # --- execute state
+        status = Signal(8)
+        value = Signal(32)       # word to send (register value, count, total)
+        value_bytes = Signal(3)  # bytes of ``value`` left to send
+        ptr = Signal(17)  # wide enough for any u16 offset without wrapping
+        stop = Signal(17)
+        budget = Signal(range(max_reply_data + 1))
+        idle = Signal(range(max(READ_IDLE_CYCLES, STALL_CYCLES) + 1))
+        op = Signal(3)
+        OP_NONE, OP_REG, OP_BULK_IN, OP_BULK_OUT, OP_INFO = range(5)
+
+        m.d.comb += [
+            eng.reg_addr.eq(reg_addr - P.ENGINE_REG_BASE),
+            eng.reg_wdata.eq(reg_wdata),
+            frd.addr.eq(ptr),
+            ird.addr.eq(ptr),
+            fwr.addr.eq(length),
+            fwr.data.eq(dec.o.payload.data),
+        ]
+
+        with m.FSM() as fsm:
+            with m.State("RECV"):
+                m.d.comb += dec.o.ready.eq(1)
+                with m.If(dec.o.valid):
+                    with m.If(dec.o.payload.end):
+                        m.d.sync += [length.eq(0), overflow.eq(0), crc.eq(CRC_INIT)]
+                        with m.If(length == 0):
+                            pass  # empty frame: a bare delimiter, used to resynchronise
+                        with m.Elif(dec.o.payload.err | overflow | (length < P.FRAME_OVERHEAD) | (crc != 0)):
+                            m.d.sync += frames_dropped.eq(frames_dropped + 1)
+                        with m.Else():
+                            m.d.sync += length.eq(length)  # keep it: DISPATCH needs the frame length
+                            m.next = "DISPATCH"
+                    with m.Elif(length == max_frame):
+                        m.d.sync += overflow.eq(1)
+                    with m.Else():
+                        m.d.comb += fwr.en.eq(1)
+                        m.d.sync += [length.eq(length + 1), crc.eq(crc16_update(crc, dec.o.payload.data))]
+                        for i in range(HEADER_BYTES):
+                            with m.If(length == i):
+                                m.d.sync += hdr[i].eq(dec.o.payload.data)
+
+            with m.State("DISPATCH"):
+                m.d.sync += [status.eq(P.STATUS_OK), op.eq(OP_NONE), value_bytes.eq(0)]
+                with m.Switch(cmd):
+                    with m.Case(P.CMD_READ_REG):
+                        with m.If(n_args == 1):
+                            m.d.comb += eng.reg_re.eq(reg_addr >= P.ENGINE_REG_BASE)
+                            m.next = "REG_READ"
+                        with m.Else():
+                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                            m.next = "HDR_SEQ"
+                    with m.Case(P.CMD_WRITE_REG):
+                        with m.If(n_args == 5):
+                            m.d.comb += eng.reg_we.eq(reg_addr >= P.ENGINE_REG_BASE)
+                            with m.If(reg_addr == P.REG_SCRATCH):
+                                m.d.sync += scratch.eq(reg_wdata)
+                        with m.Else():
+                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                        m.next = "HDR_SEQ"
+                    with m.Case(P.CMD_WRITE_BULK):
+                        m.d.sync += [ptr.eq(2), stop.eq(length - 2), idle.eq(0)]
+                        m.d.comb += frd.addr.eq(2)
+                        m.next = "BULK_IN"
+                    with m.Case(P.CMD_READ_BULK):
+                        with m.If(n_args == 2):
+                            m.d.sync += [op.eq(OP_BULK_OUT), idle.eq(0),
+                                         budget.eq(Mux(arg_u16 > max_reply_data, max_reply_data, arg_u16))]
+                        with m.Else():
+                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                        m.next = "HDR_SEQ"
+                    with m.Case(P.CMD_INFO):
+                        with m.If(n_args == 2):
+                            end = Signal.like(stop)
+                            m.d.comb += end.eq(Mux(arg_u16 + (max_reply_data - 2) > len(info), len(info),
+                                                   arg_u16 + (max_reply_data - 2)))
+                            m.d.comb += ird.addr.eq(arg_u16)
+                            m.d.sync += [op.eq(OP_INFO), ptr.eq(arg_u16), stop.eq(end),
+                                         value.eq(len(info)), value_bytes.eq(2)]
+                        with m.Else():
+                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                        m.next = "HDR_SEQ"
+                    with m.Default():
+                        m.d.sync += status.eq(P.STATUS_BAD_CMD)
+                        m.next = "HDR_SEQ"
+
+            with m.State("REG_READ"):
+                m.d.sync += [value_bytes.eq(4), op.eq(OP_REG)]
+                with m.If(reg_addr >= P.ENGINE_REG_BASE):
+                    m.d.sync += value.eq(eng.reg_rdata)
+                with m.Else():
+                    with m.Switch(reg_addr):
+                        with m.Case(P.REG_ID):
+                            m.d.sync += value.eq(P.ID_VALUE)
+                        with m.Case(P.REG_DIGEST):
+                            m.d.sync += value.eq(self.digest)
+                        with m.Case(P.REG_ENGINE_ID):
+                            m.d.sync += value.eq(P.engine_id_value(eng.engine_id))
+                        with m.Case(P.REG_SCRATCH):
+                            m.d.sync += value.eq(scratch)
+                        with m.Case(P.REG_CYCLES_LO):
+                            m.d.sync += [value.eq(cycles[:32]), cycles_hi_latch.eq(cycles[32:])]
+                        with m.Case(P.REG_CYCLES_HI):
+                            m.d.sync += value.eq(cycles_hi_latch)
+                        with m.Case(P.REG_FRAMES_OK):
+                            m.d.sync += value.eq(frames_ok)
+                        with m.Case(P.REG_FRAMES_DROPPED):
+                            m.d.sync += value.eq(frames_dropped)
+                        with m.Case(P.REG_FRAMES_REJECTED):
+                            m.d.sync += value.eq(frames_rejected)
+                        with m.Case(P.REG_MAX_FRAME):
+                            m.d.sync += value.eq(max_frame)
+                        with m.Default():
+                            m.d.sync += value.eq(0)
+                m.next = "HDR_SEQ"
+
+            with m.State("BULK_IN"):
+                m.d.comb += [eng.i.valid.eq(ptr != stop), eng.i.payload.eq(frd.data)]
+                with m.If(eng.i.valid & eng.i.ready):
+                    m.d.comb += frd.addr.eq(ptr + 1)
+                    m.d.sync += [ptr.eq(ptr + 1), idle.eq(0)]
+                with m.Elif(eng.i.valid):
+                    m.d.sync += idle.eq(idle + 1)
+                with m.If((ptr == stop) | (idle == STALL_CYCLES)):
+                    m.d.sync += [value.eq(ptr - 2), value_bytes.eq(2)]
+                    m.next = "HDR_SEQ"
+
+            with m.State("HDR_SEQ"):
+                m.d.comb += [txq.valid.eq(1), txq.payload.data.eq(seq)]
+                with m.If(txq.ready):
+                    m.next = "HDR_STATUS"
+
+            with m.State("HDR_STATUS"):
+                m.d.comb += [txq.valid.eq(1), txq.payload.data.eq(status)]
+                with m.If(txq.ready):
+                    m.next = "WORD"
+
+            with m.State("WORD"):
+                m.d.comb += [txq.valid.eq(value_bytes != 0), txq.payload.data.eq(value[:8])]
+                with m.If(value_bytes == 0):
+                    with m.Switch(op):
+                        with m.Case(OP_BULK_OUT):
+                            m.next = "BULK_OUT"
+                        with m.Case(OP_INFO):
+                            m.next = "INFO_OUT"
+                        with m.Default():
+                            m.next = "END"
+                with m.Elif(txq.ready):
+                    m.d.sync += [value.eq(value >> 8), value_bytes.eq(value_bytes - 1)]
+
+            with m.State("BULK_OUT"):
+                with m.If(budget != 0):
+                    m.d.comb += [txq.valid.eq(eng.o.valid), txq.payload.data.eq(eng.o.payload),
+                                 eng.o.ready.eq(txq.ready)]
+                with m.If((budget == 0) | (idle == READ_IDLE_CYCLES)):
+                    m.next = "END"
+                with m.Elif(eng.o.valid & txq.ready):
+                    m.d.sync += [budget.eq(budget - 1), idle.eq(0)]
+                with m.Elif(~eng.o.valid):
+                    m.d.sync += idle.eq(idle + 1)
+
+            with m.State("INFO_OUT"):
+                m.d.comb += [txq.valid.eq(ptr < stop), txq.payload.data.eq(ird.data)]
+                with m.If(ptr >= stop):
+                    m.next = "END"
+                with m.Elif(txq.ready):
+                    m.d.comb += ird.addr.eq(ptr + 1)
+                    m.d.sync += ptr.eq(ptr + 1)
+
+            with m.State("END"):
+                m.d.comb += [txq.valid.eq(1), txq.payload.end.eq(1)]
+                with m.If(txq.ready):
+                    with m.If(status == P.STATUS_OK):
+                        m.d.sync += frames_ok.eq(frames_ok + 1)
+                    with m.Else():
+                        m.d.sync += frames_rejected.eq(frames_rejected + 1)
+                    m.d.sync += length.eq(0)
+                    m.next = "RECV"
+
+        m.d.comb += self.busy.eq(~fsm.ongoing("RECV") | app.busy | enc.busy | self.tx.valid | eng.busy)
+        return m
