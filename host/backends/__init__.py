@@ -1,1 +1,29 @@
-"""Backends behind ``host.device.Device``: a board over pyserial, Verilator, the Amaranth simulator."""
+"""Backends behind ``host.device.Device``: a board over pyserial, Verilator, the Amaranth simulator.
+
+``open_device(backend, design=...)`` is the one entry point; what it returns behaves the same for all.
+"""
+from hw.design import Design
+
+from ..device import Device, LinkError
+
+BACKENDS = ("verilator", "amaranth", "serial")
+
+
+def open_device(backend: str, *, design: Design | None = None, port: str | None = None,
+                baud: int = 115200, timeout: float = 2.0, quiet: bool = True) -> Device:
+    """Open a device. ``design`` selects the simulated gateware (ignored for ``serial``: the board
+    holds its own bitstream; compare ``Device.info()`` with what you expect)."""
+    design = design or Design()
+    if backend == "amaranth":
+        from .amaranth_sim import AmaranthTransport
+        return Device(AmaranthTransport(design.make_core()), timeout=timeout, name="amaranth")
+    if backend == "verilator":
+        from .verilator_sim import VerilatorTransport, build_simulator
+        return Device(VerilatorTransport(build_simulator(design.make_core(), quiet=quiet)),
+                      timeout=timeout, name="verilator")
+    if backend == "serial":
+        if not port:
+            raise LinkError("--backend serial needs --port (e.g. /dev/ttyUSB1, socket://host:port, loop://)")
+        from .serial_port import SerialTransport
+        return Device(SerialTransport(port, baud), timeout=timeout, name=port)
+    raise LinkError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
