@@ -82,6 +82,22 @@ class CondNet(nn.Module):
         return self.net(x)
 
 
+class UpCondNet(nn.Module):
+    """Non-causal conditioner from a coarser pyramid level to the next finer resolution: 3x3 conv at the
+    coarse resolution, a stride-2 2x2 transposed conv to 2x the size (knows each pixel's position in its
+    2x2 block, unlike a nearest upsample), then a 3x3 conv (the authors' conditioner also ends with a
+    stride-2 deconv to the finer level, kolesman/FaceGeneration utils.py)."""
+
+    def __init__(self, cin, hidden=32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(cin, hidden, 3, padding=1), nn.ReLU(),
+                                 nn.ConvTranspose2d(hidden, hidden, 2, stride=2), nn.ReLU(),
+                                 nn.Conv2d(hidden, hidden, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def to_gray(x, levels, gray_levels):
     """Deterministic f(x): quantised grayscale. RGB: ITU-R 601 luma (299R + 587G + 114B)/1000, then
     floor(Y * G / L); 1 channel: floor(x * G / L). Exact integer arithmetic. Returns (N,1,H,W) in 0..G-1."""
@@ -131,7 +147,7 @@ def pool_levels(x, factor):
 class PyramidPixelCNN(nn.Module):
     """Pyramid PixelCNN: levels x_0 (full res), x_l = pool(x, 2^l); the coarsest level by an
     unconditional Gated PixelCNN; every finer level by a shallow Gated PixelCNN conditioned on a
-    CondNet over the nearest-upsampled coarser level. Loss parts ``level<l>`` (0 = finest)."""
+    UpCondNet over the coarser level. Loss parts ``level<l>`` (0 = finest)."""
 
     def __init__(self, channels=1, levels=17, n_levels=2, hidden=32, coarse_layers=5, fine_layers=2,
                  k=3, cond_hidden=32):
@@ -140,7 +156,7 @@ class PyramidPixelCNN(nn.Module):
         self.coarse = GatedPixelCNN(channels, levels, hidden, coarse_layers, k)
         self.fine = nn.ModuleList(GatedPixelCNN(channels, levels, hidden, fine_layers, k, cond_ch=cond_hidden)
                                   for _ in range(n_levels - 1))
-        self.cond_nets = nn.ModuleList(CondNet(channels, cond_hidden) for _ in range(n_levels - 1))
+        self.cond_nets = nn.ModuleList(UpCondNet(channels, cond_hidden) for _ in range(n_levels - 1))
 
     def pyramid(self, x):
         h, w = x.shape[-2:]
@@ -150,8 +166,7 @@ class PyramidPixelCNN(nn.Module):
         return [pool_levels(x, 2 ** l) for l in range(self.n_levels)]
 
     def condition(self, l, coarser):
-        up = F.interpolate(self.coarse.scale(coarser), scale_factor=2, mode="nearest")
-        return self.cond_nets[l](up)
+        return self.cond_nets[l](self.coarse.scale(coarser))
 
     def loss_parts(self, x):
         xs = self.pyramid(x)
