@@ -28,7 +28,7 @@ DATASETS = ("digits", "faces", "patches")
 MODELS = ("pixelcnn", "gray", "pyramid")
 # the architectures of the committed checkpoints (see docs/pixelcnn-models.md for the training commands)
 ARCH = {"pixelcnn": dict(hidden=32, n_layers=5),
-        "gray": dict(hidden=24, n_layers=5, gray_hidden=16, gray_layers=4, cond_hidden=16),
+        "gray": dict(hidden=28, n_layers=5, gray_hidden=12, gray_layers=4, cond_hidden=16),
         "pyramid": dict(hidden=24, coarse_layers=5, fine_layers=3, cond_hidden=16)}
 QUICK_EPOCHS = {"digits": 8, "faces": 15, "patches": 1}
 
