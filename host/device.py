@@ -72,7 +72,8 @@ class Device:
         """Send one request and return the data of its OK reply."""
         self._seq = (self._seq + 1) & 0xFF
         seq = self._seq
-        self.transport.write(encode_frame(bytes([seq, cmd]) + args))
+        request = bytes([seq, cmd]) + args
+        self.transport.write(encode_frame(request))
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         quiescent = getattr(self.transport, "quiescent", lambda: False)
         while True:
@@ -83,6 +84,9 @@ class Device:
                 except FrameError:
                     self.bad_replies += 1
                     continue
+                if body == request:
+                    raise LinkError(f"{self.name}: the port sends our own request back (a loopback or an "
+                                    "echoing device, not a zippix design)")
                 if body[0] != seq:
                     self.bad_replies += 1
                     continue
