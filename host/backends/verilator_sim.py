@@ -97,3 +97,5 @@ class VerilatorTransport(SerialTransport):
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.process.stdout.close()
+        self.process.stderr.close()
