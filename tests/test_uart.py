@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Amaranth-simulator tests of the UART PHY (hw/link/uart.py): bit timing, loopback, baud tolerance,
 framing errors, overruns. The link tests drive the core at the byte level; this is the only check of
 the serial bit timing."""

@@ -1,0 +1,89 @@
+"""Board top: the link core behind a UART on a real board.
+
+    uart.rx pin -> UartRx -> SyncFIFOBuffered -> LinkCore.rx
+    LinkCore.tx -> UartTx -> uart.tx pin
+
+The clock is the platform's default clock (the ``sync`` domain Amaranth creates from it). LEDs, when
+the board has them: 0 = heartbeat (about 1 Hz), 1 = serial activity, 2 = a byte was dropped (framing
+error or overrun; sticky until reset). Board-level parameters go into the design's info blob and
+digest (``extra_params``), so ``host/run.py info`` shows which board/clock/baud a bitstream was built for.
+"""
+from amaranth.build import ResourceError
+from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.lib import fifo, io, wiring
+
+from .design import Design
+from .link.uart import UartRx, UartTx, uart_divisor
+
+DEFAULT_BAUD = 115200
+RX_FIFO_DEPTH = 16
+
+
+class BoardTop(Elaboratable):
+    def __init__(self, design: Design, *, board: str, clk_hz: float, baud: int = DEFAULT_BAUD,
+                 rx_fifo_depth: int = RX_FIFO_DEPTH):
+        self.design = design
+        self.board = board
+        self.clk_hz = clk_hz
+        self.baud = baud
+        self.divisor = uart_divisor(clk_hz, baud)
+        self.rx_fifo_depth = rx_fifo_depth
+        self.core = design.make_core(extra_params=self.board_params())
+        # created here so a simulation (``elaborate(None)``: no pins) can drive ``uart_rx.rx`` and
+        # watch ``uart_tx.tx``
+        self.uart_rx = UartRx(self.divisor)
+        self.uart_tx = UartTx(self.divisor)
+
+    def board_params(self) -> dict:
+        return {"board": self.board, "clk_hz": int(round(self.clk_hz)), "baud": self.baud}
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.uart_rx = rx = self.uart_rx
+        m.submodules.rx_fifo = q = fifo.SyncFIFOBuffered(width=8, depth=self.rx_fifo_depth)
+        m.submodules.core = core = self.core
+        m.submodules.uart_tx = tx = self.uart_tx
+        wiring.connect(m, rx.o, q.w_stream)
+        wiring.connect(m, q.r_stream, core.rx)
+        wiring.connect(m, core.tx, tx.i)
+
+        if platform is None:  # simulation / plain elaboration: no pins
+            return m
+
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_pin = rx_pin = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_pin = tx_pin = io.Buffer("o", uart.tx)
+        m.d.comb += [rx.rx.eq(rx_pin.i), tx_pin.o.eq(tx.tx)]
+
+        leds = []
+        for i in range(3):
+            try:
+                port = platform.request("led", i, dir="-")
+            except ResourceError:
+                break
+            m.submodules[f"led{i}"] = buf = io.Buffer("o", port)
+            leds.append(buf.o)
+
+        half_second = max(1, int(self.clk_hz // 2))
+        beat = Signal(range(half_second))
+        beat_led = Signal()
+        with m.If(beat == half_second - 1):
+            m.d.sync += [beat.eq(0), beat_led.eq(~beat_led)]
+        with m.Else():
+            m.d.sync += beat.eq(beat + 1)
+
+        # activity: stretched to ~20 ms so single bytes are visible
+        stretch = max(1, int(self.clk_hz // 50))
+        act = Signal(range(stretch + 1))
+        with m.If(rx.busy | tx.busy):
+            m.d.sync += act.eq(stretch)
+        with m.Elif(act != 0):
+            m.d.sync += act.eq(act - 1)
+
+        dropped = Signal()
+        with m.If(rx.error):
+            m.d.sync += dropped.eq(1)
+
+        for led, value in zip(leds, [beat_led, act != 0, dropped]):
+            m.d.comb += led.eq(value)
+        return m

