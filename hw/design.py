@@ -9,6 +9,7 @@ from .link.router import LinkCore
 
 ENGINES = {
     "echo": EchoEngine,
+    "sgd": __import__("hw.sgd.engine", fromlist=["SgdEngine"]).SgdEngine,
 }
 
 

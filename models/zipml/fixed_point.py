@@ -37,7 +37,8 @@ import numpy as np
 
 from .rng import stochastic_round_fixed
 
-__all__ = ["FRAC_BITS", "to_fixed", "from_fixed", "FixedSGDResult", "qfixed_sgd"]
+__all__ = ["FRAC_BITS", "to_fixed", "from_fixed", "FixedSGDResult", "qfixed_sgd", "EngineRunResult", "engine_run",
+           "saturate32"]
 
 FRAC_BITS = 23
 _I32 = (-(2**31), 2**31 - 1)
@@ -120,3 +121,78 @@ def qfixed_sgd(q1, q2, labels_fixed, bits: int, *, signed: bool = False, epochs:
             shift += 1
     res.x = x
     return res
+
+
+# --- the zippix SGD engine (hw/sgd): one run of samples through the streaming pipeline ----------------------------
+
+I32_MIN, I32_MAX = _I32
+
+
+def saturate32(v):
+    """Clamp to the int32 range (the engine saturates instead of wrapping)."""
+    return np.clip(v, I32_MIN, I32_MAX)
+
+
+@dataclass
+class EngineRunResult:
+    """Final model (int64 holding int32, Q.23) and the engine's sticky saturation flags for the run."""
+
+    x: np.ndarray
+    t_saturated: bool = False
+    x_saturated: bool = False
+
+
+def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift: int, batch_mask: int = 0,
+               delay: int = 2) -> EngineRunResult:
+    """Bit-exact model of one RUN of the zippix SGD engine (``hw.sgd``) over the samples in order.
+
+    The engine is the qFSGD datapath above with two differences that come from its II=1 pipeline:
+
+    * **saturation**: ``t`` and every model word are clamped to int32 (sticky flags report it) instead of wrapping;
+    * **pipeline staleness**: the dot product reads a second model bank ``y``.  Sample ``i``'s update writes the
+      new model rows into ``y`` too when ``i`` is a *refresh sample*: ``(i & batch_mask) == batch_mask`` or ``i``
+      is the last sample of the run (so both banks agree when a run ends).  The dot product of sample ``j`` sees
+      the refresh of sample ``i`` iff ``i <= j - delay``; ``delay = 1 + ceil(P / R)`` with ``P`` the engine's
+      ``pipe_latency`` and ``R`` its beats per sample (:func:`hw.sgd.layout.staleness`).  ``batch_mask = 2**k - 1``
+      gives minibatches of ``2**k`` samples whose dot products share one model snapshot (plus the pipeline delay).
+
+    ``q1``, ``q2``: integer codes ``(n, d)`` (the same array twice for the 32-bit baseline); the sample index ``i``
+    counts from 0 at the start of the run (a multi-epoch run continues counting across epochs).
+    """
+    q1 = np.asarray(q1, dtype=np.int64)
+    q2 = np.asarray(q2, dtype=np.int64)
+    n, d = q1.shape
+    if q2.shape != q1.shape:
+        raise ValueError(f"q1 {q1.shape} and q2 {q2.shape} differ")
+    bl = np.asarray(labels_fixed, dtype=np.int64).ravel()
+    if bl.shape[0] != n:
+        raise ValueError(f"{n} samples but {bl.shape[0]} labels")
+    if delay < 1:
+        raise ValueError("delay must be >= 1")
+    if bits == 1:
+        nb = 0
+    else:
+        nb = bits - 2 if signed else bits - 1
+    x = np.array(x0, dtype=np.int64).copy()
+    if x.shape != (d,):
+        raise ValueError(f"x0 has shape {x.shape}, expected ({d},)")
+    y = x.copy()
+    pending = []  # (sample index, snapshot) of refreshes not yet visible to the dot product
+    t_sat = x_sat = False
+    mask = int(batch_mask)
+    for j in range(n):
+        while pending and pending[0][0] <= j - delay:
+            y = pending.pop(0)[1]
+        dot = int(np.sum((y * q1[j]) >> nb))
+        t = (dot - int(bl[j])) >> int(step_shift)
+        if t < I32_MIN or t > I32_MAX:
+            t_sat = True
+            t = min(max(t, I32_MIN), I32_MAX)
+        new = x - ((t * q2[j]) >> nb)
+        if new.min() < I32_MIN or new.max() > I32_MAX:
+            x_sat = True
+            new = saturate32(new)
+        x = new
+        if (j & mask) == mask or j == n - 1:
+            pending.append((j, x.copy()))
+    return EngineRunResult(x=x, t_saturated=t_sat, x_saturated=x_sat)

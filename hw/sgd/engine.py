@@ -1,0 +1,520 @@
+"""The ZipML SGD engine: streaming least-squares SGD on double-sampled low-precision samples (issue 4).
+
+Ref: fpgasystems/ZipML-XeonFPGA@a7bdb44 RTL/qFSGD.vhd and its units (shared reference docs/zipml.md §7.4); the
+bit-exact golden is ``models.zipml.fixed_point.engine_run``.
+
+Datapath, one bus beat (``W`` bits, ``L`` feature lanes) per clock::
+
+  beat --> S1: model bank Y row k (sync read), decode q1, x_j*q1_j >> nb per lane, masked beyond d
+       --> S2: registered terms --> adder tree (log2 L register levels) --> accumulate over the R beats
+       --> dot --> t = sat32((dot - label) >> step_shift)
+       --> update pass over the sample's R beats (q2 from the beat FIFO): g_j = (t*q2_j) >> nb,
+           x_j = sat32(x_j - g_j) written to bank X (and to bank Y on refresh samples)
+
+Every pipeline register advances only on an *enabled* cycle: a cycle that accepts a beat, or a drain cycle once
+the run's last beat is in.  An idle input cycle freezes the whole pipeline, so the arithmetic (including which
+updates the dot product sees) depends only on the beat order, never on input timing.  The dot product of sample
+``j`` sees the refresh of sample ``i`` iff ``i <= j - staleness(pipe_latency, R)`` (``hw.sgd.layout``).
+"""
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory
+
+from ..engine import Engine
+from .layout import beats_per_sample, check_bits, check_bus_bits, lanes as lanes_of, slot_bits
+from .tree import AdderTree, tree_levels
+
+# --- register map (engine-relative indices; the link adds ENGINE_REG_BASE)
+REG_CMD = 0            # w: CMD_* below
+REG_STATUS = 1         # r: bit0 running, bit1 clearing, bit2 reading model, bit3 t saturated, bit4 model saturated
+REG_FEATURES = 2       # rw: d (bias included)
+REG_BEATS = 3          # rw: beats per sample R (hw.sgd.layout.beats_per_sample)
+REG_RUN_SAMPLES = 4    # rw: samples in the next RUN (epochs x samples per epoch)
+REG_STEP_SHIFT = 5     # rw: step 2**-shift
+REG_BATCH_MASK = 6     # rw: refresh the dot product's model bank after sample i when (i & mask) == mask
+REG_FLAGS = 7          # rw: bit0 signed codes ([-1, 1] data), bit1 source = link (0: on-chip sample store)
+REG_IN_MODE = 8        # rw: where input bytes go: 0 samples to the pipeline, 1 sample store, 2 model words
+REG_STORE_WADDR = 9    # rw: next store beat written in IN_MODE 1 (auto-increments)
+REG_STORE_BASE = 10    # rw: first store beat of a RUN
+REG_STORE_WRAP = 11    # rw: the store read address wraps to 0 here (0 = store depth): cycles epoch copies
+REG_MODEL_WADDR = 12   # rw: next model word written in IN_MODE 2 (auto-increments)
+REG_CYCLES = 16        # r: cycles of the last RUN (start to last model write)
+REG_BEATS_IN = 17      # r: beats taken in the last RUN
+REG_STALLS = 18        # r: cycles of the last RUN with no beat available before its last beat
+REG_SAMPLES_DONE = 19  # r: samples whose update finished in the last RUN
+REG_P_BITS = 24        # r: parameters, so a host can check what it talks to
+REG_P_BUS_BITS = 25
+REG_P_LANES = 26
+REG_P_MAX_FEATURES = 27
+REG_P_STORE_BEATS = 28
+REG_P_PIPE_LATENCY = 29
+REG_P_ROWS = 30
+
+CMD_RUN = 1            # stream RUN_SAMPLES samples through the pipeline (from the store or from the link)
+CMD_CLEAR_MODEL = 2    # zero both model banks
+CMD_READ_MODEL = 3     # put FEATURES model words (int32 LE, Q.23) on the output stream
+
+IN_SAMPLES, IN_STORE, IN_MODEL = 0, 1, 2
+
+FLAG_SIGNED = 1
+FLAG_SOURCE_LINK = 2
+
+STATUS_RUNNING = 1
+STATUS_CLEARING = 2
+STATUS_READING = 4
+STATUS_T_SATURATED = 8
+STATUS_X_SATURATED = 16
+
+PIPE_LATENCY_BASE = 6  # enabled cycles from the last beat of a sample to its first model write, minus the tree
+
+
+def _pow2_at_least(n):
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+class SgdEngine(Engine):
+    """Parameters: ``bits`` in {1, 2, 4, 8, 32}; ``bus_bits`` in {32, ..., 512}; ``max_features`` (model words,
+    bias included); ``store_beats`` (depth of the on-chip sample store, in beats)."""
+
+    engine_id = "ZSGD"
+
+    def __init__(self, bits: int = 4, bus_bits: int = 512, max_features: int = 4096, store_beats: int = 4096):
+        check_bits(bits)
+        check_bus_bits(bus_bits)
+        if not 1 <= max_features <= 65535:
+            raise ValueError(f"max_features must be in 1..65535, got {max_features}")
+        if store_beats < 2:
+            raise ValueError(f"store_beats must be at least 2, got {store_beats}")
+        self.bits = bits
+        self.bus_bits = bus_bits
+        self.slot = slot_bits(bits)
+        self.lanes = lanes_of(bits, bus_bits)
+        self.rows = beats_per_sample(max_features, bits, bus_bits)
+        self.max_features = max_features
+        self.tree_latency = tree_levels(self.lanes)
+        self.pipe_latency = PIPE_LATENCY_BASE + self.tree_latency
+        self.fifo_depth = _pow2_at_least(self.rows + self.tree_latency + 8)
+        self.store_beats = store_beats
+        super().__init__({"bits": bits, "bus_bits": bus_bits, "max_features": max_features,
+                          "store_beats": store_beats, "lanes": self.lanes, "pipe_latency": self.pipe_latency})
+        L = self.lanes
+        self.store = memory.Memory(shape=unsigned(bus_bits), depth=store_beats, init=[])
+        self.model_x = memory.Memory(shape=unsigned(32 * L), depth=self.rows, init=[])
+        self.model_y = memory.Memory(shape=unsigned(32 * L), depth=self.rows, init=[])
+        self.fifo = memory.Memory(shape=unsigned(bus_bits), depth=self.fifo_depth, init=[])
+
+    # --- lane arithmetic, shared with the unit tests
+    def _codes(self, payload, copy, sgn):
+        """Integer codes of every lane of a beat (copy 0 = q1, 1 = q2)."""
+        b, s = self.bits, self.slot
+        out = []
+        for j in range(self.lanes):
+            if b == 32:
+                f = payload[32 * j:32 * j + 32]
+                out.append(Mux(sgn, f.as_signed(), f.as_unsigned()))
+            else:
+                f = payload[j * s + copy * b: j * s + copy * b + b]
+                out.append(f.as_unsigned() if b == 1 else Mux(sgn, f.as_signed(), f.as_unsigned()))
+        return out
+
+    def _shift_nb(self, v, sgn):
+        b = self.bits
+        if b == 1:
+            return v
+        return Mux(sgn, v >> (b - 2), v >> (b - 1))
+
+    def elaborate(self, platform):
+        m = Module()
+        W, L, b = self.bus_bits, self.lanes, self.bits
+        lane_bits = (L - 1).bit_length()
+        m.submodules.store = self.store
+        m.submodules.model_x = self.model_x
+        m.submodules.model_y = self.model_y
+        m.submodules.fifo = self.fifo
+        sw = self.store.write_port()
+        sr = self.store.read_port()
+        xw = self.model_x.write_port(granularity=32)
+        xr = self.model_x.read_port(transparent_for=(xw,))
+        yw = self.model_y.write_port(granularity=32)
+        yr = self.model_y.read_port()
+        fw = self.fifo.write_port()
+        fr = self.fifo.read_port()
+
+        # --- configuration registers
+        features = Signal(16)
+        beats = Signal(16, init=1)
+        run_samples = Signal(32)
+        step_shift = Signal(6)
+        batch_mask = Signal(32)
+        flags = Signal(2)
+        in_mode = Signal(2)
+        store_waddr = Signal(range(self.store_beats))
+        store_base = Signal(range(self.store_beats))
+        store_wrap = Signal(32)
+        model_waddr = Signal(16)
+        sgn = Signal()
+        src_link = Signal()
+        m.d.comb += [sgn.eq(flags[0] & (b != 1)), src_link.eq(flags[1])]
+
+        # --- run state and counters
+        running = Signal()
+        in_done = Signal()
+        clearing = Signal()
+        clear_row = Signal(range(self.rows + 1))
+        reading = Signal()
+        t_sat = Signal()
+        x_sat = Signal()
+        cnt_cycles = Signal(32)
+        cnt_beats = Signal(32)
+        cnt_stalls = Signal(32)
+        cnt_samples = Signal(32)
+        start = Signal()
+        cmd_clear = Signal()
+        cmd_read = Signal()
+        idle = ~running & ~clearing & ~reading
+
+        # --- register port
+        with m.If(self.reg_we):
+            with m.Switch(self.reg_addr):
+                with m.Case(REG_CMD):
+                    m.d.comb += [start.eq((self.reg_wdata == CMD_RUN) & idle),
+                                 cmd_clear.eq((self.reg_wdata == CMD_CLEAR_MODEL) & idle),
+                                 cmd_read.eq((self.reg_wdata == CMD_READ_MODEL) & idle)]
+                with m.Case(REG_FEATURES):
+                    m.d.sync += features.eq(self.reg_wdata)
+                with m.Case(REG_BEATS):
+                    m.d.sync += beats.eq(self.reg_wdata)
+                with m.Case(REG_RUN_SAMPLES):
+                    m.d.sync += run_samples.eq(self.reg_wdata)
+                with m.Case(REG_STEP_SHIFT):
+                    m.d.sync += step_shift.eq(self.reg_wdata)
+                with m.Case(REG_BATCH_MASK):
+                    m.d.sync += batch_mask.eq(self.reg_wdata)
+                with m.Case(REG_FLAGS):
+                    m.d.sync += flags.eq(self.reg_wdata)
+                with m.Case(REG_STORE_BASE):
+                    m.d.sync += store_base.eq(self.reg_wdata)
+                with m.Case(REG_STORE_WRAP):
+                    m.d.sync += store_wrap.eq(self.reg_wdata)
+        rd = Signal(32)
+        with m.Switch(self.reg_addr):
+            with m.Case(REG_STATUS):
+                m.d.comb += rd.eq(Cat(running, clearing, reading, t_sat, x_sat))
+            with m.Case(REG_FEATURES):
+                m.d.comb += rd.eq(features)
+            with m.Case(REG_BEATS):
+                m.d.comb += rd.eq(beats)
+            with m.Case(REG_RUN_SAMPLES):
+                m.d.comb += rd.eq(run_samples)
+            with m.Case(REG_STEP_SHIFT):
+                m.d.comb += rd.eq(step_shift)
+            with m.Case(REG_BATCH_MASK):
+                m.d.comb += rd.eq(batch_mask)
+            with m.Case(REG_FLAGS):
+                m.d.comb += rd.eq(flags)
+            with m.Case(REG_IN_MODE):
+                m.d.comb += rd.eq(in_mode)
+            with m.Case(REG_STORE_WADDR):
+                m.d.comb += rd.eq(store_waddr)
+            with m.Case(REG_STORE_BASE):
+                m.d.comb += rd.eq(store_base)
+            with m.Case(REG_STORE_WRAP):
+                m.d.comb += rd.eq(store_wrap)
+            with m.Case(REG_MODEL_WADDR):
+                m.d.comb += rd.eq(model_waddr)
+            with m.Case(REG_CYCLES):
+                m.d.comb += rd.eq(cnt_cycles)
+            with m.Case(REG_BEATS_IN):
+                m.d.comb += rd.eq(cnt_beats)
+            with m.Case(REG_STALLS):
+                m.d.comb += rd.eq(cnt_stalls)
+            with m.Case(REG_SAMPLES_DONE):
+                m.d.comb += rd.eq(cnt_samples)
+            with m.Case(REG_P_BITS):
+                m.d.comb += rd.eq(b)
+            with m.Case(REG_P_BUS_BITS):
+                m.d.comb += rd.eq(W)
+            with m.Case(REG_P_LANES):
+                m.d.comb += rd.eq(L)
+            with m.Case(REG_P_MAX_FEATURES):
+                m.d.comb += rd.eq(self.max_features)
+            with m.Case(REG_P_STORE_BEATS):
+                m.d.comb += rd.eq(self.store_beats)
+            with m.Case(REG_P_PIPE_LATENCY):
+                m.d.comb += rd.eq(self.pipe_latency)
+            with m.Case(REG_P_ROWS):
+                m.d.comb += rd.eq(self.rows)
+        with m.If(self.reg_re):
+            m.d.sync += self.reg_rdata.eq(rd)
+
+        # --- input bytes: beat assembler (samples / store) and word assembler (model)
+        beat_sr = Signal(W)
+        beat_cnt = Signal(range(W // 8))
+        beat_full = Signal()
+        beat_take = Signal()
+        word_sr = Signal(32)
+        word_cnt = Signal(2)
+        mode_write = self.reg_we & (self.reg_addr == REG_IN_MODE)
+        waddr_write = self.reg_we & (self.reg_addr == REG_STORE_WADDR)
+        maddr_write = self.reg_we & (self.reg_addr == REG_MODEL_WADDR)
+        with m.If(in_mode == IN_MODEL):
+            m.d.comb += self.i.ready.eq(idle)
+        with m.Else():
+            m.d.comb += self.i.ready.eq(~beat_full | beat_take)
+        beat_next = Cat(beat_sr[8:], self.i.payload)
+        word_next = Cat(word_sr[8:], self.i.payload)
+        model_word_we = Signal()
+        with m.If(beat_take):
+            m.d.sync += beat_full.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            with m.If(in_mode == IN_MODEL):
+                m.d.sync += [word_sr.eq(word_next), word_cnt.eq(word_cnt + 1)]
+                with m.If(word_cnt == 3):
+                    m.d.comb += model_word_we.eq(1)
+            with m.Else():
+                m.d.sync += beat_sr.eq(beat_next)
+                with m.If(beat_cnt == W // 8 - 1):
+                    m.d.sync += beat_cnt.eq(0)
+                    with m.If(in_mode == IN_STORE):
+                        m.d.comb += [sw.en.eq(1), sw.addr.eq(store_waddr), sw.data.eq(beat_next)]
+                        m.d.sync += store_waddr.eq(Mux(store_waddr == self.store_beats - 1, 0, store_waddr + 1))
+                    with m.Else():
+                        m.d.sync += beat_full.eq(1)
+                with m.Else():
+                    m.d.sync += beat_cnt.eq(beat_cnt + 1)
+        with m.If(mode_write):
+            m.d.sync += [in_mode.eq(self.reg_wdata), beat_cnt.eq(0), beat_full.eq(0), word_cnt.eq(0)]
+        with m.If(waddr_write):
+            m.d.sync += store_waddr.eq(self.reg_wdata)
+        with m.If(maddr_write):
+            m.d.sync += model_waddr.eq(self.reg_wdata)
+        with m.Elif(model_word_we):
+            m.d.sync += model_waddr.eq(model_waddr + 1)
+
+        # --- beat source: the on-chip store (one beat per clock) or the link's beat assembler
+        src_valid = Signal()
+        src_payload = Signal(W)
+        core_ready = Signal()
+        st_valid = Signal()
+        st_addr = Signal(range(self.store_beats))
+        st_limit = Mux(store_wrap == 0, self.store_beats, store_wrap)
+        st_adv = ~st_valid | core_ready
+        m.d.comb += [sr.addr.eq(st_addr), sr.en.eq(st_adv)]
+        with m.If(start):
+            m.d.sync += [st_addr.eq(store_base), st_valid.eq(0)]
+        with m.Elif(st_adv):
+            fetch = running & ~src_link & ~in_done
+            m.d.sync += st_valid.eq(fetch)
+            with m.If(fetch):
+                m.d.sync += st_addr.eq(Mux(st_addr + 1 >= st_limit, 0, st_addr + 1))
+        with m.If(src_link):
+            m.d.comb += [src_valid.eq(beat_full & (in_mode == IN_SAMPLES)), src_payload.eq(beat_sr),
+                         beat_take.eq(core_ready & (in_mode == IN_SAMPLES))]
+        with m.Else():
+            m.d.comb += [src_valid.eq(st_valid), src_payload.eq(sr.data)]
+
+        # --- pipeline control
+        accept = Signal()
+        ce = Signal()
+        m.d.comb += [core_ready.eq(running & ~in_done),
+                     accept.eq(src_valid & core_ready),
+                     ce.eq(accept | (running & in_done))]
+        with m.If(running):
+            m.d.sync += cnt_cycles.eq(cnt_cycles + 1)
+            with m.If(accept):
+                m.d.sync += cnt_beats.eq(cnt_beats + 1)
+            with m.If(~in_done & ~src_valid):
+                m.d.sync += cnt_stalls.eq(cnt_stalls + 1)
+
+        # --- S0: beat position
+        k = Signal(16)
+        base = Signal(16)
+        i_in = Signal(32)
+        last = Signal()
+        m.d.comb += last.eq(k == beats - 1)
+        with m.If(start):
+            m.d.sync += [running.eq(run_samples != 0), in_done.eq(0), k.eq(0), base.eq(0), i_in.eq(0),
+                         cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0),
+                         t_sat.eq(0), x_sat.eq(0)]
+        with m.Elif(accept):
+            with m.If(last):
+                m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
+                with m.If(i_in + 1 == run_samples):
+                    m.d.sync += in_done.eq(1)
+            with m.Else():
+                m.d.sync += [k.eq(k + 1), base.eq(base + L)]
+        m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
+        fifo_wp = Signal(range(self.fifo_depth))
+        fifo_rp = Signal(range(self.fifo_depth))
+        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(src_payload), fw.en.eq(accept)]
+        with m.If(start):
+            m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
+        with m.Elif(accept):
+            m.d.sync += fifo_wp.eq(fifo_wp + 1)
+
+        # --- S1: model row available; per-lane products
+        v1, last1, ref1 = Signal(), Signal(), Signal()
+        p1 = Signal(W)
+        lab1 = Signal(signed(32))
+        rem1 = Signal(signed(18))
+        refresh = ((i_in & batch_mask) == batch_mask) | (i_in + 1 == run_samples)
+        with m.If(ce):
+            m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
+                         lab1.eq(src_payload[W - 32:].as_signed()), rem1.eq(features - base)]
+        tw = 34
+        m.submodules.tree = tree = AdderTree(L, tw)
+        m.d.comb += tree.ce.eq(ce)
+        q1 = self._codes(p1, 0, sgn)
+        v2, last2, ref2 = Signal(), Signal(), Signal()
+        lab2 = Signal(signed(32))
+        terms = Signal(data.ArrayLayout(signed(tw), L))
+        with m.If(ce):
+            m.d.sync += [v2.eq(v1), last2.eq(last1), ref2.eq(ref1), lab2.eq(lab1)]
+            for j in range(L):
+                xj = yr.data[32 * j:32 * j + 32].as_signed()
+                term = self._shift_nb(xj * q1[j], sgn)
+                m.d.sync += terms[j].eq(Mux(rem1 > j, term, 0))
+        m.d.comb += tree.i.eq(terms)
+        # delay lines alongside the tree
+        va, lasta, refa, laba = v2, last2, ref2, lab2
+        for lvl in range(self.tree_latency):
+            nv, nl, nr = Signal(name=f"tv{lvl}"), Signal(name=f"tl{lvl}"), Signal(name=f"tr{lvl}")
+            nlab = Signal(signed(32), name=f"tlab{lvl}")
+            with m.If(ce):
+                m.d.sync += [nv.eq(va), nl.eq(lasta), nr.eq(refa), nlab.eq(laba)]
+            va, lasta, refa, laba = nv, nl, nr, nlab
+
+        # --- accumulate over the beats of a sample
+        acc_w = 32 + 2 + (self.rows * L).bit_length()
+        acc = Signal(signed(acc_w))
+        dot = Signal(signed(acc_w))
+        dv, dref = Signal(), Signal()
+        dlab = Signal(signed(32))
+        with m.If(ce):
+            m.d.sync += dv.eq(va & lasta)
+            with m.If(va):
+                with m.If(lasta):
+                    m.d.sync += [dot.eq(acc + tree.o), acc.eq(0), dlab.eq(laba), dref.eq(refa)]
+                with m.Else():
+                    m.d.sync += acc.eq(acc + tree.o)
+        with m.If(start):
+            m.d.sync += acc.eq(0)
+
+        # --- scalar stage: t = sat32((dot - label) >> step_shift)
+        diff = Signal(signed(acc_w + 1))
+        m.d.comb += diff.eq(dot - dlab)
+        shifted = Signal(signed(acc_w + 1))
+        m.d.comb += shifted.eq(diff >> step_shift)
+        t_hi = shifted > 2**31 - 1
+        t_lo = shifted < -2**31
+        tv, tref = Signal(), Signal()
+        t = Signal(signed(32))
+        with m.If(ce):
+            m.d.sync += [tv.eq(dv), tref.eq(dref),
+                         t.eq(Mux(t_hi, 2**31 - 1, Mux(t_lo, -2**31, shifted)))]
+            with m.If(dv & (t_hi | t_lo)):
+                m.d.sync += t_sat.eq(1)
+
+        # --- update pass: one model row per enabled cycle
+        u_active, u_ref = Signal(), Signal()
+        u_row, u_base = Signal(16), Signal(16)
+        u_t = Signal(signed(32))
+        issue = tv | u_active
+        row = Mux(tv, 0, u_row)
+        ubase = Mux(tv, 0, u_base)
+        tt = Mux(tv, t, u_t)
+        rr = Mux(tv, tref, u_ref)
+        m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce)]
+        ua_v, ua_ref, ua_lastrow = Signal(), Signal(), Signal()
+        ua_row = Signal(16)
+        ua_rem = Signal(signed(18))
+        ua_t = Signal(signed(32))
+        with m.If(ce):
+            m.d.sync += [ua_v.eq(issue), ua_row.eq(row), ua_rem.eq(features - ubase), ua_t.eq(tt), ua_ref.eq(rr),
+                         ua_lastrow.eq(row == beats - 1)]
+            with m.If(issue):
+                m.d.sync += [fifo_rp.eq(fifo_rp + 1), u_row.eq(row + 1), u_base.eq(ubase + L), u_t.eq(tt),
+                             u_ref.eq(rr), u_active.eq(row + 1 != beats)]
+        with m.If(start):
+            m.d.sync += u_active.eq(0)
+        q2 = self._codes(fr.data, 1, sgn)
+        gw = 34
+        g = Signal(data.ArrayLayout(signed(gw), L))
+        ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
+        ub_row = Signal(16)
+        with m.If(ce):
+            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row)]
+            for j in range(L):
+                m.d.sync += g[j].eq(Mux(ua_rem > j, self._shift_nb(ua_t * q2[j], sgn), 0))
+        new_lanes = []
+        any_sat = []
+        for j in range(L):
+            xj = xr.data[32 * j:32 * j + 32].as_signed()
+            nv = Signal(signed(gw + 1), name=f"new{j}")
+            m.d.comb += nv.eq(xj - g[j])
+            hi, lo = nv > 2**31 - 1, nv < -2**31
+            any_sat.append(hi | lo)
+            new_lanes.append(Mux(hi, Const(2**31 - 1, 32), Mux(lo, Const(2**31, 32), nv[:32])))
+        new_row = Cat(*new_lanes)
+        upd_we = ce & ub_v
+        with m.If(upd_we):
+            with m.If(Cat(*any_sat).any()):
+                m.d.sync += x_sat.eq(1)
+            with m.If(ub_lastrow):
+                m.d.sync += cnt_samples.eq(cnt_samples + 1)
+                with m.If(cnt_samples + 1 == run_samples):
+                    m.d.sync += running.eq(0)
+
+        # --- model memory ports: the update pass, clearing, host word writes, host reads
+        all_lanes = (1 << L) - 1
+        rd_word = Signal(16)
+        with m.If(running):
+            m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce),
+                         xw.addr.eq(ub_row), xw.data.eq(new_row), xw.en.eq(Mux(upd_we, all_lanes, 0)),
+                         yw.addr.eq(ub_row), yw.data.eq(new_row), yw.en.eq(Mux(upd_we & ub_ref, all_lanes, 0))]
+        with m.Elif(clearing):
+            m.d.comb += [xw.addr.eq(clear_row), xw.data.eq(0), xw.en.eq(all_lanes),
+                         yw.addr.eq(clear_row), yw.data.eq(0), yw.en.eq(all_lanes)]
+        with m.Else():
+            word_lane = model_waddr[:lane_bits] if lane_bits else 0
+            lane_en = Signal(L)
+            m.d.comb += lane_en.eq(Const(1, L) << word_lane)
+            m.d.comb += [xr.addr.eq(rd_word >> lane_bits), xr.en.eq(1),
+                         xw.addr.eq(model_waddr >> lane_bits), xw.data.eq(Cat(*([word_next] * L))),
+                         yw.addr.eq(model_waddr >> lane_bits), yw.data.eq(Cat(*([word_next] * L)))]
+            with m.If(model_word_we & (model_waddr < self.rows * L)):
+                m.d.comb += [xw.en.eq(lane_en), yw.en.eq(lane_en)]
+
+        with m.If(cmd_clear):
+            m.d.sync += [clearing.eq(1), clear_row.eq(0)]
+        with m.Elif(clearing):
+            m.d.sync += clear_row.eq(clear_row + 1)
+            with m.If(clear_row == self.rows - 1):
+                m.d.sync += clearing.eq(0)
+
+        # --- model readback: FEATURES words, 4 bytes each, little-endian
+        rd_phase = Signal(2)
+        rd_byte = Signal(2)
+        rd_latch = Signal(32)
+        with m.If(cmd_read):
+            m.d.sync += [reading.eq(features != 0), rd_word.eq(0), rd_phase.eq(0), rd_byte.eq(0)]
+        with m.Elif(reading):
+            with m.Switch(rd_phase):
+                with m.Case(0):
+                    m.d.sync += rd_phase.eq(1)
+                with m.Case(1):
+                    lane = rd_word[:lane_bits] if lane_bits else 0
+                    m.d.sync += [rd_latch.eq(xr.data.word_select(lane, 32)), rd_phase.eq(2)]
+                with m.Case(2):
+                    m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(rd_latch.word_select(rd_byte, 8))]
+                    with m.If(self.o.ready):
+                        m.d.sync += rd_byte.eq(rd_byte + 1)
+                        with m.If(rd_byte == 3):
+                            m.d.sync += [rd_word.eq(rd_word + 1), rd_phase.eq(0)]
+                            with m.If(rd_word + 1 == features):
+                                m.d.sync += reading.eq(0)
+
+        m.d.comb += self.busy.eq(running | clearing | reading)
+        return m
