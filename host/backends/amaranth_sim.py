@@ -23,6 +23,7 @@ class AmaranthTransport:
         self._out = bytearray()
         self._quiet = 0
         self._now = 0.0
+        self._pokes = deque()  # (memory, first row, values) for write_engine_memory
         self._sim = Simulator(core)
         self._sim.add_clock(CLOCK_PERIOD_S)
         self._sim.add_testbench(self._bridge, background=True)
@@ -31,6 +32,10 @@ class AmaranthTransport:
         core = self.core
         ctx.set(core.tx.ready, 1)
         while True:
+            while self._pokes:
+                mem, first, values = self._pokes.popleft()
+                for row, value in enumerate(values, first):
+                    ctx.set(mem.data[row], value)
             has_input = bool(self._in)
             ctx.set(core.rx.valid, has_input)
             if has_input:
@@ -66,6 +71,18 @@ class AmaranthTransport:
     def run_cycles(self, cycles: int):
         """Let the design run (for engines that work on their own)."""
         self._run(cycles)
+
+    def write_engine_memory(self, name: str, first: int, values) -> None:
+        """Optional backdoor (used by ``host.sgd_train``): write ``values`` (ints) into rows ``first...`` of the
+        engine's ``lib.memory.Memory`` attribute ``name``, leaving the design exactly as if they had been
+        loaded over the link, at no link cost.  Other transports may lack it; callers then use the link."""
+        mem = getattr(self.core.engine, name)
+        if first < 0 or first + len(values) > mem.depth:
+            raise ValueError(f"rows {first}..{first + len(values) - 1} outside {name} (depth {mem.depth})")
+        self._pokes.append((mem, first, list(values)))
+        self._quiet = 0
+        while self._pokes:
+            self._run(1)
 
     def close(self):
         pass
