@@ -19,6 +19,8 @@ from host.device import LinkError  # noqa: E402
 from hw.design import Design  # noqa: E402
 
 ACTIONS = ("train", "info", "echo")
+LINEAR_MODELS = ["linreg"]
+PIXELCNN_MODELS = ["pixelcnn", "gray-pixelcnn", "pyramid-pixelcnn"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,11 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python host/run.py                                  # train synthetic100, Q4, simulated\n"
                "  python host/run.py --dataset diabetes --bits 2 --epochs 20 --json out.json\n"
+               "  python host/run.py --model pixelcnn --dataset digits --samples 16\n"
                "  python host/run.py info --backend amaranth\n"
                "  python host/run.py info --backend serial --port /dev/ttyUSB1\n",
     )
     p.add_argument("action", nargs="?", choices=ACTIONS, default="train", metavar="ACTION",
-                   help="train | info | echo (default: train)")
+                   help="train (run --model on --dataset) | info | echo (default: train)")
     dev = p.add_argument_group("device")
     dev.add_argument("--backend", choices=BACKENDS, default="verilator",
                      help="verilator: compiled simulation (built once, cached); amaranth: pure-Python "
@@ -45,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--timeout", type=float, default=5.0, metavar="S",
                      help="seconds to wait for each reply (default: 5.0)")
     job = p.add_argument_group("training")
-    job.add_argument("--dataset", default="synthetic100", metavar="NAME_OR_PATH",
-                     help="a bundled dataset name or a LIBSVM file (default: synthetic100)")
-    job.add_argument("--model", default="linreg", metavar="MODEL", help="model to train (default: linreg)")
+    job.add_argument("--model", default="linreg", choices=LINEAR_MODELS + PIXELCNN_MODELS, metavar="MODEL",
+                     help="linreg: ZipML least squares on the SGD engine; pixelcnn, gray-pixelcnn, "
+                          "pyramid-pixelcnn: likelihood and sampling on the convolution engine (default: linreg)")
+    job.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
+                     help="a bundled dataset name or a file (default: synthetic100 for linreg, digits for "
+                          "the PixelCNN models)")
     job.add_argument("--bits", type=int, default=4, metavar="B",
                      help="sample precision: 1, 2, 4, 8, or 32 for the full-precision datapath (default: 4)")
     job.add_argument("--epochs", type=int, default=10, metavar="E", help="training epochs (default: 10)")
@@ -55,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--plot", type=Path, metavar="PNG", default=None,
                      help="loss plot path (default: results/<dataset>_q<bits>_<backend>.png)")
     job.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
+    job.add_argument("--samples", type=int, default=16, metavar="N",
+                     help="PixelCNN models: images to generate on the device (default: 16)")
     test = p.add_argument_group("echo self-test")
     test.add_argument("--bytes", type=int, default=4096, metavar="N",
                       help="bytes to send through the loopback engine (default: 4096)")
@@ -96,7 +104,12 @@ def cmd_echo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.model in PIXELCNN_MODELS:
+        from host import pixelcnn_run
+        args.dataset = args.dataset or "digits"
+        return pixelcnn_run.main(args)
     from host import sgd_train
+    args.dataset = args.dataset or "synthetic100"
     return sgd_train.main(args)
 
 
