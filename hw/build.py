@@ -31,26 +31,35 @@ class BoardSpec:
     platform: str        # Platform class in it
     family: str          # "ice40" or "ecp5"
     synth_opts: str = ""  # extra synth options ("-dsp" only on UP5K/UP3K: other iCE40s have no DSP)
-    programmer: str = ""  # the tool toolchain_program calls, and its env var
+    programmer: str = ""  # the tool amaranth-boards' toolchain_program calls
+    programmer_env: str | None = None  # the env var that overrides it, where the platform reads one
 
     def make_platform(self):
         return getattr(importlib.import_module(self.module), self.platform)()
 
 
-_ICEPROG = "iceprog"
-_OFL = "openFPGALoader"
+_ICEPROG = {"programmer": "iceprog", "programmer_env": "ICEPROG"}
+_OFL = {"programmer": "openFPGALoader", "programmer_env": "OPENFPGALOADER"}
+_ICESPROG = {"programmer": "icesprog"}
 
+PROGRAMMER_HINTS = {
+    "iceprog": "apt install fpga-icestorm, or build it from github.com/YosysHQ/icestorm",
+    "openFPGALoader": "apt install openfpgaloader, or a release from github.com/trabucayre/openFPGALoader",
+    "icesprog": "from github.com/wuxx/icesugar (tools/)",
+}
+
+# Every board here builds with the echo engine and meets timing (see docs/boards.md). Not listed: icestick
+# (HX1K, 1280 LCs: the link core needs ~1800), boards without a "uart" resource (orangecrab, fomu, ...).
 BOARDS = {
-    "icebreaker": BoardSpec("amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "-dsp", _ICEPROG),
-    "icesugar": BoardSpec("amaranth_boards.icesugar", "ICESugarPlatform", "ice40", "-dsp", "icesprog"),
+    "icebreaker": BoardSpec("amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "-dsp", **_ICEPROG),
+    "icesugar": BoardSpec("amaranth_boards.icesugar", "ICESugarPlatform", "ice40", "-dsp", **_ICESPROG),
     "ice40-hx8k-b-evn": BoardSpec("amaranth_boards.ice40_hx8k_b_evn", "ICE40HX8KBEVNPlatform", "ice40", "",
-                                  _ICEPROG),
-    "icestick": BoardSpec("amaranth_boards.icestick", "ICEStickPlatform", "ice40", "", _ICEPROG),
-    "ulx3s-12f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_12F_Platform", "ecp5", "", _OFL),
-    "ulx3s-25f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_25F_Platform", "ecp5", "", _OFL),
-    "ulx3s-45f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_45F_Platform", "ecp5", "", _OFL),
-    "ulx3s-85f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "", _OFL),
-    "icesugar-pro": BoardSpec("amaranth_boards.icesugar_pro", "ICESugarProPlatform", "ecp5", "", _OFL),
+                                  **_ICEPROG),
+    "ulx3s-12f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_12F_Platform", "ecp5", "", **_OFL),
+    "ulx3s-25f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_25F_Platform", "ecp5", "", **_OFL),
+    "ulx3s-45f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_45F_Platform", "ecp5", "", **_OFL),
+    "ulx3s-85f": BoardSpec("amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "", **_OFL),
+    "icesugar-pro": BoardSpec("amaranth_boards.icesugar_pro", "ICESugarProPlatform", "ecp5", "", **_ICESPROG),
 }
 
 YOWASP_TOOLS = {
@@ -220,13 +229,12 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
     Path(env["YOWASP_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
 
     if program:
-        tool_var = spec.programmer.upper().replace("-", "_")
-        tool = os.environ.get(tool_var, spec.programmer)
+        tool = os.environ.get(spec.programmer_env, spec.programmer) if spec.programmer_env else spec.programmer
         if not shutil.which(tool):
+            override = f", or set {spec.programmer_env} to its path" if spec.programmer_env else ""
             raise BuildError(f"cannot program {board}: the programmer {tool!r} is not on PATH. Install it "
-                             f"(openFPGALoader: apt install openfpgaloader or a release binary; iceprog: "
-                             f"apt install fpga-icestorm), or set {tool_var} to its path. The bitstream can "
-                             f"be built without it: drop --program.")
+                             f"({PROGRAMMER_HINTS[spec.programmer]}){override}. The bitstream builds "
+                             f"without it: drop --program (make bitstream BOARD={board}).")
 
     platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
     clk_hz = platform.default_clk_frequency
@@ -276,12 +284,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
     log(summary(report))
     log(f"report: {build_dir / 'report.json'}")
 
-    if not report["timing_met"]:
-        cp = report["critical_path"] or {}
-        raise BuildError(f"timing FAILED on {board}: Fmax {report['fmax_mhz']} MHz < board clock "
-                         f"{report['clk_mhz']:g} MHz. Critical path: {cp.get('from')} -> {cp.get('to')}, "
-                         f"{cp.get('delay_ns')} ns, {cp.get('logic_levels')} logic levels (details in "
-                         f"{build_dir}/{BITSTREAM_NAME}.tim). The bitstream was written but may not work.")
+    check_timing(report, build_dir)
     if bitstream.stat().st_size == 0:
         raise BuildError(f"empty bitstream {bitstream}")
 
@@ -293,6 +296,17 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
             raise BuildError(f"programming {board} failed: {e}. Is the board plugged in and accessible "
                              f"(udev rules / permissions on the USB device)?")
     return report
+
+
+def check_timing(report: dict, build_dir: Path) -> None:
+    """BuildError naming the critical path when the report says timing failed."""
+    if report["timing_met"]:
+        return
+    cp = report.get("critical_path") or {}
+    raise BuildError(f"timing FAILED on {report['board']}: Fmax {report['fmax_mhz']} MHz < board clock "
+                     f"{report['clk_mhz']:g} MHz. Critical path: {cp.get('from')} -> {cp.get('to')}, "
+                     f"{cp.get('delay_ns')} ns, {cp.get('logic_levels')} logic levels (details in "
+                     f"{build_dir}/{BITSTREAM_NAME}.tim). The bitstream was written but may not work.")
 
 
 def summary(report: dict) -> str:

@@ -72,6 +72,37 @@ def test_program_without_programmer_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "icebreaker").exists()  # nothing was built
 
 
+def test_timing_failure_is_reported(tmp_path):
+    """nextpnr's JSON report (as written with --timing-allow-fail) below the board clock gives
+    timing_met false and an error naming the critical path."""
+    pnr = {
+        "utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280},
+                        "ICESTORM_RAM": {"used": 2, "available": 30}},
+        "fmax": {"cd_sync.clk": {"achieved": 10.5, "constraint": 12.0}},
+        "critical_paths": [{"from": "posedge cd_sync.clk", "to": "posedge cd_sync.clk", "path": [
+            {"type": "clk-to-q", "from": {"cell": "a_DFF", "port": "CLK"}, "to": {"cell": "a_DFF", "port": "Q"},
+             "delay": 1.0},
+            {"type": "routing", "from": {"cell": "a_DFF", "port": "Q"}, "to": {"cell": "lut", "port": "I0"},
+             "delay": 60.0},
+            {"type": "logic", "from": {"cell": "lut", "port": "I0"}, "to": {"cell": "lut", "port": "O"},
+             "delay": 30.0},
+            {"type": "setup", "from": {"cell": "lut", "port": "O"}, "to": {"cell": "b_DFF", "port": "D"},
+             "delay": 4.0}]}],
+    }
+    (tmp_path / "top.pnr.json").write_text(json.dumps(pnr))
+    res = B.read_results(tmp_path, B.get_board("icebreaker"), 12e6)
+    assert res["timing_met"] is False and res["fmax_mhz"] == 10.5
+    assert res["resources"]["lut"] == {"used": 4000, "available": 5280, "nextpnr_name": "ICESTORM_LC"}
+    assert res["resources"]["dsp"]["used"] == 0
+    cp = res["critical_path"]
+    assert cp["from"] == "a_DFF.CLK" and cp["to"] == "b_DFF.D" and cp["logic_levels"] == 1
+    assert cp["delay_ns"] == 95.0
+    report = {"board": "icebreaker", "clk_mhz": 12.0, **res}
+    with pytest.raises(B.BuildError, match=r"timing FAILED.*10.5 MHz < board clock 12 MHz.*a_DFF.CLK -> b_DFF.D"):
+        B.check_timing(report, tmp_path)
+    B.check_timing({**report, "timing_met": True}, tmp_path)
+
+
 # ---------------------------------------------------------------- elaboration without tools
 
 
