@@ -221,11 +221,10 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
           log=print) -> dict:
     """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure)."""
-    from amaranth._toolchain import ToolNotFound
+    from amaranth._toolchain import tool_env_var
 
     spec = get_board(board)
-    env = tool_env(programming=program)
-    os.environ.update({k: v for k, v in env.items() if k not in os.environ or k == "PATH"})
+    env = tool_env(programming=program)  # only for the tool subprocesses: os.environ is left alone
     Path(env["YOWASP_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
 
     if program:
@@ -245,12 +244,18 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
     log(f"building {board} ({platform.device}, {clk_hz / 1e6:g} MHz, {baud} baud, engine {engine}) "
         f"into {build_dir}/ ...")
     t0 = time.monotonic()
+    for tool in platform.required_tools:
+        if program and tool == spec.programmer:
+            continue  # checked above
+        var = tool_env_var(tool)
+        exe = env.get(var, tool)
+        if not shutil.which(exe, path=env.get("PATH")):
+            raise BuildError(f"required tool {tool} not found: {var}={exe!r} is not on PATH. The YoWASP tools "
+                             f"come with the project's dependencies (pip install -e .); or set {var} to "
+                             f"your own install.")
     try:
-        products = platform.build(top, name=BITSTREAM_NAME, build_dir=str(build_dir), do_program=False,
-                                  **_build_kwargs(spec))
-    except ToolNotFound as e:
-        raise BuildError(f"{e}. The YoWASP tools come with the project's dependencies "
-                         f"(pip install -e .); or point the variable at your own install.")
+        plan = platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(spec))
+        products = plan.execute_local(str(build_dir), env=env)
     except subprocess.CalledProcessError as e:
         tail = _log_tail(build_dir / f"{BITSTREAM_NAME}.tim") or _log_tail(build_dir / f"{BITSTREAM_NAME}.rpt")
         raise BuildError(f"the toolchain failed (exit {e.returncode}) building {board}; logs in {build_dir}/ "
@@ -278,7 +283,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else None,
         "synth_opts": spec.synth_opts,
-        "tools": {var: os.environ[var] for var in YOWASP_TOOLS},
+        "tools": {var: env[var] for var in YOWASP_TOOLS},
     }
     (build_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(summary(report))
