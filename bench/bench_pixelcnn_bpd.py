@@ -33,14 +33,15 @@ ARCH = {"pixelcnn": dict(hidden=32, n_layers=5),
 QUICK_EPOCHS = {"digits": 8, "faces": 15, "patches": 1}
 
 
-def trivial(ds):
+def trivial(ds, test=None):
     """Uniform and per-position independent categorical (Laplace +1 counts on train) test bits/dim."""
     L = ds.levels
+    test = ds.test if test is None else test
     counts = np.ones((L,) + ds.shape)
     np.add.at(counts, (ds.train,) + tuple(np.indices(ds.train.shape)[1:]), 1)
     p = counts / counts.sum(0)
-    idx = np.indices(ds.test.shape)[1:]
-    lp = np.log2(p[(ds.test,) + tuple(idx)])
+    idx = np.indices(test.shape)[1:]
+    lp = np.log2(p[(test,) + tuple(idx)])
     return {"uniform": math.log2(L), "independent": float(-lp.mean())}
 
 
@@ -58,6 +59,8 @@ def main(argv=None):
         ds = data.load(name)
         row = {"levels": ds.levels, "shape": list(ds.shape), "n_test": len(ds.test), "trivial_bits_per_dim": trivial(ds),
                "models": {}}
+        for ename, ex in ds.extra.items():
+            row[f"{ename}_trivial_bits_per_dim"] = trivial(ds, ex)
         for m in MODELS:
             t0 = time.time()
             arch = dict(ARCH[m], **({"n_levels": 3} if (m == "pyramid" and name == "faces") else {}))
@@ -69,6 +72,10 @@ def main(argv=None):
             bpd, parts = evaluate(model, ds.test)
             row["models"][m] = {"bits_per_dim": bpd, "parts_bits_per_dim": parts, "n_params": n_params(model),
                                 "eval_s": time.time() - t0}
+            for ename, ex in ds.extra.items():
+                eb, ep = evaluate(model, ex)
+                row["models"][m][f"{ename}_bits_per_dim"] = eb
+                row["models"][m][f"{ename}_parts_bits_per_dim"] = ep
             print(f"{name:8s} {m:9s} {bpd:.4f} bits/dim  {parts}", flush=True)
         res["datasets"][name] = row
         f = os.path.join(WEIGHTS, f"stream_{name}_int8.npz")

@@ -5,7 +5,7 @@ folder of images or an ``.npz``. Deterministic splits. Arrays are int64 (N, C, H
 Ref: shared/docs/pixelcnn.md §4 (data shipped inside installed packages; no download at run time).
 """
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,7 @@ class Dataset:
     train: np.ndarray
     test: np.ndarray
     levels: int
+    extra: dict = field(default_factory=dict)  # further named test sets
 
     @property
     def shape(self):
@@ -55,9 +56,10 @@ def _photo(name):
     return getattr(skimage.data, name)()
 
 
-def _patches(names, n, size, seed):
+def _patches(names, n, size, seed, rows=(0.0, 1.0)):
     rng = np.random.RandomState(seed)
     imgs = [_photo(nm) for nm in names]
+    imgs = [im[int(rows[0] * im.shape[0]):int(rows[1] * im.shape[0])] for im in imgs]
     out = np.empty((n, 3, size, size), np.int64)
     for t in range(n):
         im = imgs[t % len(imgs)]
@@ -68,9 +70,13 @@ def _patches(names, n, size, seed):
 
 
 def patches(n_train=12000, n_test=1000, size=8):
-    """Natural RGB patches: train from astronaut, chelsea, coffee, rocket (skimage) and china (sklearn);
-    test from flower (sklearn) only, so train and test never share a source photo."""
-    return Dataset("patches", _patches(PATCH_TRAIN, n_train, size, 0), _patches(PATCH_TEST, n_test, size, 1), 256)
+    """Natural RGB patches: train from the top 80 % of the rows of astronaut, chelsea, coffee, rocket
+    (skimage) and china (sklearn); test from flower (sklearn) only, so train and test never share a
+    source photo. ``extra['same_photos']``: an in-distribution check set from the bottom 20 % of the
+    training photos (disjoint pixels)."""
+    return Dataset("patches", _patches(PATCH_TRAIN, n_train, size, 0, (0.0, 0.8)),
+                   _patches(PATCH_TEST, n_test, size, 1), 256,
+                   {"same_photos": _patches(PATCH_TRAIN, n_test, size, 2, (0.8, 1.0))})
 
 
 def _check(x, what):
