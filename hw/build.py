@@ -349,6 +349,8 @@ def main(argv=None) -> int:
     parser.add_argument("--build-dir", metavar="DIR", default="build",
                         help="outputs go to DIR/BOARD/")
     args = parser.parse_args(argv)
+    if args.board:  # forgiving about case and ulx3s_85f vs ulx3s-85f
+        args.board = args.board.strip().lower().replace("_", "-")
 
     try:
         get_board(args.board)
