@@ -41,6 +41,7 @@ def run_cocotb(component, *, name: str, simulator: str, test_module: str, extra_
     env.update(extra_env or {})
     results = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=SIM_DIR,
                           build_dir=build_dir, extra_env=env, testcase=testcase,
+                          results_xml=str(build_dir / f"{test_module}.results.xml"),
                           timescale=("1ns", "1ps"), log_file=build_dir / f"{test_module}.log")
     tests, failed = get_results(results)
     assert tests > 0, f"no cocotb tests ran; see {build_dir / (test_module + '.log')}"
