@@ -2,7 +2,7 @@
 
 Public API::
 
-    design_for(bits, *, bus_bits=512, max_features=8192, store_beats=65536) -> hw.design.Design
+    design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096) -> hw.design.Design
     check_request(dataset, bits, epochs, model="linreg", *, max_features=None) -> (Dataset, signed)
     train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
           decay_every=2, batch_mask=0, baud=115200, verify=True) -> dict
@@ -34,7 +34,7 @@ from hw.sgd.layout import (SUPPORTED_BITS, beats_per_sample, check_bits, check_b
 MODELS = ("linreg",)
 DEFAULT_BUS_BITS = 512
 DEFAULT_MAX_FEATURES = 8192
-DEFAULT_STORE_BEATS = 65536
+DEFAULT_STORE_BEATS = 4096
 
 
 class TrainError(ValueError):

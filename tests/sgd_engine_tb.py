@@ -23,6 +23,9 @@ def random_problem(rng, n, d, bits, signed, *, extreme=False):
         x0 = rng.choice([-(2**31), 2**31 - 1, 0], d)
         q1[:, :] = hi
         q2[:, :] = lo if signed else hi
+        if bits == 32:  # one copy: the baseline uses the same code in the dot product and the gradient
+            q1[:, 1::2] = lo
+            q2 = q1.copy()
     else:
         labels = rng.integers(-(2**23), 2**23, n)
         x0 = rng.integers(-(2**22), 2**22, d)
