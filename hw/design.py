@@ -8,6 +8,7 @@ from .echo import EchoEngine
 from .link.router import LinkCore
 
 ENGINES = {
+    "conv": __import__("hw.pixelcnn.engine", fromlist=["ConvEngine"]).ConvEngine,
     "echo": EchoEngine,
     "sgd": __import__("hw.sgd.engine", fromlist=["SgdEngine"]).SgdEngine,
 }

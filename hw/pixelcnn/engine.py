@@ -1,0 +1,346 @@
+"""ConvEngine: a whole integer PixelCNN on chip, pixel by pixel in raster order.
+
+Schedule (per pixel p, layers in order): for each layer, for each group of ``lanes`` output channels,
+one MAC beat per (tap, input channel) of the layer's nonzero-tap list (taps masked out are not in the
+list, so they cost nothing); the finished group goes to the serial requantiser (bias, multiplier,
+round, shift, saturate, LUT, residual) which writes the layer's outputs at p into the next layer's
+line buffer while the MAC array already works on the next group. A masked conv in raster order needs
+only pixels <= p, so three rows per layer are enough (kernels up to 5x5) and every layer's output at
+p is final as soon as it is computed. The last layer's outputs (logits) go either to the output
+stream (likelihood mode) or to the Gumbel-max sampler (sample mode), whose level is written back as
+the input at p: on-chip generation costs one pixel's work per pixel.
+
+Modes (register CTRL): 0 idle/load (``i`` carries load packets: target byte (program.T_*), word count
+u16 LE, then the words, little-endian, each written from address 0 on), 1 likelihood
+(``i``: CHANNELS level bytes per pixel; ``o``: the last layer's outputs per pixel), 2 sample
+(``i``: CHANNELS-1 conditioning bytes per pixel; ``o``: one sampled level per pixel; NIMAGES images,
+then back to 0). Register map: see ``REGISTERS`` and docs/conv-engine.md.
+"""
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, memory
+
+from ..engine import Engine
+from . import program as prog
+from .units import LineBuffer, MacArray, Requant, Sampler, clog2
+
+LayerConfig = data.StructLayout({
+    "cin": 8, "cout": 16, "groups": 8, "ntaps": 8, "wbase": 16, "bbase": 16,
+    "mult": 32, "shift": 8, "flags": 8, "pad": 8,
+})
+assert LayerConfig.size == 8 * prog.CONFIG_BYTES
+
+MODE_IDLE, MODE_LIKELIHOOD, MODE_SAMPLE = 0, 1, 2
+
+# engine register indexes (link address = ENGINE_REG_BASE + index)
+REG_CTRL = 0        # w: mode (bits 1:0); bit 8 clears the counters. r: mode
+REG_LOAD_SEL = 1    # r: target of the last load packet (program.T_*)
+REG_NLAYERS = 2
+REG_WIDTH = 3
+REG_HEIGHT = 4
+REG_CHANNELS = 5    # input channels per pixel (channel 0 = the modelled image, others conditioning)
+REG_LEVELS = 6      # levels sampled (logits 0..LEVELS-1 of the last layer)
+REG_SEED = 7        # w: sampler RNG state (nonzero); r: current state
+REG_LOGIT_MULT = 8  # sampler: score = logit * LOGIT_MULT + gumbel
+REG_NIMAGES = 9     # sample mode: images to generate
+REG_CYC_ACTIVE = 16  # r: cycles spent computing (not waiting for input bytes or output space)
+REG_MAC_BEATS = 17   # r: MAC beats issued (each = `lanes` multiplies)
+REG_PIXELS = 18      # r: pixels finished
+REG_IMAGES = 19      # r: images finished
+REG_PARAMS = 20      # r: lanes | max_channels << 8 | max_width << 16 | max_layers << 24
+REG_DEPTHS = 21      # r: weight_depth | bias_depth << 16
+REG_LOAD_ADDR = 22   # r: words written to the current load target
+REG_CYC_WAIT = 23    # r: cycles in a run mode spent waiting for input/output
+REG_STATUS = 24      # r: bit0 load path idle (no byte queued, no packet open), bit1 sequencer idle
+REG_LOAD_WORDS = 25  # r: words written by load packets since reset
+
+REGISTERS = {k: v for k, v in globals().items() if k.startswith("REG_")}
+
+
+class ConvEngine(Engine):
+    engine_id = "CONV"
+
+    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=8, weight_depth=2048,
+                 bias_depth=512, in_fifo=512, out_fifo=4096):
+        self.cfg = prog.EngineParams(lanes=lanes, max_channels=max_channels, max_width=max_width,
+                                     max_layers=max_layers, weight_depth=weight_depth, bias_depth=bias_depth,
+                                     in_fifo=in_fifo, out_fifo=out_fifo)
+        super().__init__(self.cfg.as_dict())
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.cfg
+        P = c.lanes
+        lbits, wbits, cbits = clog2(c.max_layers), clog2(c.max_width), clog2(c.max_channels)
+
+        m.submodules.inq = inq = fifo.SyncFIFOBuffered(width=8, depth=c.in_fifo)
+        m.submodules.outq = outq = fifo.SyncFIFOBuffered(width=8, depth=c.out_fifo)
+        m.d.comb += [inq.w_data.eq(self.i.payload), inq.w_en.eq(self.i.valid), self.i.ready.eq(inq.w_rdy),
+                     self.o.payload.eq(outq.r_data), self.o.valid.eq(outq.r_rdy), outq.r_en.eq(self.o.ready)]
+
+        m.submodules.lb = lb = LineBuffer(c.max_layers, c.max_width, c.max_channels)
+        m.submodules.mac = mac = MacArray(P)
+        m.submodules.rq = rq = Requant(P, c.max_layers, c.bias_depth, c.max_channels)
+        m.submodules.smp = smp = Sampler()
+        m.submodules.wmem = wmem = memory.Memory(shape=unsigned(8 * P), depth=c.weight_depth, init=[])
+        m.submodules.tmem = tmem = memory.Memory(shape=unsigned(6), depth=c.max_layers * prog.MAX_TAPS, init=[])
+        m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
+        m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=256, init=[])
+        wrd, wwr = wmem.read_port(), wmem.write_port()
+        trd, twr = tmem.read_port(domain="comb"), tmem.write_port()
+        crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
+        ird, iwr = imem.read_port(), imem.write_port()
+
+        # --- registers
+        mode = Signal(2)
+        load_sel = Signal(3)
+        nlayers = Signal(lbits + 1)
+        width = Signal(wbits + 1)
+        height = Signal(16)
+        channels = Signal(cbits + 1)
+        levels = Signal(9)
+        lmult = Signal(16)
+        nimages = Signal(32)
+        cyc_active, cyc_wait, beats, pixels, images = (Signal(32, name=n) for n in
+                                                       ("cyc_active", "cyc_wait", "beats", "pixels", "images"))
+        ctrl_we = self.reg_we & (self.reg_addr == REG_CTRL)
+
+        # --- load path (mode 0): packets ``target, count u16 LE, count words`` on ``i`` -> memory
+        word_bytes = Array([1, P, 4, 1, 1, prog.CONFIG_BYTES, 1, 1])
+        wbuf = Signal(8 * max(P, prog.CONFIG_BYTES, 4))
+        kbyte = Signal(8)
+        laddr = Signal(16)
+        lstate = Signal(2)  # 0 target, 1 count lo, 2 count hi, 3 data
+        lcount = Signal(16)
+        pend = Signal()
+        pend_sel = Signal(3)
+        load_byte = Signal()  # a byte is taken from inq for loading this cycle
+        m.d.comb += [
+            wwr.addr.eq(laddr), wwr.data.eq(wbuf), wwr.en.eq(pend & (pend_sel == prog.T_WEIGHTS)),
+            rq.bias_waddr.eq(laddr), rq.bias_wdata.eq(wbuf[:32]), rq.bias_we.eq(pend & (pend_sel == prog.T_BIAS)),
+            rq.lut_waddr.eq(laddr), rq.lut_wdata.eq(wbuf[:8]), rq.lut_we.eq(pend & (pend_sel == prog.T_LUT)),
+            twr.addr.eq(laddr), twr.data.eq(wbuf[:6]), twr.en.eq(pend & (pend_sel == prog.T_TAPS)),
+            cwr.addr.eq(laddr), cwr.data.eq(wbuf[:LayerConfig.size]), cwr.en.eq(pend & (pend_sel == prog.T_CONFIG)),
+            iwr.addr.eq(laddr), iwr.data.eq(wbuf[:8]), iwr.en.eq(pend & (pend_sel == prog.T_INLUT)),
+        ]
+        load_words = Signal(32)
+        m.d.sync += pend.eq(0)
+        with m.If(pend):
+            m.d.sync += [laddr.eq(laddr + 1), load_words.eq(load_words + 1)]
+        with m.If(load_byte):
+            with m.Switch(lstate):
+                with m.Case(0):
+                    m.d.sync += [load_sel.eq(inq.r_data), lstate.eq(1), laddr.eq(0), kbyte.eq(0)]
+                with m.Case(1):
+                    m.d.sync += [lcount[:8].eq(inq.r_data), lstate.eq(2)]
+                with m.Case(2):
+                    m.d.sync += [lcount[8:].eq(inq.r_data), lstate.eq(Mux(Cat(lcount[:8], inq.r_data) == 0, 0, 3))]
+                with m.Case(3):
+                    m.d.sync += wbuf.word_select(kbyte[:clog2(wbuf.shape().width // 8)], 8).eq(inq.r_data)
+                    with m.If(kbyte + 1 == word_bytes[load_sel]):
+                        m.d.sync += [kbyte.eq(0), pend.eq(1), pend_sel.eq(load_sel), lcount.eq(lcount - 1)]
+                        with m.If(lcount == 1):
+                            m.d.sync += lstate.eq(0)
+                    with m.Else():
+                        m.d.sync += kbyte.eq(kbyte + 1)
+
+        # --- sequencer state
+        row = Signal(16)
+        col = Signal(wbits + 1)
+        slot = Signal(2)
+        layer = Signal(lbits + 1)
+        og = Signal(8)
+        tap = Signal(8)
+        ch = Signal(cbits + 1)
+        wptr = Signal(range(c.weight_depth + 1))
+        cfg = crd.data
+        m.d.comb += crd.addr.eq(layer)
+        last_layer = Signal()
+        m.d.comb += last_layer.eq(layer + 1 == nlayers)
+        rq_og = Signal(8)
+        centre = Signal(data.ArrayLayout(signed(8), c.max_channels))
+
+        m.d.comb += [lb.row.eq(row), lb.col.eq(col), lb.slot.eq(slot), lb.width.eq(width)]
+        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], layer[:lbits]))]
+        tap_dy = trd.data[:3].as_signed()
+        tap_dx = trd.data[3:6].as_signed()
+
+        # MAC beat issue (combinational strobe `issue` in state MAC), one cycle to the memories' data
+        issue = Signal()
+        beat_first = (tap == 0) & (ch == 0)
+        beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == cfg.cin)
+        issued, i_first, i_last, i_centre = Signal(), Signal(), Signal(), Signal()
+        i_ch = Signal(cbits)
+        m.d.comb += [
+            lb.rd_en.eq(issue), lb.rd_layer.eq(layer), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
+            wrd.addr.eq(wptr), wrd.en.eq(issue),
+        ]
+        m.d.sync += [issued.eq(issue), i_first.eq(beat_first), i_last.eq(beat_last), i_ch.eq(ch),
+                     i_centre.eq((tap_dy == 0) & (tap_dx == 0) & (og == 0))]
+        m.d.comb += [mac.in_valid.eq(issued), mac.in_first.eq(i_first), mac.in_last.eq(i_last),
+                     mac.in_a.eq(lb.rd_data), mac.in_w.eq(wrd.data)]
+        with m.If(issued & i_centre):
+            m.d.sync += centre[i_ch].eq(lb.rd_data)
+
+        # requantiser: started by each finished group
+        remaining = Signal(16)
+        m.d.comb += remaining.eq(cfg.cout - rq_og * P)
+        m.d.comb += [
+            rq.start.eq(mac.out_valid), rq.count.eq(Mux(remaining > P, P, remaining)),
+            rq.base.eq(rq_og * P), rq.acc.eq(mac.out_acc), rq.centre.eq(centre),
+            rq.bbase.eq(cfg.bbase), rq.mult.eq(cfg.mult), rq.shift.eq(cfg.shift), rq.residual.eq(cfg.flags[0]),
+            rq.layer.eq(layer),
+        ]
+        with m.If(mac.out_valid):
+            m.d.sync += rq_og.eq(rq_og + 1)
+        can_last = ~(rq.reading | mac.last_pending)
+        all_idle = ~(issued | mac.busy | rq.busy | smp.busy)
+
+        # requantiser outputs: next layer's line buffer, or the output stream / sampler
+        in_wr_en, in_wr_c, in_wr_data = Signal(), Signal(cbits), Signal(signed(8))
+        to_next = rq.out_valid & ~last_layer
+        m.d.comb += [
+            lb.wr_en.eq(to_next | in_wr_en),
+            lb.wr_layer.eq(Mux(to_next, layer + 1, 0)),
+            lb.wr_c.eq(Mux(to_next, rq.out_o, in_wr_c)),
+            lb.wr_data.eq(Mux(to_next, rq.out_data, in_wr_data)),
+        ]
+        sample_push = Signal()
+        m.d.comb += [
+            outq.w_en.eq((rq.out_valid & last_layer & (mode == MODE_LIKELIHOOD)) | sample_push),
+            outq.w_data.eq(Mux(sample_push, smp.sample, rq.out_data)),
+            smp.in_valid.eq(rq.out_valid & last_layer & (mode == MODE_SAMPLE) & (rq.out_o < levels)),
+            smp.in_first.eq(rq.out_o == 0), smp.in_last.eq(rq.out_o + 1 == levels),
+            smp.in_logit.eq(rq.out_data), smp.mult.eq(lmult),
+            smp.seed.eq(self.reg_wdata), smp.seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED)),
+        ]
+
+        space = Signal()
+        m.d.comb += space.eq(outq.level <= c.out_fifo - c.max_outputs)
+        waiting = Signal()
+        first_ch = Mux(mode == MODE_SAMPLE, 1, 0)
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += [load_byte.eq(inq.r_rdy & ~pend), inq.r_en.eq(load_byte)]
+                m.d.comb += waiting.eq(1)
+                with m.If((mode != MODE_IDLE) & ~ctrl_we):
+                    m.next = "PIX_START"
+            with m.State("PIX_START"):
+                m.d.sync += layer.eq(0)
+                with m.If((mode == MODE_IDLE) | ctrl_we):
+                    m.next = "IDLE"
+                with m.Elif(~space):
+                    m.d.comb += waiting.eq(1)
+                with m.Elif(first_ch < channels):
+                    m.d.sync += ch.eq(first_ch)
+                    m.next = "IN_WAIT"
+                with m.Else():
+                    m.next = "LAYER_START"
+            with m.State("IN_WAIT"):
+                m.d.comb += [ird.addr.eq(inq.r_data), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
+                with m.If(ctrl_we | (mode == MODE_IDLE)):
+                    m.d.comb += inq.r_en.eq(0)
+                    m.next = "IDLE"
+                with m.Elif(inq.r_rdy):
+                    m.next = "IN_WRITE"
+            with m.State("IN_WRITE"):
+                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(ch), in_wr_data.eq(ird.data)]
+                m.d.sync += ch.eq(ch + 1)
+                with m.If(ch + 1 == channels):
+                    m.next = "LAYER_START"
+                with m.Else():
+                    m.next = "IN_WAIT"
+            with m.State("LAYER_START"):
+                with m.If(all_idle):
+                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), wptr.eq(cfg.wbase), rq_og.eq(0)]
+                    m.next = "MAC"
+            with m.State("MAC"):
+                with m.If(~beat_last | can_last):
+                    m.d.comb += issue.eq(1)
+                    m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
+                    with m.If(ch + 1 == cfg.cin):
+                        m.d.sync += ch.eq(0)
+                        with m.If(tap + 1 == cfg.ntaps):
+                            m.d.sync += [tap.eq(0), og.eq(og + 1)]
+                            with m.If(og + 1 == cfg.groups):
+                                m.next = "LAYER_END"
+                        with m.Else():
+                            m.d.sync += tap.eq(tap + 1)
+                    with m.Else():
+                        m.d.sync += ch.eq(ch + 1)
+            with m.State("LAYER_END"):
+                with m.If(all_idle):
+                    with m.If(last_layer):
+                        m.next = "PIX_END"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer + 1)
+                        m.next = "LAYER_START"
+            with m.State("PIX_END"):
+                with m.If(mode == MODE_SAMPLE):
+                    m.d.comb += [ird.addr.eq(smp.sample), ird.en.eq(1)]
+                    m.next = "SAMPLE_WRITE"
+                with m.Else():
+                    m.next = "ADVANCE"
+            with m.State("SAMPLE_WRITE"):
+                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(0), in_wr_data.eq(ird.data), sample_push.eq(1)]
+                m.next = "ADVANCE"
+            with m.State("ADVANCE"):
+                m.d.sync += pixels.eq(pixels + 1)
+                m.next = "PIX_START"
+                with m.If(col + 1 == width):
+                    m.d.sync += [col.eq(0), row.eq(row + 1), slot.eq(Mux(slot == 2, 0, slot + 1))]
+                    with m.If(row + 1 == height):
+                        m.d.sync += [row.eq(0), slot.eq(0), images.eq(images + 1)]
+                        with m.If((mode == MODE_SAMPLE) & (images + 1 >= nimages)):
+                            m.d.sync += mode.eq(MODE_IDLE)
+                            m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += col.eq(col + 1)
+
+        computing = ~fsm.ongoing("IDLE") & ~waiting
+        m.d.comb += self.busy.eq(computing | pend | load_byte | mac.busy | rq.busy)
+        with m.If(mode != MODE_IDLE):
+            with m.If(computing):
+                m.d.sync += cyc_active.eq(cyc_active + 1)
+            with m.Else():
+                m.d.sync += cyc_wait.eq(cyc_wait + 1)
+
+        # --- register writes
+        with m.If(self.reg_we):
+            with m.Switch(self.reg_addr):
+                with m.Case(REG_CTRL):
+                    m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), slot.eq(0), images.eq(0)]
+                    with m.If(self.reg_wdata[8]):
+                        m.d.sync += [cyc_active.eq(0), cyc_wait.eq(0), beats.eq(0), pixels.eq(0)]
+                with m.Case(REG_NLAYERS):
+                    m.d.sync += nlayers.eq(self.reg_wdata)
+                with m.Case(REG_WIDTH):
+                    m.d.sync += width.eq(self.reg_wdata)
+                with m.Case(REG_HEIGHT):
+                    m.d.sync += height.eq(self.reg_wdata)
+                with m.Case(REG_CHANNELS):
+                    m.d.sync += channels.eq(self.reg_wdata)
+                with m.Case(REG_LEVELS):
+                    m.d.sync += levels.eq(self.reg_wdata)
+                with m.Case(REG_LOGIT_MULT):
+                    m.d.sync += lmult.eq(self.reg_wdata)
+                with m.Case(REG_NIMAGES):
+                    m.d.sync += nimages.eq(self.reg_wdata)
+
+        # --- register reads (data the cycle after reg_re)
+        params = P | (c.max_channels << 8) | (c.max_width << 16) | (c.max_layers << 24)
+        with m.If(self.reg_re):
+            with m.Switch(self.reg_addr):
+                for addr, sig in ((REG_CTRL, mode), (REG_LOAD_SEL, load_sel), (REG_NLAYERS, nlayers),
+                                  (REG_WIDTH, width), (REG_HEIGHT, height), (REG_CHANNELS, channels),
+                                  (REG_LEVELS, levels), (REG_SEED, smp.state), (REG_LOGIT_MULT, lmult),
+                                  (REG_NIMAGES, nimages), (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
+                                  (REG_PIXELS, pixels), (REG_IMAGES, images), (REG_PARAMS, params),
+                                  (REG_DEPTHS, c.weight_depth | (c.bias_depth << 16)), (REG_LOAD_ADDR, laddr),
+                                  (REG_CYC_WAIT, cyc_wait), (REG_LOAD_WORDS, load_words),
+                                  (REG_STATUS, Cat((lstate == 0) & ~pend & ~inq.r_rdy, fsm.ongoing("IDLE")))):
+                    with m.Case(addr):
+                        m.d.sync += self.reg_rdata.eq(sig)
+                with m.Default():
+                    m.d.sync += self.reg_rdata.eq(0)
+        return m

@@ -1,0 +1,235 @@
+"""Building blocks of the convolution engine: line buffers, MAC array, requantiser, sampler.
+
+All are ``wiring.Component``s with plain signal ports so that each can be unit-tested alone in the
+Amaranth simulator; ``engine.ConvEngine`` wires them to the sequencer. Arithmetic is bit-exact with
+``models.pixelcnn.integer`` (see that module's docstring) and ``hw.pixelcnn.sampler``.
+"""
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import sampler as S
+
+ROW_SLOTS = 3  # rows i-2, i-1, i of every layer's input map
+
+
+def clog2(n):
+    return max(1, (n - 1).bit_length())
+
+
+def _sat8(v):
+    return Mux(v > 127, 127, Mux(v < -128, -128, v))
+
+
+class LineBuffer(wiring.Component):
+    """Every layer's input feature map, three rows deep (a ring of row slots), in one memory.
+
+    Address = ``{layer, slot, column, channel}`` (power-of-two fields, no multiplier). A read names a
+    tap ``(dy, dx)`` (dy in -2..0, dx in -2..2) relative to the current pixel ``(row, col)`` and a
+    channel; taps above the image or left/right of it read 0 (zero padding), one cycle later on
+    ``rd_data``. Writes go to the current pixel of a layer's map.
+    """
+
+    def __init__(self, max_layers=8, max_width=32, max_channels=32):
+        self.max_layers, self.max_width, self.max_channels = max_layers, max_width, max_channels
+        self.lbits, self.wbits, self.cbits = clog2(max_layers), clog2(max_width), clog2(max_channels)
+        super().__init__({
+            "row": In(16), "col": In(self.wbits + 1), "slot": In(2), "width": In(self.wbits + 1),
+            "rd_en": In(1), "rd_layer": In(self.lbits), "rd_dy": In(signed(3)), "rd_dx": In(signed(3)),
+            "rd_c": In(self.cbits), "rd_data": Out(signed(8)),
+            "wr_en": In(1), "wr_layer": In(self.lbits), "wr_c": In(self.cbits), "wr_data": In(signed(8)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        depth = 1 << (self.lbits + 2 + self.wbits + self.cbits)
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
+        rd = mem.read_port()
+        wr = mem.write_port()
+
+        slot_m1 = Mux(self.slot == 0, 2, self.slot - 1)
+        slot_m2 = Mux(self.slot == 0, 1, Mux(self.slot == 1, 2, 0))
+        rslot = Signal(2)
+        m.d.comb += rslot.eq(Mux(self.rd_dy == 0, self.slot, Mux(self.rd_dy == -1, slot_m1, slot_m2)))
+        colx = Signal(signed(self.wbits + 3))
+        m.d.comb += colx.eq(self.col + self.rd_dx)
+        inside = (colx >= 0) & (colx < self.width) & (self.row.as_signed() + self.rd_dy >= 0) & (self.rd_dy <= 0)
+        pad = Signal()
+        with m.If(self.rd_en):
+            m.d.sync += pad.eq(~inside)
+        m.d.comb += [
+            rd.addr.eq(Cat(self.rd_c, colx[:self.wbits], rslot, self.rd_layer)),
+            rd.en.eq(self.rd_en),
+            self.rd_data.eq(Mux(pad, 0, rd.data.as_signed())),
+            wr.addr.eq(Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)),
+            wr.data.eq(self.wr_data),
+            wr.en.eq(self.wr_en),
+        ]
+        return m
+
+
+class MacArray(wiring.Component):
+    """``lanes`` int8 x int8 multiply-accumulators sharing one activation (weights differ per lane).
+
+    Beat in (``in_valid``): ``in_first`` starts a new sum, ``in_last`` ends it. Two stages: products
+    are registered, then accumulated into int32. When a ``last`` beat has been accumulated the sums are
+    copied to ``out_acc`` and ``out_valid`` pulses for one cycle (the next group may already be
+    accumulating). ``last_pending``: a ``last`` beat is in flight.
+    """
+
+    def __init__(self, lanes=16):
+        self.lanes = lanes
+        super().__init__({
+            "in_valid": In(1), "in_first": In(1), "in_last": In(1),
+            "in_a": In(signed(8)), "in_w": In(data.ArrayLayout(signed(8), lanes)),
+            "out_valid": Out(1), "out_acc": Out(data.ArrayLayout(signed(32), lanes)),
+            "busy": Out(1), "last_pending": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self.lanes
+        prod = [Signal(signed(16), name=f"prod{p}") for p in range(P)]
+        acc = [Signal(signed(32), name=f"acc{p}") for p in range(P)]
+        va, fa, la = Signal(), Signal(), Signal()
+        m.d.sync += [va.eq(self.in_valid), fa.eq(self.in_first), la.eq(self.in_last & self.in_valid)]
+        with m.If(self.in_valid):
+            m.d.sync += [prod[p].eq(self.in_a * self.in_w[p]) for p in range(P)]
+        m.d.sync += self.out_valid.eq(0)
+        with m.If(va):
+            for p in range(P):
+                nxt = Mux(fa, prod[p], acc[p] + prod[p])
+                m.d.sync += acc[p].eq(nxt)
+                with m.If(la):
+                    m.d.sync += self.out_acc[p].eq(nxt)
+            with m.If(la):
+                m.d.sync += self.out_valid.eq(1)
+        m.d.comb += [
+            self.busy.eq(self.in_valid | va | self.out_valid),
+            self.last_pending.eq((self.in_valid & self.in_last) | la),
+        ]
+        return m
+
+
+class Requant(wiring.Component):
+    """Serial requantiser: for k < count, channel o = base + k of a finished group,
+
+        sum = acc[k] + bias[bbase + o]                         (int32 wrap)
+        y   = clamp((sum * mult + 2**(shift-1)) >> shift, -128, 127)
+        z   = lut[layer][y + 128];  out = sat8(z + centre[o]) if residual else z
+
+    one output per cycle (``out_valid``, ``out_o``, ``out_data``) after a 4-cycle latency. ``start``
+    latches ``count``/``base``; ``acc`` must hold until ``reading`` drops. Bias and LUT memories
+    live here (write ports for loading).
+    """
+
+    def __init__(self, lanes=16, max_layers=8, bias_depth=512, max_channels=32):
+        self.lanes, self.max_layers, self.bias_depth, self.max_channels = lanes, max_layers, bias_depth, max_channels
+        lbits = clog2(max_layers)
+        super().__init__({
+            "start": In(1), "count": In(range(lanes + 1)), "base": In(16),
+            "acc": In(data.ArrayLayout(signed(32), lanes)),
+            "centre": In(data.ArrayLayout(signed(8), max_channels)),
+            "bbase": In(16), "mult": In(32), "shift": In(8), "residual": In(1), "layer": In(lbits),
+            "bias_we": In(1), "bias_waddr": In(range(bias_depth)), "bias_wdata": In(32),
+            "lut_we": In(1), "lut_waddr": In(lbits + 8), "lut_wdata": In(8),
+            "out_valid": Out(1), "out_o": Out(16), "out_data": Out(signed(8)),
+            "reading": Out(1), "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bias = bias = memory.Memory(shape=signed(32), depth=self.bias_depth, init=[])
+        m.submodules.lut = lut = memory.Memory(shape=signed(8), depth=self.max_layers * 256, init=[])
+        brd, bwr = bias.read_port(), bias.write_port()
+        lrd, lwr = lut.read_port(), lut.write_port()
+        m.d.comb += [bwr.en.eq(self.bias_we), bwr.addr.eq(self.bias_waddr), bwr.data.eq(self.bias_wdata),
+                     lwr.en.eq(self.lut_we), lwr.addr.eq(self.lut_waddr), lwr.data.eq(self.lut_wdata)]
+
+        active = Signal()
+        k = Signal(range(self.lanes + 1))
+        count = Signal(range(self.lanes + 1))
+        base = Signal(16)
+        with m.If(self.start):
+            m.d.sync += [active.eq(self.count != 0), k.eq(0), count.eq(self.count), base.eq(self.base)]
+        # S0: select accumulator, read bias, pick residual
+        o0 = Signal(16)
+        m.d.comb += [o0.eq(base + k), brd.addr.eq(self.bbase + o0), brd.en.eq(1)]
+        v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
+        acc1, sum2 = Signal(signed(32)), Signal(signed(32))
+        prod3 = Signal(signed(66))
+        o1, o2, o3, o4 = (Signal(16, name=f"o{i}") for i in range(1, 5))
+        r1, r2, r3, r4 = (Signal(signed(8), name=f"r{i}") for i in range(1, 5))
+        m.d.sync += v1.eq(active)
+        with m.If(active):
+            m.d.sync += [acc1.eq(self.acc[k[:clog2(self.lanes)] if self.lanes > 1 else 0]), o1.eq(o0),
+                         r1.eq(self.centre[o0[:clog2(self.max_channels)]]), k.eq(k + 1)]
+            with m.If(k + 1 == count):
+                m.d.sync += active.eq(0)
+        # S1: add bias
+        m.d.sync += [v2.eq(v1), sum2.eq(acc1 + brd.data), o2.eq(o1), r2.eq(r1)]
+        # S2: multiply
+        m.d.sync += [v3.eq(v2), prod3.eq(sum2 * Cat(self.mult, Const(0, 1)).as_signed()), o3.eq(o2), r3.eq(r2)]
+        # S3: round, shift, saturate, LUT address
+        shm1 = Signal(6)
+        m.d.comb += shm1.eq(self.shift - 1)
+        rnd = Signal(66)
+        m.d.comb += rnd.eq(Const(1, 66) << shm1)
+        t = Signal(signed(66))
+        m.d.comb += t.eq((prod3 + rnd.as_signed()) >> self.shift[:6])
+        y = Signal(signed(8))
+        m.d.comb += y.eq(_sat8(t))
+        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, self.layer)), lrd.en.eq(1)]
+        m.d.sync += [v4.eq(v3), o4.eq(o3), r4.eq(r3)]
+        # S4: LUT data, residual
+        z = lrd.data
+        m.d.comb += [
+            self.out_valid.eq(v4), self.out_o.eq(o4),
+            self.out_data.eq(Mux(self.residual, _sat8(z + r4), z)),
+            self.reading.eq(active | self.start),
+            self.busy.eq(active | self.start | v1 | v2 | v3 | v4),
+        ]
+        return m
+
+
+class Sampler(wiring.Component):
+    """Gumbel-max sampler (twin: ``sampler.SamplerTwin``). Logits arrive one per cycle
+    (``in_first`` on level 0, ``in_last`` on level L-1); ``done`` pulses with ``sample`` two cycles
+    after the last one."""
+
+    def __init__(self):
+        super().__init__({
+            "seed_we": In(1), "seed": In(32), "mult": In(16),
+            "in_valid": In(1), "in_first": In(1), "in_last": In(1), "in_logit": In(signed(8)),
+            "done": Out(1), "sample": Out(8), "busy": Out(1), "state": Out(32),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        table = [int(v) for v in S.gumbel_table()]
+        m.submodules.gumbel = g = memory.Memory(shape=signed(S.GBITS), depth=len(table), init=table)
+        grd = g.read_port()
+        x = self.state
+        x1, x2, x3 = Signal(32), Signal(32), Signal(32)
+        m.d.comb += [x1.eq(x ^ (x << 13)[:32]), x2.eq(x1 ^ (x1 >> 17)), x3.eq(x2 ^ (x2 << 5)[:32])]
+        m.d.comb += [grd.addr.eq(x3[32 - S.RBITS:]), grd.en.eq(1)]
+        v1, f1, l1 = Signal(), Signal(), Signal()
+        lg1 = Signal(signed(8))
+        idx, idx1 = Signal(8), Signal(8)
+        best = Signal(signed(40))
+        with m.If(self.seed_we):
+            m.d.sync += x.eq(self.seed)
+        with m.Elif(self.in_valid):
+            m.d.sync += [x.eq(x3), idx.eq(Mux(self.in_first, 1, idx + 1)), idx1.eq(Mux(self.in_first, 0, idx))]
+        m.d.sync += [v1.eq(self.in_valid), f1.eq(self.in_first), l1.eq(self.in_last & self.in_valid),
+                     lg1.eq(self.in_logit)]
+        score = Signal(signed(40))
+        m.d.comb += score.eq(lg1 * self.mult + grd.data)
+        m.d.sync += self.done.eq(0)
+        with m.If(v1):
+            with m.If(f1 | (score > best)):
+                m.d.sync += [best.eq(score), self.sample.eq(idx1)]
+            with m.If(l1):
+                m.d.sync += self.done.eq(1)
+        m.d.comb += self.busy.eq(self.in_valid | v1)
+        return m

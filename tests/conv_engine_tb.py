@@ -1,0 +1,126 @@
+"""Amaranth-simulator driver of ConvEngine alone (no link): register writes, bulk bytes in and out
+with random stalls. Used by tests/test_conv_*.py."""
+import random
+
+from amaranth.sim import Simulator
+
+from hw.pixelcnn import engine as E
+from hw.pixelcnn import program as prog
+
+
+class EngineSim:
+    """Script of operations run in one simulation: ``reg(addr, value)``, ``send(bytes)``,
+    ``recv(n)``, ``read(addr)``, ``wait_idle()``. ``run()`` executes them and returns results."""
+
+    def __init__(self, engine, *, seed=0, idle=0.0, stall=0.0):
+        self.e = engine
+        self.rng = random.Random(seed)
+        self.idle, self.stall = idle, stall
+        self.ops = []
+
+    def reg(self, addr, value):
+        self.ops.append(("w", addr, value))
+
+    def read(self, addr, key):
+        self.ops.append(("r", addr, key))
+
+    def send(self, data):
+        self.ops.append(("send", bytes(data)))
+
+    def recv(self, n, key):
+        self.ops.append(("recv", n, key))
+
+    def wait_mode_idle(self):
+        self.ops.append(("idle",))
+
+    def program(self, spec, width, height, channels=None):
+        imgs = prog.pack(spec, self.e.cfg, width, height)
+        self.send(prog.load_stream(imgs, self.e.cfg))
+        self.ops.append(("poll", E.REG_STATUS, 1, 1))
+        self.reg(E.REG_NLAYERS, len(spec["layers"]))
+        self.reg(E.REG_WIDTH, width)
+        self.reg(E.REG_HEIGHT, height)
+        self.reg(E.REG_CHANNELS, channels or spec["layers"][0]["in"])
+        self.reg(E.REG_LEVELS, spec["levels"])
+
+    def run(self, max_cycles=2_000_000, vcd=None):
+        e = self.e
+        results = {}
+        pending = []  # bytes to put on i (a producer testbench runs concurrently)
+        state = {"done": False}
+
+        async def producer(ctx):
+            while True:
+                if pending:
+                    while self.rng.random() < self.idle:
+                        await ctx.tick()
+                    ctx.set(e.i.valid, 1)
+                    ctx.set(e.i.payload, pending[0])
+                    await ctx.tick().until(e.i.ready)
+                    pending.pop(0)
+                    ctx.set(e.i.valid, 0)
+                else:
+                    await ctx.tick()
+
+        async def main(ctx):
+            for op in self.ops:
+                if op[0] == "w":
+                    # wait until earlier bytes are consumed before changing registers
+                    while pending:
+                        await ctx.tick()
+                    await ctx.tick().repeat(4)
+                    ctx.set(e.reg_addr, op[1])
+                    ctx.set(e.reg_wdata, op[2])
+                    ctx.set(e.reg_we, 1)
+                    await ctx.tick()
+                    ctx.set(e.reg_we, 0)
+                elif op[0] == "r":
+                    ctx.set(e.reg_addr, op[1])
+                    ctx.set(e.reg_re, 1)
+                    await ctx.tick()
+                    ctx.set(e.reg_re, 0)
+                    await ctx.tick()
+                    results[op[2]] = ctx.get(e.reg_rdata)
+                elif op[0] == "send":
+                    pending.extend(op[1])
+                elif op[0] == "recv":
+                    out = bytearray()
+                    while len(out) < op[1]:
+                        ready = self.rng.random() >= self.stall
+                        ctx.set(e.o.ready, ready)
+                        _, _, valid, payload = await ctx.tick().sample(e.o.valid, e.o.payload)
+                        if ready and valid:
+                            out.append(payload)
+                    ctx.set(e.o.ready, 0)
+                    results.setdefault(op[2], bytearray()).extend(out)
+                elif op[0] in ("idle", "poll"):
+                    addr, msk, want = (E.REG_CTRL, 3, 0) if op[0] == "idle" else op[1:]
+                    while pending:
+                        await ctx.tick()
+                    while True:
+                        ctx.set(e.reg_addr, addr)
+                        ctx.set(e.reg_re, 1)
+                        await ctx.tick()
+                        ctx.set(e.reg_re, 0)
+                        await ctx.tick()
+                        if ctx.get(e.reg_rdata) & msk == want:
+                            break
+                        await ctx.tick().repeat(8)
+            state["done"] = True
+
+        async def watchdog(ctx):
+            await ctx.tick().repeat(max_cycles)
+            raise TimeoutError(f"engine simulation still running after {max_cycles} cycles "
+                               f"(op results so far: {list(results)}, {len(pending)} bytes not taken)")
+
+        sim = Simulator(e)
+        sim.add_clock(1e-6)
+        sim.add_testbench(watchdog, background=True)
+        sim.add_testbench(producer, background=True)
+        sim.add_testbench(main)
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
+            sim.run()
+        return results
