@@ -48,16 +48,18 @@ class GatedPixelCNN(nn.Module):
     def head(self, h):
         return self.head2(F.relu(self.head1(F.relu(h))))
 
-    def forward(self, x, cond=None):
+    def forward(self, x, cond=None, offset=None):
+        """Logits (N, C, L, H, W); ``offset`` (same shape, from conditioning only) is added to them."""
         v = h = self.scale(x)
         for layer in self.layers:
             v, h = layer(v, h, cond)
         out = self.head(h)
         n, _, hh, ww = out.shape
-        return out.view(n, self.channels, self.levels, hh, ww)
+        out = out.view(n, self.channels, self.levels, hh, ww)
+        return out if offset is None else out + offset
 
-    def nll(self, x, cond=None):
-        return nll_bits(self(x, cond), x)
+    def nll(self, x, cond=None, offset=None):
+        return nll_bits(self(x, cond, offset), x)
 
     def loss_parts(self, x):
         return {"pixels": self.nll(x)}
@@ -157,6 +159,8 @@ class PyramidPixelCNN(nn.Module):
         self.fine = nn.ModuleList(GatedPixelCNN(channels, levels, hidden, fine_layers, k, cond_ch=cond_hidden)
                                   for _ in range(n_levels - 1))
         self.cond_nets = nn.ModuleList(UpCondNet(channels, cond_hidden) for _ in range(n_levels - 1))
+        # learnable width of a Gaussian-shaped logit prior centred on the coarser pixel's value
+        self.log_sigma = nn.Parameter(torch.full((max(1, n_levels - 1),), math.log(max(1.0, levels / 16))))
 
     def pyramid(self, x):
         h, w = x.shape[-2:]
@@ -168,11 +172,19 @@ class PyramidPixelCNN(nn.Module):
     def condition(self, l, coarser):
         return self.cond_nets[l](self.coarse.scale(coarser))
 
+    def offset(self, l, coarser):
+        """Logit offset -(v - c)^2 / (2 sigma_l^2) for every level v, c = the coarser pixel covering
+        this pixel: makes 'close to the block mean' easy to learn for a softmax output (the paper's
+        logistic-mixture outputs get this from their mean parameter). (N, C, L, 2h, 2w)."""
+        c = F.interpolate(coarser.to(self.log_sigma.dtype), scale_factor=2, mode="nearest")
+        v = torch.arange(self.levels, dtype=c.dtype).view(1, 1, -1, 1, 1)
+        return -((v - c[:, :, None]) ** 2) * (0.5 * torch.exp(-2 * self.log_sigma[l]))
+
     def loss_parts(self, x):
         xs = self.pyramid(x)
         parts = {f"level{self.n_levels - 1}": self.coarse.nll(xs[-1])}
         for l in range(self.n_levels - 2, -1, -1):
-            parts[f"level{l}"] = self.fine[l].nll(xs[l], self.condition(l, xs[l + 1]))
+            parts[f"level{l}"] = self.fine[l].nll(xs[l], self.condition(l, xs[l + 1]), self.offset(l, xs[l + 1]))
         return parts
 
     def bpd(self, x):

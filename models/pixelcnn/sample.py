@@ -27,14 +27,15 @@ def uniform_stream(n, shape, seed=0):
 
 
 @torch.no_grad()
-def sample_naive(model, u, cond=None):
+def sample_naive(model, u, cond=None, offset=None):
     """Full forward pass for every sub-pixel (raster order, then R, G, B)."""
     n, C, H, W = u.shape
     x = torch.zeros(n, C, H, W, dtype=torch.long)
+    kw = {} if offset is None else {"offset": offset}
     for i in range(H):
         for j in range(W):
             for c in range(C):
-                x[:, c, i, j] = draw(model(x, cond)[:, c, :, i, j], u[:, c, i, j])
+                x[:, c, i, j] = draw(model(x, cond, **kw)[:, c, :, i, j], u[:, c, i, j])
     return x
 
 
@@ -47,7 +48,7 @@ def _pw(conv, v):
 
 
 @torch.no_grad()
-def sample_cached(model: GatedPixelCNN, u, cond=None):
+def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
     """Cached sampling for a GatedPixelCNN: row i of the vertical stack is computed once when row i
     starts (it only sees rows < i); each new sub-pixel then costs one horizontal-stack position per
     layer plus the head. Same result as sample_naive for the same u."""
@@ -88,7 +89,10 @@ def sample_cached(model: GatedPixelCNN, u, cond=None):
                     hin[l + 1][:, :, p + i, p + j] = hn
                 hv = hin[L][:, :, p + i, p + j]
                 logits = _pw(model.head2, F.relu(_pw(model.head1, F.relu(hv))))
-                v = draw(logits.view(n, C, -1)[:, c], u[:, c, i, j])
+                lg = logits.view(n, C, -1)[:, c]
+                if offset is not None:
+                    lg = lg + offset[:, c, :, i, j]
+                v = draw(lg, u[:, c, i, j])
                 x[:, c, i, j] = v
                 xin[:, c, p + i, p + j] = model.scale(v)
     return x
@@ -108,7 +112,7 @@ def sample_pyramid(model: PyramidPixelCNN, us, cached=True):
     fn = sample_cached if cached else sample_naive
     xs = [fn(model.coarse, us[-1])]
     for l in range(model.n_levels - 2, -1, -1):
-        xs.insert(0, fn(model.fine[l], us[l], model.condition(l, xs[0])))
+        xs.insert(0, fn(model.fine[l], us[l], model.condition(l, xs[0]), model.offset(l, xs[0])))
     return xs
 
 
