@@ -5,7 +5,7 @@ Public API::
     design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096) -> hw.design.Design
     check_request(dataset, bits, epochs, model="linreg", *, max_features=None) -> (Dataset, signed)
     train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
-          decay_every=2, batch_mask=0, baud=115200, verify=True) -> dict
+          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None) -> dict
     plot_loss(result, path) -> Path
     main(args) -> int            # what ``python host/run.py --dataset ...`` calls
 
@@ -154,12 +154,13 @@ def _wire_bytes(payload: int, max_frame: int = 512) -> int:
 
 
 def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
-          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None) -> dict:
+          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None) -> dict:
     """Train least squares on the device; returns a JSON-able dict (see ``docs/sgd-engine.md``).
 
     Step: ``2**-(step_shift + e // decay_every)`` in epoch ``e`` (the RTL's shift decay); ``step_shift=None``
     picks ``ceil(log2(1 / auto_step)) + 3`` from the data.  ``verify`` replays every run on the bit-exact golden
-    (``models.zipml.fixed_point.engine_run``) and raises if the device's model differs.
+    (``models.zipml.fixed_point.engine_run``) and raises if the device's model differs.  ``max_samples`` trains
+    on the first rows only (benchmarks).
     """
     from models.zipml.fixed_point import engine_run, to_fixed
     from models.zipml.quantize import quantize_codes
@@ -170,6 +171,8 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     if decay_every < 1:
         raise TrainError("decay_every must be >= 1")
     A, y = prepare_linear(ds, signed=signed)
+    if max_samples is not None:  # benchmarks: the first rows only (normalisation still over the whole set)
+        A, y = A[:max_samples], y[:max_samples]
     n, d = A.shape
     labels = to_fixed(y)
     if step_shift is None:

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""SGD engine throughput: cycles per epoch for each precision on synthetic10/100/1000 at one bus width.
+
+For each (dataset, bits) one epoch runs on a simulated device (``host.sgd_train.train``, the same code as
+``python host/run.py``): samples from the on-chip store at one beat per clock, cycles from the engine's counters.
+Reports the speed-up of each precision over the 32-bit fixed-point baseline next to the bound the bus allows
+(beats per sample of the baseline / beats per sample at b bits; the ideal bit ratio 32 / 2b beside it), and the
+share of cycles lost to stalls (no beat available) and to pipeline drains (one per store load).
+
+    python bench/bench_sgd.py --out results [--backend verilator|amaranth] [--bus-bits 512] [--samples N]
+
+Writes ``sgd_throughput.json`` (units in the key names) and ``sgd_throughput.png``.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from host.backends import open_device  # noqa: E402
+from host.sgd_train import design_for, train  # noqa: E402
+from hw.sgd.layout import beats_per_sample  # noqa: E402
+
+DATASETS = ("synthetic10", "synthetic100", "synthetic1000")
+BITS = (1, 2, 4, 8, 32)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
+    p.add_argument("--backend", choices=("verilator", "amaranth"), default="verilator",
+                   help="simulated device (default: verilator)")
+    p.add_argument("--bus-bits", type=int, default=512, help="engine bus width (default: 512)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples per epoch (default: all 10,000; fewer for a quick run)")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="(default: synthetic10/100/1000)")
+    p.add_argument("--bits", nargs="+", type=int, default=list(BITS), help="(default: 1 2 4 8 32)")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for bits in args.bits:
+        design = design_for(bits, bus_bits=args.bus_bits)
+        with open_device(args.backend, design=design, timeout=60.0, quiet=False) as dev:
+            for name in args.datasets:
+                t0 = time.perf_counter()
+                r = train(dev, dataset=name, bits=bits, epochs=1, progress=False, verify=False,
+                          backend=args.backend, max_samples=args.samples)
+                cyc, st, bt = r["cycles_per_epoch"][0], r["stall_cycles_per_epoch"][0], r["beats_per_epoch"][0]
+                rows.append({"dataset": name, "bits": bits, "features": r["features"], "samples": r["samples"],
+                             "beats_per_sample": r["beats_per_sample"], "cycles_per_epoch": cyc,
+                             "beats_per_epoch": bt, "stall_cycles_per_epoch": st,
+                             "drain_cycles_per_epoch": cyc - bt - st, "store_loads_per_epoch":
+                                 r["store_chunks_per_epoch"], "stall_share": st / cyc,
+                             "beat_share": bt / cyc, "loss_after_epoch": r["loss_per_epoch"][0],
+                             "wall_seconds": time.perf_counter() - t0})
+                print(f"{name:>14} Q{bits:<2} d={r['features']:>5} R={r['beats_per_sample']:>3} "
+                      f"cycles/epoch={cyc:>9,} stalls={st} drains={cyc - bt - st} "
+                      f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    by = {(r["dataset"], r["bits"]): r for r in rows}
+    for r in rows:
+        base = by.get((r["dataset"], 32))
+        if base:
+            r["speedup_vs_32bit"] = base["cycles_per_epoch"] / r["cycles_per_epoch"]
+            r["bus_bound_speedup"] = beats_per_sample(r["features"], 32, args.bus_bits) / r["beats_per_sample"]
+            r["ideal_bit_ratio"] = 32 / (32 if r["bits"] == 32 else 2 * r["bits"])
+            r["speedup_over_bound"] = r["speedup_vs_32bit"] / r["bus_bound_speedup"]
+    report = {"bus_bits": args.bus_bits, "backend": args.backend, "samples_per_epoch": args.samples or 10000,
+              "rows": rows}
+    q2 = by.get(("synthetic1000", 2))
+    if q2 and "speedup_vs_32bit" in q2:
+        report["q2_d1000_speedup_vs_32bit"] = q2["speedup_vs_32bit"]
+        report["q2_d1000_bus_bound_speedup"] = q2["bus_bound_speedup"]
+        report["q2_d1000_within_10pct_of_bound"] = abs(q2["speedup_over_bound"] - 1) <= 0.10
+    (args.out / "sgd_throughput.json").write_text(json.dumps(report, indent=1))
+    plot(report, args.out / "sgd_throughput.png")
+    print(f"wrote {args.out / 'sgd_throughput.json'} and {args.out / 'sgd_throughput.png'}")
+
+
+def plot(report, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    rows = report["rows"]
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
+    bits = sorted({r["bits"] for r in rows})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(bits))
+    for k, b in enumerate(bits):
+        xs, cyc, sp, bound = [], [], [], []
+        for i, d in enumerate(datasets):
+            r = next((r for r in rows if r["dataset"] == d and r["bits"] == b), None)
+            if r:
+                xs.append(i + k * width)
+                cyc.append(r["cycles_per_epoch"])
+                sp.append(r.get("speedup_vs_32bit", np.nan))
+                bound.append(r.get("bus_bound_speedup", np.nan))
+        label = "32-bit" if b == 32 else f"Q{b}"
+        a1.bar(xs, cyc, width, label=label)
+        a2.bar(xs, sp, width, label=f"{label} measured")
+        a2.scatter(xs, bound, marker="_", s=200, color="k", zorder=3,
+                   label="bus bound" if k == len(bits) - 1 else None)
+    for a in (a1, a2):
+        a.set_xticks(np.arange(len(datasets)) + width * (len(bits) - 1) / 2)
+        a.set_xticklabels(datasets)
+    a1.set_yscale("log")
+    a1.set_ylabel("cycles per epoch")
+    a1.set_title(f"{report['bus_bits']}-bit bus, {report['samples_per_epoch']} samples/epoch")
+    a2.set_ylabel("speed-up over 32-bit baseline")
+    a2.set_title("measured (bars) vs bus bound (black)")
+    a1.legend(fontsize=8)
+    a2.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""cocotb testbench: the SGD engine (``hw.sgd.engine.SgdEngine`` alone) against the bit-exact NumPy golden.
+
+Parameters come from the environment (``SGD_BITS``, ``SGD_BUS``, ``SGD_MAXF``, ``SGD_STORE``); the golden is
+``models.zipml.fixed_point.engine_run`` with the staleness derived from the engine's ``pipe_latency`` register.
+Bytes go in with random idle cycles, model bytes come out under random ``ready`` backpressure.
+"""
+import os
+import random
+from collections import deque
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge, ReadOnly
+
+from hw.sgd import engine as E
+from hw.sgd.layout import beats_per_sample, code_range, pack_samples, staleness
+from models.zipml.fixed_point import engine_run
+
+BITS = int(os.environ.get("SGD_BITS", "4"))
+BUS = int(os.environ.get("SGD_BUS", "64"))
+MAXF = int(os.environ.get("SGD_MAXF", "256"))
+STORE = int(os.environ.get("SGD_STORE", "1024"))
+
+
+class TB:
+    def __init__(self, dut, *, idle=0.0, stall=0.0, seed=0):
+        self.dut = dut
+        self.rng = random.Random(seed)
+        self.idle, self.stall = idle, stall
+        self.to_dut = deque()
+        self.from_dut = bytearray()
+        self.pipe_latency = None
+
+    async def start(self):
+        dut = self.dut
+        Clock(dut.clk, 10, unit="ns").start()
+        dut.rst.value = 1
+        for sig in (dut.i__valid, dut.o__ready, dut.reg_we, dut.reg_re):
+            sig.value = 0
+        dut.reg_addr.value = 0
+        dut.reg_wdata.value = 0
+        for _ in range(3):
+            await FallingEdge(dut.clk)
+        dut.rst.value = 0
+        cocotb.start_soon(self._drive())
+        cocotb.start_soon(self._sink())
+        self.pipe_latency = await self.read(E.REG_P_PIPE_LATENCY)
+        assert await self.read(E.REG_P_BITS) == BITS and await self.read(E.REG_P_BUS_BITS) == BUS
+
+    # inputs change at the falling edge; the ReadOnly phase after it shows what the rising edge transfers
+    async def _drive(self):
+        dut = self.dut
+        while True:
+            await FallingEdge(dut.clk)
+            offer = bool(self.to_dut) and self.rng.random() >= self.idle
+            if offer:
+                dut.i__payload.value = self.to_dut[0]
+            dut.i__valid.value = int(offer)
+            await ReadOnly()
+            if offer and dut.i__ready.value:
+                self.to_dut.popleft()
+
+    async def _sink(self):
+        dut = self.dut
+        while True:
+            await FallingEdge(dut.clk)
+            ready = self.rng.random() >= self.stall
+            dut.o__ready.value = int(ready)
+            await ReadOnly()
+            if ready and dut.o__valid.value:
+                self.from_dut.append(int(dut.o__payload.value))
+
+    async def write(self, addr, value):
+        dut = self.dut
+        await FallingEdge(dut.clk)
+        dut.reg_addr.value = addr
+        dut.reg_wdata.value = value & 0xFFFFFFFF
+        dut.reg_we.value = 1
+        await FallingEdge(dut.clk)
+        dut.reg_we.value = 0
+
+    async def read(self, addr):
+        dut = self.dut
+        await FallingEdge(dut.clk)
+        dut.reg_addr.value = addr
+        dut.reg_re.value = 1
+        await FallingEdge(dut.clk)
+        dut.reg_re.value = 0
+        return int(dut.reg_rdata.value)
+
+    async def send(self, data: bytes):
+        self.to_dut.extend(data)
+        while self.to_dut:
+            await FallingEdge(self.dut.clk)
+
+    async def wait_idle(self):
+        while True:
+            await FallingEdge(self.dut.clk)
+            await ReadOnly()
+            if not self.dut.busy.value:
+                break
+        await FallingEdge(self.dut.clk)
+
+    async def load_model(self, x0):
+        await self.write(E.REG_IN_MODE, E.IN_MODEL)
+        await self.write(E.REG_MODEL_WADDR, 0)
+        await self.send((np.asarray(x0, dtype=np.int64) & 0xFFFFFFFF).astype("<u4").tobytes())
+
+    async def read_model(self, d):
+        self.from_dut.clear()
+        await self.write(E.REG_FEATURES, d)
+        await self.write(E.REG_CMD, E.CMD_READ_MODEL)
+        while len(self.from_dut) < 4 * d:
+            await FallingEdge(self.dut.clk)
+        await self.wait_idle()
+        assert len(self.from_dut) == 4 * d
+        return np.frombuffer(bytes(self.from_dut), dtype="<i4").astype(np.int64)
+
+    async def run(self, q1, q2, lab, *, signed, shift, mask, link, store_base=0, wrap=0):
+        n, d = q1.shape
+        R = beats_per_sample(d, BITS, BUS)
+        for reg, v in [(E.REG_FEATURES, d), (E.REG_BEATS, R), (E.REG_RUN_SAMPLES, n), (E.REG_STEP_SHIFT, shift),
+                       (E.REG_BATCH_MASK, mask), (E.REG_STORE_WRAP, wrap),
+                       (E.REG_FLAGS, (E.FLAG_SIGNED if signed else 0) | (E.FLAG_SOURCE_LINK if link else 0))]:
+            await self.write(reg, v)
+        data = pack_samples(q1, q2, lab, BITS, BUS).tobytes()
+        if link:
+            await self.write(E.REG_IN_MODE, E.IN_SAMPLES)
+            await self.write(E.REG_CMD, E.CMD_RUN)
+            await self.send(data)
+        else:
+            await self.write(E.REG_IN_MODE, E.IN_STORE)
+            await self.write(E.REG_STORE_WADDR, store_base)
+            await self.send(data)
+            await self.write(E.REG_STORE_BASE, store_base)
+            await self.write(E.REG_CMD, E.CMD_RUN)
+        await self.wait_idle()
+        return {name: await self.read(reg) for name, reg in [
+            ("cycles", E.REG_CYCLES), ("beats", E.REG_BEATS_IN), ("stalls", E.REG_STALLS),
+            ("samples", E.REG_SAMPLES_DONE), ("status", E.REG_STATUS)]}
+
+    def golden(self, x, q1, q2, lab, *, signed, shift, mask):
+        R = beats_per_sample(q1.shape[1], BITS, BUS)
+        return engine_run(x, q1, q2, lab, BITS, signed=signed, step_shift=shift, batch_mask=mask,
+                          delay=staleness(self.pipe_latency, R))
+
+
+def problem(rng, n, d, signed, *, extreme=False):
+    lo, hi = code_range(BITS, signed)
+    q1 = rng.integers(lo, hi + 1, (n, d))
+    q2 = q1.copy() if BITS == 32 else rng.integers(lo, hi + 1, (n, d))
+    if extreme:
+        q1[:, ::2] = hi
+        q1[:, 1::2] = lo
+        q2 = q1.copy() if BITS == 32 else np.where(rng.random((n, d)) < 0.5, lo, hi)
+        lab = rng.choice([-(2**31), 2**31 - 1], n)
+        x0 = rng.choice([-(2**31), 2**31 - 1, 0, 1], d)
+    else:
+        lab = rng.integers(-(2**24), 2**24, n)
+        x0 = rng.integers(-(2**22), 2**22, d)
+    return q1, q2, lab, x0
+
+
+def signed_modes():
+    return [False] if BITS == 1 else [True, False]
+
+
+@cocotb.test()
+async def random_data_link_with_idle_and_backpressure(dut):
+    """Samples over the byte stream with random idle cycles; model read under random backpressure."""
+    tb = TB(dut, idle=0.35, stall=0.4, seed=1)
+    await tb.start()
+    rng = np.random.default_rng(BITS * 7 + BUS)
+    for signed in signed_modes():
+        for d, mask in [(5, 0), (37, 3)]:
+            q1, q2, lab, x0 = problem(rng, 23, d, signed)
+            await tb.load_model(x0)
+            cnt = await tb.run(q1, q2, lab, signed=signed, shift=4, mask=mask, link=True)
+            want = tb.golden(x0, q1, q2, lab, signed=signed, shift=4, mask=mask)
+            got = await tb.read_model(d)
+            assert np.array_equal(got, want.x), f"signed={signed} d={d}: {np.sum(got != want.x)} words differ"
+            assert cnt["samples"] == 23 and cnt["beats"] == 23 * beats_per_sample(d, BITS, BUS)
+            assert cnt["stalls"] > 0  # the idle input cycles were counted
+
+
+@cocotb.test()
+async def store_runs_minibatch_boundaries_and_counters(dut):
+    """From the on-chip store: consecutive runs continue one model; masks 1, 7, 15 with n not a multiple of the
+    batch; one beat per clock (exact cycle count)."""
+    tb = TB(dut, stall=0.2, seed=2)
+    await tb.start()
+    rng = np.random.default_rng(BITS * 11 + BUS)
+    signed = BITS != 1
+    d = 29
+    x = rng.integers(-(2**20), 2**20, d)
+    await tb.load_model(x)
+    R = beats_per_sample(d, BITS, BUS)
+    for n, mask in [(19, 7), (21, 1), (34, 15)]:
+        q1, q2, lab, _ = problem(rng, n, d, signed)
+        cnt = await tb.run(q1, q2, lab, signed=signed, shift=5, mask=mask, link=False, store_base=3)
+        x = tb.golden(x, q1, q2, lab, signed=signed, shift=5, mask=mask).x
+        assert cnt["stalls"] == 1 and cnt["cycles"] == n * R + tb.pipe_latency + R
+    got = await tb.read_model(d)
+    assert np.array_equal(got, x)
+
+
+@cocotb.test()
+async def saturation_at_extreme_values(dut):
+    """Extreme codes, labels and models: t and the model saturate (flagged), never wrap."""
+    tb = TB(dut, idle=0.2, stall=0.3, seed=3)
+    await tb.start()
+    rng = np.random.default_rng(BITS + 99)
+    for signed in signed_modes():
+        d = 11
+        q1, q2, lab, x0 = problem(rng, 9, d, signed, extreme=True)
+        await tb.load_model(x0)
+        cnt = await tb.run(q1, q2, lab, signed=signed, shift=0, mask=0, link=False)
+        want = tb.golden(x0, q1, q2, lab, signed=signed, shift=0, mask=0)
+        got = await tb.read_model(d)
+        assert np.array_equal(got, want.x)
+        assert want.t_saturated or want.x_saturated
+        assert bool(cnt["status"] & E.STATUS_T_SATURATED) == want.t_saturated
+        assert bool(cnt["status"] & E.STATUS_X_SATURATED) == want.x_saturated
+
+
+@cocotb.test()
+async def epochs_back_to_back_from_store_copies(dut):
+    """Three epoch copies in the store, one RUN over all (address wraps to the first copy): no bubbles."""
+    tb = TB(dut, seed=4)
+    await tb.start()
+    rng = np.random.default_rng(BITS + 5)
+    signed = BITS != 1
+    n, d = 10, 17
+    R = beats_per_sample(d, BITS, BUS)
+    parts = [problem(rng, n, d, signed) for _ in range(3)]
+    q1 = np.vstack([p[0] for p in parts])
+    q2 = np.vstack([p[1] for p in parts])
+    lab = np.concatenate([parts[0][2]] * 3)
+    x0 = parts[0][3]
+    await tb.load_model(x0)
+    cnt = await tb.run(q1, q2, lab, signed=signed, shift=6, mask=3, link=False, wrap=3 * n * R)
+    want = tb.golden(x0, q1, q2, lab, signed=signed, shift=6, mask=3)
+    assert cnt["stalls"] == 1 and cnt["cycles"] == 3 * n * R + tb.pipe_latency + R
+    assert np.array_equal(await tb.read_model(d), want.x)

@@ -1,0 +1,71 @@
+"""host.sgd_train: argument checks before any device work, training on the Amaranth backend == golden,
+store chunking, and the link path giving the same model as the simulator backdoor."""
+import numpy as np
+import pytest
+
+from host.backends.amaranth_sim import AmaranthTransport
+from host.device import Device
+from host.sgd_train import TrainError, check_request, design_for, plot_loss, train
+
+
+class NoDevice:
+    """Fails the test on any use: errors must come before device work."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"device touched ({name}) before the arguments were checked")
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(dataset="no-such-set", bits=4, epochs=1), "no-such-set"),
+    (dict(dataset="diabetes", bits=3, epochs=1), "unsupported precision"),
+    (dict(dataset="diabetes", bits=4, epochs=0), "epochs"),
+    (dict(dataset="diabetes", bits=4, epochs=1, model="svm"), "unknown model"),
+])
+def test_bad_requests_fail_before_device_work(kw, match):
+    with pytest.raises(TrainError, match=match):
+        train(NoDevice(), **kw)
+
+
+def test_too_many_features_is_a_clear_error():
+    with pytest.raises(TrainError, match="at most 8 model words"):
+        check_request("synthetic10", 4, 1, max_features=8)
+
+
+def amaranth_device(bits, **kw):
+    return Device(AmaranthTransport(design_for(bits, **kw).make_core()), timeout=30)
+
+
+def test_train_on_amaranth_matches_golden_with_store_chunks(tmp_path):
+    # 442 samples x 4 beats do not fit a 512-beat store: 4 loads per epoch
+    dev = amaranth_device(8, bus_bits=64, max_features=64, store_beats=512)
+    r = train(dev, dataset="diabetes", bits=8, epochs=2, progress=False)
+    assert r["golden_match"] is True and r["store_chunks_per_epoch"] == 4
+    for key in ("dataset", "bits", "epochs", "backend", "loss_per_epoch", "fp_loss_per_epoch", "cycles_per_epoch",
+                "features", "samples", "bus_bits", "link_wire_bytes_per_epoch", "link_limited_seconds_per_epoch"):
+        assert key in r
+    assert r["features"] == 11 and r["samples"] == 442 and r["bus_bits"] == 64
+    assert r["loss_per_epoch"][-1] < 0.5 * r["initial_loss"]
+    assert r["cycles_per_epoch"][0] >= 442 * r["beats_per_sample"]
+    assert plot_loss(r, tmp_path / "loss.png").stat().st_size > 1000
+
+
+class LinkOnly:
+    """The same transport without the backdoor: the store is loaded over the link."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.name = inner.name
+
+    def __getattr__(self, name):
+        if name == "write_engine_memory":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+
+def test_link_loading_gives_the_same_model_as_the_backdoor():
+    kw = dict(bus_bits=32, max_features=16, store_beats=64)
+    a = train(amaranth_device(2, **kw), dataset="diabetes", bits=2, epochs=1, progress=False, max_samples=40)
+    dev = Device(LinkOnly(AmaranthTransport(design_for(2, **kw).make_core())), timeout=30)
+    b = train(dev, dataset="diabetes", bits=2, epochs=1, progress=False, max_samples=40)
+    assert a["model_q23"] == b["model_q23"] and a["cycles_per_epoch"] == b["cycles_per_epoch"]
+    assert b["link_bytes_moved"] > a["link_bytes_moved"]
