@@ -62,13 +62,31 @@ class EngineSim:
                 else:
                     await ctx.tick()
 
+        cycles = [0]
+
+        class Counting:  # ctx.tick() that counts cycles and stops a hung simulation
+            def __init__(self, ctx):
+                self.ctx = ctx
+
+            def tick(self):
+                cycles[0] += 1
+                if cycles[0] > max_cycles:
+                    raise TimeoutError(f"engine simulation still running after {max_cycles} cycles "
+                                       f"(results so far: {list(results)}, {len(pending)} bytes not taken)")
+                return self.ctx.tick()
+
+            def __getattr__(self, name):
+                return getattr(self.ctx, name)
+
         async def main(ctx):
+            ctx = Counting(ctx)
             for op in self.ops:
                 if op[0] == "w":
                     # wait until earlier bytes are consumed before changing registers
                     while pending:
                         await ctx.tick()
-                    await ctx.tick().repeat(4)
+                    for _ in range(4):
+                        await ctx.tick()
                     ctx.set(e.reg_addr, op[1])
                     ctx.set(e.reg_wdata, op[2])
                     ctx.set(e.reg_we, 1)
@@ -105,17 +123,12 @@ class EngineSim:
                         await ctx.tick()
                         if ctx.get(e.reg_rdata) & msk == want:
                             break
-                        await ctx.tick().repeat(8)
+                        for _ in range(8):
+                            await ctx.tick()
             state["done"] = True
-
-        async def watchdog(ctx):
-            await ctx.tick().repeat(max_cycles)
-            raise TimeoutError(f"engine simulation still running after {max_cycles} cycles "
-                               f"(op results so far: {list(results)}, {len(pending)} bytes not taken)")
 
         sim = Simulator(e)
         sim.add_clock(1e-6)
-        sim.add_testbench(watchdog, background=True)
         sim.add_testbench(producer, background=True)
         sim.add_testbench(main)
         if vcd:
