@@ -38,7 +38,8 @@ def test_draw_inverse_cdf():
 
 def test_pyramid_and_grayscale_sampling(tmp_path):
     torch.manual_seed(0)
-    pm = _perturb(PyramidPixelCNN(1, 5, n_levels=2, hidden=6, coarse_layers=2, fine_layers=1, cond_hidden=4))
+    pm = _perturb(PyramidPixelCNN(1, 5, n_levels=2, hidden=6, coarse_layers=2, fine_layers=1, cond_hidden=4,
+                                  logit_prior=1))
     us = sample.pyramid_streams(pm, 2, (1, 4, 4), seed=0)
     fast = sample.sample_pyramid(pm, us, cached=True)
     slow = sample.sample_pyramid(pm, us, cached=False)

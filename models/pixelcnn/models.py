@@ -152,15 +152,18 @@ class PyramidPixelCNN(nn.Module):
     UpCondNet over the coarser level. Loss parts ``level<l>`` (0 = finest)."""
 
     def __init__(self, channels=1, levels=17, n_levels=2, hidden=32, coarse_layers=5, fine_layers=2,
-                 k=3, cond_hidden=32):
+                 k=3, cond_hidden=32, logit_prior=0):
         super().__init__()
         self.channels, self.levels, self.n_levels = channels, levels, n_levels
+        self.logit_prior = bool(logit_prior)
         self.coarse = GatedPixelCNN(channels, levels, hidden, coarse_layers, k)
         self.fine = nn.ModuleList(GatedPixelCNN(channels, levels, hidden, fine_layers, k, cond_ch=cond_hidden)
                                   for _ in range(n_levels - 1))
         self.cond_nets = nn.ModuleList(UpCondNet(channels, cond_hidden) for _ in range(n_levels - 1))
-        # learnable width of a Gaussian-shaped logit prior centred on the coarser pixel's value
-        self.log_sigma = nn.Parameter(torch.full((max(1, n_levels - 1),), math.log(max(1.0, levels / 16))))
+        if self.logit_prior:
+            # learnable weight of a Gaussian-shaped logit prior centred on the coarser pixel's value;
+            # w = exp(10 a) starts at 1 (negligible) and grows as fast as the data asks
+            self.prior_a = nn.Parameter(torch.zeros(max(1, n_levels - 1)))
 
     def pyramid(self, x):
         h, w = x.shape[-2:]
@@ -173,12 +176,16 @@ class PyramidPixelCNN(nn.Module):
         return self.cond_nets[l](self.coarse.scale(coarser))
 
     def offset(self, l, coarser):
-        """Logit offset -(v - c)^2 / (2 sigma_l^2) for every level v, c = the coarser pixel covering
-        this pixel: makes 'close to the block mean' easy to learn for a softmax output (the paper's
-        logistic-mixture outputs get this from their mean parameter). (N, C, L, 2h, 2w)."""
-        c = F.interpolate(coarser.to(self.log_sigma.dtype), scale_factor=2, mode="nearest")
-        v = torch.arange(self.levels, dtype=c.dtype).view(1, 1, -1, 1, 1)
-        return -((v - c[:, :, None]) ** 2) * (0.5 * torch.exp(-2 * self.log_sigma[l]))
+        """With ``logit_prior``: logit offset -w_l/2 * ((v - c) / (L - 1))^2 for every level v, c = the
+        coarser pixel covering this pixel, w_l = exp(10 a_l) learnt: makes 'close to the block mean' easy
+        for a softmax output (the paper's logistic-mixture outputs get it from their mean). Else None."""
+        if not self.logit_prior:
+            return None
+        dt = self.prior_a.dtype
+        c = F.interpolate(coarser.to(dt), scale_factor=2, mode="nearest")
+        v = torch.arange(self.levels, dtype=dt).view(1, 1, -1, 1, 1)
+        d = (v - c[:, :, None]) / (self.levels - 1)
+        return -0.5 * torch.exp(10 * self.prior_a[l]) * d * d
 
     def loss_parts(self, x):
         xs = self.pyramid(x)
