@@ -11,8 +11,8 @@ on the engine:
   of x[i, j] sees x only at earlier pixels but g also slightly ahead (non-causal conditioning through
   shifted channels, streamable because the host supplies them with each pixel).
 
-Both are quantised with ``export.calibrate`` + ``export.quantize_model`` (post-training quantisation)
-and written with ``export.save_export``; ``load_aux`` reads them back (the conditional one has more
+Both are quantised with ``export.calibrate``, a short quantisation-aware fine-tune through
+``export.forward_fake_quant`` and ``export.quantize_model``, and written with ``export.save_export``; ``load_aux`` reads them back (the conditional one has more
 layer-0 input channels than image channels, which ``export.load_export`` by design refuses).
 """
 import math
@@ -77,8 +77,30 @@ def _train(model, xin, target, epochs, lr=2e-3, batch=64, seed=0, log=print):
             loss.backward()
             opt.step()
             sched.step()
-            tot += float(loss) * len(idx)
+            tot += float(loss.detach()) * len(idx)
         log(f"  epoch {ep + 1}/{epochs}: train bpd {tot / len(xin):.4f}")
+    return model.eval()
+
+
+def _qat(model, xin, target, scales, epochs, lr=5e-4, batch=64, seed=0, log=print):
+    """Quantisation-aware fine-tuning through ``export.forward_fake_quant`` (fixed scales)."""
+    torch.manual_seed(seed)
+    rng = np.random.RandomState(seed)
+    model = model.float().train()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    xin_t, tgt_t = torch.from_numpy(xin), torch.from_numpy(target)
+    dims = target[0].size
+    for ep in range(epochs):
+        perm = rng.permutation(len(xin))
+        tot = 0.0
+        for b in range(0, len(perm), batch):
+            idx = perm[b:b + batch]
+            loss = (nll_bits(X.forward_fake_quant(model, xin_t[idx], scales), tgt_t[idx]) / dims).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * len(idx)
+        log(f"  QAT epoch {ep + 1}/{epochs}: fake-quant train bpd {tot / len(xin):.4f}")
     return model.eval()
 
 
@@ -88,7 +110,7 @@ def _float_bits(model, xin, target):
     return float(nll_bits(model(torch.from_numpy(xin)), torch.from_numpy(target)).sum())
 
 
-def build_gray(dataset="digits", gray_levels=4, epochs=15, out_dir=WEIGHTS_DIR, log=print):
+def build_gray(dataset="digits", gray_levels=4, epochs=15, qat_epochs=8, out_dir=WEIGHTS_DIR, log=print):
     """Train, quantise and save both stages; returns (prior_path, cond_path)."""
     from . import data
     torch.set_num_threads(1)
@@ -106,8 +128,10 @@ def build_gray(dataset="digits", gray_levels=4, epochs=15, out_dir=WEIGHTS_DIR, 
         log(f"gray-pixelcnn {name}: training {epochs} epochs")
         model = _train(model.float(), xin, tgt, epochs, log=log)
         fb = _float_bits(model, xte, tte) / dims
+        scales = X.calibrate(model.double(), xin[calib])
+        if qat_epochs:
+            model = _qat(model, xin, tgt, scales, qat_epochs, log=log)
         model = model.double()
-        scales = X.calibrate(model, xin[calib])
         spec = X.quantize_model(model, scales, dict(dataset=dataset, height=ds.shape[1], width=ds.shape[2],
                                                     float_bits_per_dim=fb))
         spec["int_bits_per_dim"] = float("nan")
