@@ -121,7 +121,7 @@ def print_result(r):
     print(f"  bits/dim engine      : {r['bpd']:.12f}  (gray {r['bpd_parts']['gray_prior']:.4f} + "
           f"x|gray {r['bpd_parts']['x_given_gray']:.4f})")
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  "
-          f"({'identical' if r['bpd_equal'] else 'DIFFERENT'})")
+          f"({'identical' if r['bpd_equal'] else 'DIFFERENT'}, logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
     print(f"  bits/dim float model : {r['bpd_float']:.4f}")
     print(f"  cycles per image (likelihood, both stages): {r['cycles_per_image']:,.0f}; "
           f"MAC utilization {100 * r['mac_utilization']:.1f}%")

@@ -118,7 +118,9 @@ class ConvDevice:
         cnt = self.counters()
         self.reg(E.REG_CTRL, E.MODE_IDLE)
         logits = np.frombuffer(bytes(out), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
-        return logits, cnt
+        # contiguous like the reference's arrays: NumPy's float sums depend on memory layout, and the
+        # bits/dim must match the reference's to the last digit
+        return np.ascontiguousarray(logits), cnt
 
     def sample(self, n, seed=DEFAULT_SEED, mult=None, cond=None, progress=None):
         """Generate n images on chip (channel 0 sampled; ``cond`` (n, C-1, H, W) feeds the other input
