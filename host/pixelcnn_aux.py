@@ -43,7 +43,7 @@ def run(args):
     ds = data.load(args.dataset)
     L, H, W = ds.levels, ds.shape[1], ds.shape[2]
     design = R.default_design()
-    params = prog.EngineParams(**design.make_engine().params)
+    params = prog.EngineParams(**design.engine_args)
     for name, spec in (("prior", prior), ("conditional", cond)):
         try:
             prog.check_fits(spec, params, W, H)

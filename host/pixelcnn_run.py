@@ -189,7 +189,7 @@ def run_pixelcnn(args):
     from models.pixelcnn.integer import bits_per_dim, forward_int
 
     design = default_design()
-    params = prog.EngineParams(**design.make_engine().params)
+    params = prog.EngineParams(**design.engine_args)
     try:
         spec = load_export(committed_export_path(args.dataset) if not str(args.dataset).endswith(".npz")
                            else args.dataset, max_channels=params.max_channels)

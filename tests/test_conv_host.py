@@ -1,0 +1,60 @@
+"""Host side of the convolution engine: ConvDevice over the real link (Amaranth backend, small engine)
+and the clear errors for exports that do not fit."""
+import argparse
+
+import numpy as np
+import pytest
+
+from host import pixelcnn_run as R
+from host.backends import open_device
+from hw.pixelcnn import program as prog
+from hw.pixelcnn import sampler as S
+from models.pixelcnn import export as X
+
+SMALL = dict(lanes=4, max_channels=8, max_width=8, max_layers=4, weight_depth=256, bias_depth=64,
+             in_fifo=16, out_fifo=512)
+
+
+def test_conv_device_over_link_amaranth():
+    rng = np.random.default_rng(21)
+    spec = prog.random_spec(rng, layers=(("A", 3, 1, 6, False), ("B", 3, 6, 6, True), ("B", 1, 6, 5, False)),
+                            levels=5)
+    x = rng.integers(0, 5, size=(2, 1, 2, 3))
+    with open_device("amaranth", design=R.default_design(**SMALL), timeout=60.0) as dev:
+        cd = R.ConvDevice(dev, timeout=60.0)
+        assert cd.params == prog.EngineParams(**SMALL)
+        cd.program(spec, 3, 2)
+        logits, cnt = cd.likelihood_logits(x)
+        imgs, scnt = cd.sample(1, seed=77, mult=50)
+    assert np.array_equal(logits, prog.logits_any(spec, x))
+    assert cnt["pixels"] == 12 and cnt["mac_beats"] == 12 * prog.mac_beats_per_pixel(spec, 4)
+    assert np.array_equal(imgs, S.sample_images_twin(spec, 1, 2, 3, 77, 50))
+    assert scnt["pixels"] == 6 and scnt["images"] == 1
+
+
+def _args(**kw):
+    base = dict(model="pixelcnn", dataset="digits", backend="verilator", port=None, baud=115200, timeout=5.0,
+                samples=0, json=None, plot=None, no_progress=True, limit=1)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_export_too_wide_is_a_clear_error(tmp_path):
+    spec = X.load_export(X.committed_export_path("digits"))
+    l1 = spec["layers"][1]
+    wide = dict(l1, out=64, weight=np.zeros((64, 32, 3, 3), np.int8), bias=np.zeros(64, np.int32), residual=False)
+    l2 = dict(spec["layers"][2], **{"in": 64}, weight=np.zeros((32, 64, 3, 3), np.int8), residual=False)
+    bad = dict(spec, layers=[spec["layers"][0], wide, l2] + spec["layers"][3:])
+    path = tmp_path / "wide.npz"
+    X.save_export(path, bad)
+    with pytest.raises(SystemExit, match="exceed the hardware limit of 32"):
+        R.run_pixelcnn(_args(dataset=str(path)))
+
+
+def test_fit_error_names_layer_and_limit():
+    spec = X.load_export(X.committed_export_path("faces"))
+    with pytest.raises(prog.EngineFitError, match="width 24 exceeds"):
+        prog.check_fits(spec, prog.EngineParams(max_width=16), 24, 24)
+    with pytest.raises(prog.EngineFitError, match="weights need"):
+        prog.check_fits(spec, prog.EngineParams(lanes=4), 24, 24)
+    prog.check_fits(spec, prog.EngineParams(), 24, 24)  # the default engine runs the faces model
