@@ -192,23 +192,32 @@ class ConvEngine(Engine):
         ]
         with m.If(mac.out_valid):
             m.d.sync += rq_og.eq(rq_og + 1)
-        can_last = ~(rq.reading | mac.last_pending)
+        # The next layer starts while the requantiser still drains the previous one (it latched that
+        # layer's parameters); beats that read the new layer's map at the current pixel (the centre
+        # tap, written by that drain) and group ends (a new requant start) wait for the drain.
+        prev_pending = Signal()
+        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != layer[:lbits]))
+        can_last = ~(rq.reading | mac.last_pending | prev_pending)
         all_idle = ~(issued | mac.busy | rq.busy | smp.busy)
+        mac_idle = ~(issued | mac.busy)
+        beat_centre = (tap_dy == 0) & (tap_dx == 0)
 
         # requantiser outputs: next layer's line buffer, or the output stream / sampler
         in_wr_en, in_wr_c, in_wr_data = Signal(), Signal(cbits), Signal(signed(8))
-        to_next = rq.out_valid & ~last_layer
+        out_last = Signal()
+        m.d.comb += out_last.eq(rq.cur_layer + 1 == nlayers)
+        to_next = rq.out_valid & ~out_last
         m.d.comb += [
             lb.wr_en.eq(to_next | in_wr_en),
-            lb.wr_layer.eq(Mux(to_next, layer + 1, 0)),
+            lb.wr_layer.eq(Mux(to_next, rq.cur_layer + 1, 0)),
             lb.wr_c.eq(Mux(to_next, rq.out_o, in_wr_c)),
             lb.wr_data.eq(Mux(to_next, rq.out_data, in_wr_data)),
         ]
         sample_push = Signal()
         m.d.comb += [
-            outq.w_en.eq((rq.out_valid & last_layer & (mode == MODE_LIKELIHOOD)) | sample_push),
+            outq.w_en.eq((rq.out_valid & out_last & (mode == MODE_LIKELIHOOD)) | sample_push),
             outq.w_data.eq(Mux(sample_push, smp.sample, rq.out_data)),
-            smp.in_valid.eq(rq.out_valid & last_layer & (mode == MODE_SAMPLE) & (rq.out_o < levels)),
+            smp.in_valid.eq(rq.out_valid & out_last & (mode == MODE_SAMPLE) & (rq.out_o < levels)),
             smp.in_first.eq(rq.out_o == 0), smp.in_last.eq(rq.out_o + 1 == levels),
             smp.in_logit.eq(rq.out_data), smp.mult.eq(lmult),
             smp.seed.eq(self.reg_wdata), smp.seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED)),
@@ -251,11 +260,11 @@ class ConvEngine(Engine):
                 with m.Else():
                     m.next = "IN_WAIT"
             with m.State("LAYER_START"):
-                with m.If(all_idle):
+                with m.If(mac_idle):
                     m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), wptr.eq(cfg.wbase), rq_og.eq(0)]
                     m.next = "MAC"
             with m.State("MAC"):
-                with m.If(~beat_last | can_last):
+                with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
                     with m.If(ch + 1 == cfg.cin):
@@ -269,12 +278,12 @@ class ConvEngine(Engine):
                     with m.Else():
                         m.d.sync += ch.eq(ch + 1)
             with m.State("LAYER_END"):
-                with m.If(all_idle):
-                    with m.If(last_layer):
+                with m.If(last_layer):
+                    with m.If(all_idle):
                         m.next = "PIX_END"
-                    with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
-                        m.next = "LAYER_START"
+                with m.Elif(mac_idle):
+                    m.d.sync += layer.eq(layer + 1)
+                    m.next = "LAYER_START"
             with m.State("PIX_END"):
                 with m.If(mode == MODE_SAMPLE):
                     m.d.comb += [ird.addr.eq(smp.sample), ird.en.eq(1)]

@@ -119,8 +119,10 @@ class Requant(wiring.Component):
         z   = lut[layer][y + 128];  out = sat8(z + centre[o]) if residual else z
 
     one output per cycle (``out_valid``, ``out_o``, ``out_data``) after a 4-cycle latency. ``start``
-    latches ``count``/``base``; ``acc`` must hold until ``reading`` drops. Bias and LUT memories
-    live here (write ports for loading).
+    latches ``count``/``base`` and the layer's parameters (``bbase``, ``mult``, ``shift``,
+    ``residual``, ``layer`` -> ``cur_layer``), so the sequencer may move on to the next layer while the
+    last group drains; ``acc`` must hold until ``reading`` drops, and parameters may only change
+    (a new ``start`` with another layer) once ``busy`` has dropped. Bias and LUT memories live here.
     """
 
     def __init__(self, lanes=16, max_layers=8, bias_depth=512, max_channels=32):
@@ -133,7 +135,7 @@ class Requant(wiring.Component):
             "bbase": In(16), "mult": In(32), "shift": In(8), "residual": In(1), "layer": In(lbits),
             "bias_we": In(1), "bias_waddr": In(range(bias_depth)), "bias_wdata": In(32),
             "lut_we": In(1), "lut_waddr": In(lbits + 8), "lut_wdata": In(8),
-            "out_valid": Out(1), "out_o": Out(16), "out_data": Out(signed(8)),
+            "out_valid": Out(1), "out_o": Out(16), "out_data": Out(signed(8)), "cur_layer": Out(lbits),
             "reading": Out(1), "busy": Out(1),
         })
 
@@ -150,11 +152,14 @@ class Requant(wiring.Component):
         k = Signal(range(self.lanes + 1))
         count = Signal(range(self.lanes + 1))
         base = Signal(16)
+        bbase, mult, shift, residual = Signal(16), Signal(32), Signal(8), Signal()
         with m.If(self.start):
-            m.d.sync += [active.eq(self.count != 0), k.eq(0), count.eq(self.count), base.eq(self.base)]
+            m.d.sync += [active.eq(self.count != 0), k.eq(0), count.eq(self.count), base.eq(self.base),
+                         bbase.eq(self.bbase), mult.eq(self.mult), shift.eq(self.shift),
+                         residual.eq(self.residual), self.cur_layer.eq(self.layer)]
         # S0: select accumulator, read bias, pick residual
         o0 = Signal(16)
-        m.d.comb += [o0.eq(base + k), brd.addr.eq(self.bbase + o0), brd.en.eq(1)]
+        m.d.comb += [o0.eq(base + k), brd.addr.eq(bbase + o0), brd.en.eq(1)]
         v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
         acc1, sum2 = Signal(signed(32)), Signal(signed(32))
         prod3 = Signal(signed(66))
@@ -169,23 +174,23 @@ class Requant(wiring.Component):
         # S1: add bias
         m.d.sync += [v2.eq(v1), sum2.eq(acc1 + brd.data), o2.eq(o1), r2.eq(r1)]
         # S2: multiply
-        m.d.sync += [v3.eq(v2), prod3.eq(sum2 * Cat(self.mult, Const(0, 1)).as_signed()), o3.eq(o2), r3.eq(r2)]
+        m.d.sync += [v3.eq(v2), prod3.eq(sum2 * Cat(mult, Const(0, 1)).as_signed()), o3.eq(o2), r3.eq(r2)]
         # S3: round, shift, saturate, LUT address
         shm1 = Signal(6)
-        m.d.comb += shm1.eq(self.shift - 1)
+        m.d.comb += shm1.eq(shift - 1)
         rnd = Signal(66)
         m.d.comb += rnd.eq(Const(1, 66) << shm1)
         t = Signal(signed(66))
-        m.d.comb += t.eq((prod3 + rnd.as_signed()) >> self.shift[:6])
+        m.d.comb += t.eq((prod3 + rnd.as_signed()) >> shift[:6])
         y = Signal(signed(8))
         m.d.comb += y.eq(_sat8(t))
-        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, self.layer)), lrd.en.eq(1)]
+        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, self.cur_layer)), lrd.en.eq(1)]
         m.d.sync += [v4.eq(v3), o4.eq(o3), r4.eq(r3)]
         # S4: LUT data, residual
         z = lrd.data
         m.d.comb += [
             self.out_valid.eq(v4), self.out_o.eq(o4),
-            self.out_data.eq(Mux(self.residual, _sat8(z + r4), z)),
+            self.out_data.eq(Mux(residual, _sat8(z + r4), z)),
             self.reading.eq(active | self.start),
             self.busy.eq(active | self.start | v1 | v2 | v3 | v4),
         ]
