@@ -136,3 +136,18 @@ def test_fit_error_width():
     spec = prog.random_spec(np.random.default_rng(0), layers=NETS["pixelcnn-like"])
     with pytest.raises(prog.EngineFitError, match="width 16"):
         prog.check_fits(spec, prog.EngineParams(lanes=4, **SMALL), 16, 4)
+
+
+def test_rgb_channel_group_mask():
+    """Channel-group (RGB-style) masks: taps are the union over groups (mask A keeps the centre for
+    later groups); the per-group zeros are ordinary zero weights."""
+    from models.pixelcnn.layers import make_mask
+    rng = np.random.default_rng(13)
+    spec = prog.random_spec(rng, layers=(("B", 3, 2, 6, False), ("B", 1, 6, 4, False)), levels=4, channels=2)
+    l0 = spec["layers"][0]
+    l0.update(mask="A", groups=2)
+    l0["weight"] = (l0["weight"] * make_mask(6, 2, 3, "A", 2).numpy()).astype(np.int8)
+    assert (0, 0) in prog.layer_taps(l0) and np.any(l0["weight"][:, :, 1, 1])
+    x = rng.integers(0, 4, size=(1, 2, 3, 4))
+    got, _ = run_likelihood(spec, x, lanes=4, stall=0.3)
+    assert np.array_equal(got, prog.logits_any(spec, x))
