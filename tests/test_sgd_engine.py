@@ -122,6 +122,25 @@ def test_engine_equals_golden(bits, bus, signed, link, mask, n, d):
     assert not cnt["status"] & (E.STATUS_RUNNING | E.STATUS_CLEARING | E.STATUS_READING)
 
 
+@pytest.mark.parametrize("bits,bus,signed,link,mask", [(1, 64, False, True, 1), (2, 64, True, False, 0),
+                                                      (4, 32, True, True, 3), (8, 64, False, False, 0)])
+def test_shift_add_products_equal_golden(bits, bus, signed, link, mask):
+    """The iCE40 variant (partial products instead of multipliers) computes the same thing."""
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=64, store_beats=256, shift_add=True)
+    rng = np.random.default_rng(bits + 77)
+    q1, q2, lab, x0 = random_problem(rng, 20, 11, bits, signed)
+    want = golden(eng, q1, q2, lab, x0, signed=signed, shift=3, mask=mask)
+    x, _ = EngineTB(eng, seed=3, in_gap=0.3 if link else 0).run(
+        lambda tb, ctx: tb.train_run(ctx, q1, q2, lab, x0, signed=signed, shift=3, mask=mask, link=link))
+    assert np.array_equal(x, want.x)
+    q1, q2, lab, x0 = random_problem(rng, 8, 7, bits, signed, extreme=True)
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=64, store_beats=256, shift_add=True)
+    want = golden(eng, q1, q2, lab, x0, signed=signed, shift=0, mask=0)
+    x, _ = EngineTB(eng).run(lambda tb, ctx: tb.train_run(ctx, q1, q2, lab, x0, signed=signed, shift=0, mask=0,
+                                                          link=False))
+    assert np.array_equal(x, want.x)
+
+
 @pytest.mark.parametrize("bits,signed", [(2, True), (8, False), (32, True)])
 def test_saturation_is_flagged_and_matches_golden(bits, signed):
     eng = SgdEngine(bits=bits, bus_bits=64, max_features=64, store_beats=256)

@@ -76,11 +76,13 @@ def _pow2_at_least(n):
 
 class SgdEngine(Engine):
     """Parameters: ``bits`` in {1, 2, 4, 8, 32}; ``bus_bits`` in {32, ..., 512}; ``max_features`` (model words,
-    bias included); ``store_beats`` (depth of the on-chip sample store, in beats)."""
+    bias included); ``store_beats`` (depth of the on-chip sample store, in beats); ``shift_add`` (lane products
+    as partial-product sums instead of multipliers, for small iCE40 parts; same arithmetic)."""
 
     engine_id = "ZSGD"
 
-    def __init__(self, bits: int = 4, bus_bits: int = 512, max_features: int = 4096, store_beats: int = 4096):
+    def __init__(self, bits: int = 4, bus_bits: int = 512, max_features: int = 4096, store_beats: int = 4096,
+                 shift_add: bool = False):
         check_bits(bits)
         check_bus_bits(bus_bits)
         if not 1 <= max_features <= 65535:
@@ -97,8 +99,12 @@ class SgdEngine(Engine):
         self.pipe_latency = PIPE_LATENCY_BASE + self.tree_latency
         self.fifo_depth = _pow2_at_least(self.rows + self.tree_latency + 8)
         self.store_beats = store_beats
-        super().__init__({"bits": bits, "bus_bits": bus_bits, "max_features": max_features,
-                          "store_beats": store_beats, "lanes": self.lanes, "pipe_latency": self.pipe_latency})
+        self.shift_add = bool(shift_add) and bits != 32
+        params = {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats,
+                  "lanes": self.lanes, "pipe_latency": self.pipe_latency}
+        if self.shift_add:
+            params["shift_add"] = True
+        super().__init__(params)
         L = self.lanes
         self.store = memory.Memory(shape=unsigned(bus_bits), depth=store_beats, init=[])
         self.model_x = memory.Memory(shape=unsigned(32 * L), depth=self.rows, init=[])
@@ -118,6 +124,17 @@ class SgdEngine(Engine):
                 f = payload[j * s + copy * b: j * s + copy * b + b]
                 out.append(f.as_unsigned() if b == 1 else Mux(sgn, f.as_signed(), f.as_unsigned()))
         return out
+
+    def _mul(self, x, q):
+        """x * q for a small code q.  With ``shift_add`` as explicit partial products (no ``$mul`` cell, so no
+        DSP is inferred: for iCE40 parts with few DSPs); same value either way."""
+        if not self.shift_add:
+            return x * q
+        n = len(q)
+        acc = 0
+        for k in range(n - 1):
+            acc = acc + Mux(q[k], x << k, 0)
+        return acc - Mux(q[n - 1], x << (n - 1), 0) if q.shape().signed else acc + Mux(q[n - 1], x << (n - 1), 0)
 
     def _shift_nb(self, v, sgn):
         b = self.bits
@@ -374,7 +391,7 @@ class SgdEngine(Engine):
             m.d.sync += [v2.eq(v1), last2.eq(last1), ref2.eq(ref1), lab2.eq(lab1)]
             for j in range(L):
                 xj = yr.data[32 * j:32 * j + 32].as_signed()
-                term = self._shift_nb(xj * q1[j], sgn)
+                term = self._shift_nb(self._mul(xj, q1[j]), sgn)
                 m.d.sync += terms[j].eq(Mux(rem1 > j, term, 0))
         m.d.comb += tree.i.eq(terms)
         # delay lines alongside the tree
@@ -447,7 +464,7 @@ class SgdEngine(Engine):
         with m.If(ce):
             m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row)]
             for j in range(L):
-                m.d.sync += g[j].eq(Mux(ua_rem > j, self._shift_nb(ua_t * q2[j], sgn), 0))
+                m.d.sync += g[j].eq(Mux(ua_rem > j, self._shift_nb(self._mul(ua_t, q2[j]), sgn), 0))
         new_lanes = []
         any_sat = []
         for j in range(L):
