@@ -1,10 +1,11 @@
-"""Grayscale PixelCNN (auxiliary variable g = 4-level gray view) on the convolution engine.
+"""Grayscale and Pyramid PixelCNNs (auxiliary variable a = f(x): the 4-level gray view, or the 2x2
+average-pooled image) on the convolution engine.
 
 Two integer stages from ``models.pixelcnn.aux_export`` run one after the other on the same engine
 (reprogrammed over the link in between): the prior p(g) and the conditional p(x | g), whose extra
 input channels carry g around each pixel. Likelihood: bits(g) + bits(x | g) from the engine's logits,
 per x dimension; sampling: g generated on chip, then x on chip with g's channels streamed in.
-``--model pyramid-pixelcnn`` is not implemented on the engine (see docs/conv-engine.md).
+Both models share the code; only ``models.pixelcnn.aux_export.aux_*`` differ.
 """
 import sys
 import time
@@ -32,11 +33,11 @@ def run(args):
     from models.pixelcnn import data
     from models.pixelcnn.export import ExportError
 
-    if args.model != "gray-pixelcnn":
-        raise SystemExit(f"error: {args.model} is not implemented on the convolution engine "
-                         "(gray-pixelcnn is); see docs/conv-engine.md")
+    kind = {"gray-pixelcnn": "gray", "pyramid-pixelcnn": "pyramid"}.get(args.model)
+    if kind is None:
+        raise SystemExit(f"error: {args.model} is not an auxiliary-variable model")
     try:
-        prior_path, cond_path = A.gray_paths(args.dataset, GRAY_LEVELS)
+        prior_path, cond_path = A.aux_paths(kind, args.dataset)
         prior, cond = A.load_aux(prior_path), A.load_aux(cond_path)
     except ExportError as exc:
         raise SystemExit(f"error: {exc}")
@@ -44,9 +45,11 @@ def run(args):
     L, H, W = ds.levels, ds.shape[1], ds.shape[2]
     design = R.default_design()
     params = prog.EngineParams(**design.engine_args)
-    for name, spec in (("prior", prior), ("conditional", cond)):
+    AL = A.aux_levels(kind, L)
+    Ha, Wa = A.aux_view(kind, ds.test[:1], L).shape[2:]
+    for name, spec, w, h in (("prior", prior, Wa, Ha), ("conditional", cond, W, H)):
         try:
-            prog.check_fits(spec, params, W, H)
+            prog.check_fits(spec, params, w, h)
         except prog.EngineFitError as exc:
             raise SystemExit(f"error: the {name} stage does not fit the engine: {exc}")
 
@@ -55,8 +58,8 @@ def run(args):
         limit = R.AMARANTH_DEFAULT_LIMIT
     test = ds.test if not limit else ds.test[:limit]
     n_samples = args.samples if args.backend != "amaranth" else min(args.samples, R.AMARANTH_DEFAULT_SAMPLES)
-    g = A.gray_of(test, L, GRAY_LEVELS)
-    cin = A.cond_input(test, L, GRAY_LEVELS)
+    g = A.aux_view(kind, test, L)
+    cin = A.aux_cond_input(kind, test, L)
     t0 = time.time()
     ref_bits = _bits(prior, prog.logits_any(prior, g), g) + _bits(cond, prog.logits_any(cond, cin), test)
     bpd_ref = float(ref_bits.sum() / test.size)
@@ -64,52 +67,55 @@ def run(args):
     with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
                      quiet=False) as dev:
         cd = R.ConvDevice(dev)
-        cd.program(prior, W, H)
+        cd.program(prior, Wa, Ha)
         lg_p, cnt_p = cd.likelihood_logits(g, prog_cb)
         gs, scnt_p = cd.sample(n_samples, seed=SEED_PRIOR) if n_samples else (None, None)
         cd.program(cond, W, H, channels=cond["layers"][0]["in"])
         lg_c, cnt_c = cd.likelihood_logits(cin, prog_cb)
         if n_samples:
-            cc = A.cond_channels(gs, L, GRAY_LEVELS)
+            cc = A.aux_cond_channels(kind, gs, L, H, W)
             xs, scnt_c = cd.sample(n_samples, seed=SEED_COND, cond=cc)
     bits = _bits(prior, lg_p, g) + _bits(cond, lg_c, test)
     bpd = float(bits.sum() / test.size)
     exact = bool(np.array_equal(lg_p, prog.logits_any(prior, g)) and np.array_equal(lg_c, prog.logits_any(cond, cin)))
     twin_ok = None
     if n_samples:
-        g_tw = S.sample_images_twin(prior, n_samples, H, W, SEED_PRIOR, S.logit_mult(prior["logit_scale"]))
+        g_tw = S.sample_images_twin(prior, n_samples, Ha, Wa, SEED_PRIOR, S.logit_mult(prior["logit_scale"]))
         x_tw = S.sample_images_twin(cond, n_samples, H, W, SEED_COND, S.logit_mult(cond["logit_scale"]),
-                                    cond=A.cond_channels(g_tw, L, GRAY_LEVELS))
+                                    cond=A.aux_cond_channels(kind, g_tw, L, H, W))
         twin_ok = bool(np.array_equal(gs, g_tw) and np.array_equal(xs, x_tw))
-    rep_p = R.cycle_report(prior, params, cnt_p, len(test), scnt_p, n_samples, H, W)
+    rep_p = R.cycle_report(prior, params, cnt_p, len(test), scnt_p, n_samples, Ha, Wa)
     rep_c = R.cycle_report(cond, params, cnt_c, len(test), scnt_c if n_samples else None, n_samples, H, W)
-    useful = prog.useful_macs_per_pixel(prior) + prog.useful_macs_per_pixel(cond)
+    useful_img = prog.useful_macs_per_pixel(prior) * Ha * Wa + prog.useful_macs_per_pixel(cond) * H * W
     cyc_img = rep_p["cycles_per_image"] + rep_c["cycles_per_image"]
     result = {
         "model": args.model, "dataset": args.dataset, "backend": args.backend,
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref,
         "bpd_float": prior["float_bits_per_dim"] + cond["float_bits_per_dim"],
-        "bpd_parts": {"gray_prior": float(_bits(prior, lg_p, g).sum() / test.size),
-                      "x_given_gray": float(_bits(cond, lg_c, test).sum() / test.size)},
+        "bpd_parts": {"aux_prior": float(_bits(prior, lg_p, g).sum() / test.size),
+                      "x_given_aux": float(_bits(cond, lg_c, test).sum() / test.size)},
         "bpd_equal": bpd == bpd_ref, "logits_equal": exact,
         "cycles_per_image": cyc_img,
         "cycles_per_pixel_likelihood": cyc_img / (H * W),
-        "mac_utilization": useful * H * W / (params.lanes * cyc_img),
-        "naive_cycles_per_sampled_pixel": cyc_img,
+        "mac_utilization": useful_img / (params.lanes * cyc_img),
+        # naive: a full forward pass of the stage's image per sampled pixel, for every pixel of both stages
+        "naive_cycles_per_sampled_image": rep_p["cycles_per_image"] * Ha * Wa + rep_c["cycles_per_image"] * H * W,
         "samples": int(n_samples), "samples_equal_twin": twin_ok,
         "stages": {"prior": rep_p, "conditional": rep_c},
         "engine_params": params.as_dict(),
     }
     if n_samples:
-        cps = rep_p["cycles_per_sampled_pixel"] + rep_c["cycles_per_sampled_pixel"]
-        result.update(cycles_per_sampled_pixel=cps, naive_over_onchip=cyc_img / cps)
+        cyc_smp = rep_p["cycles_per_sampled_image"] + rep_c["cycles_per_sampled_image"]
+        result.update(cycles_per_sampled_image=cyc_smp, cycles_per_sampled_pixel=cyc_smp / (H * W),
+                      naive_cycles_per_sampled_pixel=result["naive_cycles_per_sampled_image"] / (H * W),
+                      naive_over_onchip=result["naive_cycles_per_sampled_image"] / cyc_smp)
         png = args.plot or Path("results") / f"conv_{args.model}_{args.dataset}_{args.backend}.png"
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         from models.pixelcnn.sample import save_grid
         save_grid(png, xs, ds.test[:n_samples], L)
-        gpng = Path(png).with_name(Path(png).stem + "_gray.png")
-        save_grid(gpng, gs, A.gray_of(ds.test[:n_samples], L, GRAY_LEVELS), GRAY_LEVELS)
+        gpng = Path(png).with_name(Path(png).stem + "_aux.png")
+        save_grid(gpng, gs, A.aux_view(kind, ds.test[:n_samples], L), AL)
         result.update(png=str(png), png_gray=str(gpng))
     result["wall_s"] = time.time() - t0
     return result
@@ -117,19 +123,19 @@ def run(args):
 
 def print_result(r):
     print(f"{r['model']} on {r['dataset']} ({r['backend']}): {r['test_images']} of {r['test_images_total']} "
-          f"test images, two stages (gray prior, x | gray) on the engine")
-    print(f"  bits/dim engine      : {r['bpd']:.12f}  (gray {r['bpd_parts']['gray_prior']:.4f} + "
-          f"x|gray {r['bpd_parts']['x_given_gray']:.4f})")
+          f"test images, two stages (prior over the auxiliary view a, x | a) on the engine")
+    print(f"  bits/dim engine      : {r['bpd']:.12f}  (a {r['bpd_parts']['aux_prior']:.4f} + "
+          f"x|a {r['bpd_parts']['x_given_aux']:.4f})")
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  "
           f"({'identical' if r['bpd_equal'] else 'DIFFERENT'}, logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
     print(f"  bits/dim float model : {r['bpd_float']:.4f}")
     print(f"  cycles per image (likelihood, both stages): {r['cycles_per_image']:,.0f}; "
           f"MAC utilization {100 * r['mac_utilization']:.1f}%")
     if r.get("cycles_per_sampled_pixel"):
-        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per pixel (both stages) vs "
+        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per x pixel (both stages) vs "
               f"{r['naive_cycles_per_sampled_pixel']:,.0f} naive ({r['naive_over_onchip']:.1f}x); identical to twin: "
               f"{r['samples_equal_twin']}")
-        print(f"  samples              : {r['png']} (gray: {r['png_gray']})")
+        print(f"  samples              : {r['png']} (auxiliary view: {r['png_gray']})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""Integer Grayscale PixelCNN for the streaming convolution engine (issue 6; owned by the conv engine).
+"""Integer Grayscale and Pyramid PixelCNNs for the streaming convolution engine (issue 6; owned by the
+conv engine). ``python -m models.pixelcnn.aux_export [gray|pyramid] [DATASET] [EPOCHS]``.
+
+Pyramid (``build_pyramid``): the same two-stage scheme with f(x) = the 2x2 average-pooled image
+(``models.pool_levels``, one coarser level, half size, same levels); the conditional stage streams the
+coarse pixel under (i, j), the one to its right and the one below.
 
 Kolesnikov & Lampert's auxiliary-variable factorisation p(x) <= p(g) p(x | g) with g = f(x) the
 quantised gray view (``models.to_gray``), both parts as plain masked-conv stream networks so each runs
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from . import export as X
-from .models import StreamPixelCNN, nll_bits, to_gray
+from .models import StreamPixelCNN, nll_bits, pool_levels, to_gray
 
 COND_OFFSETS = ((0, 0), (0, 1), (1, 0))  # (dy, dx) of the gray pixels fed with pixel (i, j)
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "hw", "pixelcnn", "weights")
@@ -47,6 +52,44 @@ def cond_input(x, levels, gray_levels):
     """Conditional stage input [x, cond...] (N, 1+K, H, W)."""
     g = gray_of(x, levels, gray_levels)
     return np.concatenate([np.asarray(x, np.int64), cond_channels(g, levels, gray_levels)], axis=1)
+
+
+# --- generic auxiliary views: "gray" (4-level gray view, same size) and "pyramid" (2x2 average-pooled
+# image, half size, same levels; Pyramid PixelCNN with one coarser level)
+AUX_KINDS = ("gray", "pyramid")
+
+
+def aux_levels(kind, levels):
+    return 4 if kind == "gray" else levels
+
+
+def aux_view(kind, x, levels):
+    """The deterministic auxiliary variable f(x) as an integer image (N, 1, H', W')."""
+    if kind == "gray":
+        return gray_of(x, levels, 4)
+    return pool_levels(torch.as_tensor(np.asarray(x)), 2).numpy().astype(np.int64)
+
+
+def aux_cond_channels(kind, a, levels, height, width):
+    """Conditioning channels (N, 3, H, W), as x levels, streamed with pixel (i, j) of x."""
+    if kind == "gray":
+        return cond_channels(a, levels, 4)
+    a = np.asarray(a, np.int64)
+    n, _, h, w = a.shape
+    out = np.zeros((n, len(COND_OFFSETS), height, width), np.int64)
+    i = np.arange(height)[:, None] // 2
+    j = np.arange(width)[None, :] // 2
+    for k, (dy, dx) in enumerate(COND_OFFSETS):  # coarse pixel of (i, j), the one right, the one below
+        ii, jj = i + dy, j + dx
+        ok = (ii < h) & (jj < w)
+        out[:, k] = np.where(ok, a[:, 0, np.minimum(ii, h - 1), np.minimum(jj, w - 1)], 0)
+    return out
+
+
+def aux_cond_input(kind, x, levels):
+    x = np.asarray(x, np.int64)
+    a = aux_view(kind, x, levels)
+    return np.concatenate([x, aux_cond_channels(kind, a, levels, x.shape[2], x.shape[3])], axis=1)
 
 
 def conditional_model(levels, n_cond=len(COND_OFFSETS), hidden=32):
@@ -170,6 +213,49 @@ def load_aux(path):
             "float_bits_per_dim": float(z["float_bits_per_dim"]), "dataset": str(z["dataset"]), "layers": layers}
 
 
+def build_pyramid(dataset="digits", epochs=15, qat_epochs=8, out_dir=WEIGHTS_DIR, log=print):
+    """Pyramid PixelCNN with one coarser level: prior over the 2x2-pooled image, x | coarse."""
+    from . import data
+    torch.set_num_threads(1)
+    ds = data.load(dataset)
+    L = ds.levels
+    a_tr, a_te = aux_view("pyramid", ds.train, L), aux_view("pyramid", ds.test, L)
+    c_tr, c_te = aux_cond_input("pyramid", ds.train, L), aux_cond_input("pyramid", ds.test, L)
+    calib = np.random.RandomState(0).permutation(len(ds.train))[:500]
+    dims = ds.test[0].size * len(ds.test)
+    paths = []
+    for name, model, xin, tgt, xte, tte in (
+            ("prior", StreamPixelCNN(1, L), a_tr, a_tr, a_te, a_te),
+            ("cond", conditional_model(L), c_tr, ds.train, c_te, ds.test)):
+        log(f"pyramid-pixelcnn {name}: training {epochs} epochs")
+        model = _train(model.float(), xin, tgt, epochs, log=log)
+        fb = _float_bits(model, xte, tte) / dims
+        scales = X.calibrate(model.double(), xin[calib])
+        if qat_epochs:
+            model = _qat(model, xin, tgt, scales, qat_epochs, log=log)
+        model = model.double()
+        spec = X.quantize_model(model, scales, dict(dataset=dataset, height=xin.shape[2], width=xin.shape[3],
+                                                    float_bits_per_dim=fb))
+        spec["int_bits_per_dim"] = float("nan")
+        path = os.path.join(out_dir, f"pyramid2_{dataset}_{name}_int8.npz")
+        X.save_export(path, spec)
+        log(f"  float test bits (per x dim) {fb:.4f} -> {path}")
+        paths.append(path)
+    return tuple(paths)
+
+
+def aux_paths(kind, dataset="digits"):
+    return gray_paths(dataset) if kind == "gray" else _paths("pyramid2", dataset, "pyramid")
+
+
+def _paths(stem, dataset, kind):
+    p = [os.path.join(WEIGHTS_DIR, f"{stem}_{dataset}_{s}_int8.npz") for s in ("prior", "cond")]
+    if not all(os.path.exists(q) for q in p):
+        raise X.ExportError(f"no {kind}-pixelcnn exports for {dataset!r}; build them with "
+                            f"python -m models.pixelcnn.aux_export {kind} {dataset}")
+    return tuple(p)
+
+
 def gray_paths(dataset="digits", gray_levels=4):
     p = [os.path.join(WEIGHTS_DIR, f"gray{gray_levels}_{dataset}_{s}_int8.npz") for s in ("prior", "cond")]
     if not all(os.path.exists(q) for q in p):
@@ -180,4 +266,8 @@ def gray_paths(dataset="digits", gray_levels=4):
 
 if __name__ == "__main__":
     import sys
-    build_gray(sys.argv[1] if len(sys.argv) > 1 else "digits", epochs=int(sys.argv[2]) if len(sys.argv) > 2 else 15)
+    argv = sys.argv[1:]
+    kind = argv.pop(0) if argv and argv[0] in AUX_KINDS else "gray"
+    ds_name = argv[0] if argv else "digits"
+    ep = int(argv[1]) if len(argv) > 1 else 15
+    (build_gray if kind == "gray" else build_pyramid)(ds_name, epochs=ep)
