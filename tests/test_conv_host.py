@@ -58,3 +58,21 @@ def test_fit_error_names_layer_and_limit():
     with pytest.raises(prog.EngineFitError, match="weights need"):
         prog.check_fits(spec, prog.EngineParams(lanes=4), 24, 24)
     prog.check_fits(spec, prog.EngineParams(), 24, 24)  # the default engine runs the faces model
+
+
+@pytest.mark.parametrize("kind", ["gray", "pyramid"])
+def test_aux_exports_fit_and_condition(kind):
+    from models.pixelcnn import aux_export as A
+    from models.pixelcnn import data
+    prior, cond = (A.load_aux(p) for p in A.aux_paths(kind, "digits"))
+    x = data.load("digits").test[:3]
+    a = A.aux_view(kind, x, 17)
+    prog.check_fits(prior, prog.EngineParams(), a.shape[3], a.shape[2])
+    prog.check_fits(cond, prog.EngineParams(), 8, 8)
+    cin = A.aux_cond_input(kind, x, 17)
+    assert cin.shape == (3, 4, 8, 8) and cin.max() < 17
+    assert not np.any(cond["layers"][0]["weight"][:, 0, 2, 2])  # x never sees itself
+    if kind == "pyramid":  # channel 1 = coarse pixel under (i, j); 3 = the one below (0 past the edge)
+        assert np.array_equal(cin[:, 1], np.kron(a[:, 0], np.ones((2, 2), np.int64)))
+        assert not cin[:, 3, 6:].any()
+    assert prog.logits_any(cond, cin).shape == (3, 17, 8, 8)
