@@ -32,11 +32,11 @@ def random_problem(rng, n, d, bits, signed, *, extreme=False):
     return q1, q2, labels, x0
 
 
-def golden(eng, q1, q2, labels, x0, *, signed, shift, mask):
+def golden(eng, q1, q2, labels, x0, *, signed, shift, mask, grad_rng=None):
     d = q1.shape[1]
     R = beats_per_sample(d, eng.bits, eng.bus_bits)
     return engine_run(x0, q1, q2, labels, eng.bits, signed=signed, step_shift=shift, batch_mask=mask,
-                      delay=staleness(eng.pipe_latency, R))
+                      delay=staleness(eng.pipe_latency, R), grad_rng=grad_rng)
 
 
 class EngineTB:

@@ -211,3 +211,39 @@ def test_parameter_registers():
                                                 E.REG_P_MAX_FEATURES, E.REG_P_STORE_BEATS, E.REG_P_PIPE_LATENCY)]
 
     assert EngineTB(eng).run(program) == [2, 256, 64, 1000, 64, eng.pipe_latency]
+
+
+@pytest.mark.parametrize("bits,bus,signed,link", [(2, 64, False, True), (4, 64, True, False), (8, 128, False, True),
+                                                  (4, 32, False, False)])
+def test_stochastic_gradient_rounding_with_twin_rng(bits, bus, signed, link):
+    """End-to-end option: the gradient shift rounded with on-chip xorshift32 lanes == golden with the twin RNG;
+    two runs in a row (the generator state carries over), d not a multiple of the lanes."""
+    from models.zipml.rng import Xorshift32Lanes, lane_seeds
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=128, store_beats=512, stochastic_grad=True)
+    L = eng.lanes
+    rng = np.random.default_rng(bits * 3 + bus)
+    d = 2 * L + 3
+    runs = [random_problem(rng, 15, d, bits, signed) for _ in range(2)]
+    x0 = runs[0][3]
+    twin = Xorshift32Lanes(seed=11, n_lanes=L)
+    x = x0
+    for q1, q2, lab, _ in runs:
+        x = golden(eng, q1, q2, lab, x, signed=signed, shift=2, mask=1, grad_rng=twin).x
+    plain = x0
+    for q1, q2, lab, _ in runs:
+        plain = golden(eng, q1, q2, lab, plain, signed=signed, shift=2, mask=1).x
+    assert not np.array_equal(x, plain)  # the rounding did something
+
+    async def program(tb, ctx):
+        await tb.write(ctx, E.REG_IN_MODE, E.IN_RNG)
+        await tb.send(ctx, lane_seeds(11, L).astype("<u4").tobytes())
+        out = None
+        for k, (q1, q2, lab, _) in enumerate(runs):
+            if k == 0:
+                out, _ = await tb.train_run(ctx, q1, q2, lab, x0, signed=signed, shift=2, mask=1, link=link)
+            else:
+                out, _ = await tb.train_run(ctx, q1, q2, lab, out, signed=signed, shift=2, mask=1, link=link)
+        return out
+
+    got = EngineTB(eng, seed=5, in_gap=0.3 if link else 0.0).run(program)
+    assert np.array_equal(got, x)

@@ -32,7 +32,8 @@ REG_RUN_SAMPLES = 4    # rw: samples in the next RUN (epochs x samples per epoch
 REG_STEP_SHIFT = 5     # rw: step 2**-shift
 REG_BATCH_MASK = 6     # rw: refresh the dot product's model bank after sample i when (i & mask) == mask
 REG_FLAGS = 7          # rw: bit0 signed codes ([-1, 1] data), bit1 source = link (0: on-chip sample store)
-REG_IN_MODE = 8        # rw: where input bytes go: 0 samples to the pipeline, 1 sample store, 2 model words
+REG_IN_MODE = 8        # rw: where input bytes go: 0 samples to the pipeline, 1 sample store, 2 model words,
+                       #     3 RNG lane states (engines built with stochastic_grad)
 REG_STORE_WADDR = 9    # rw: next store beat written in IN_MODE 1 (auto-increments)
 REG_STORE_BASE = 10    # rw: first store beat of a RUN
 REG_STORE_WRAP = 11    # rw: the store read address wraps to 0 here (0 = store depth): cycles epoch copies
@@ -53,7 +54,7 @@ CMD_RUN = 1            # stream RUN_SAMPLES samples through the pipeline (from t
 CMD_CLEAR_MODEL = 2    # zero both model banks
 CMD_READ_MODEL = 3     # put FEATURES model words (int32 LE, Q.23) on the output stream
 
-IN_SAMPLES, IN_STORE, IN_MODEL = 0, 1, 2
+IN_SAMPLES, IN_STORE, IN_MODEL, IN_RNG = 0, 1, 2, 3  # IN_RNG: xorshift32 lane states (stochastic_grad)
 
 FLAG_SIGNED = 1
 FLAG_SOURCE_LINK = 2
@@ -77,12 +78,14 @@ def _pow2_at_least(n):
 class SgdEngine(Engine):
     """Parameters: ``bits`` in {1, 2, 4, 8, 32}; ``bus_bits`` in {32, ..., 512}; ``max_features`` (model words,
     bias included); ``store_beats`` (depth of the on-chip sample store, in beats); ``shift_add`` (lane products
-    as partial-product sums instead of multipliers, for small iCE40 parts; same arithmetic)."""
+    as partial-product sums instead of multipliers, for small iCE40 parts; same arithmetic); ``stochastic_grad``
+    (end-to-end option: the gradient's ``>> nb`` rounded stochastically with on-chip xorshift32 lanes, the
+    twin of ``models.zipml.rng.Xorshift32Lanes``; b in {2, 4, 8})."""
 
     engine_id = "ZSGD"
 
     def __init__(self, bits: int = 4, bus_bits: int = 512, max_features: int = 4096, store_beats: int = 4096,
-                 shift_add: bool = False):
+                 shift_add: bool = False, stochastic_grad: bool = False):
         check_bits(bits)
         check_bus_bits(bus_bits)
         if not 1 <= max_features <= 65535:
@@ -104,6 +107,9 @@ class SgdEngine(Engine):
                   "lanes": self.lanes, "pipe_latency": self.pipe_latency}
         if self.shift_add:
             params["shift_add"] = True
+        self.stochastic_grad = bool(stochastic_grad) and bits not in (1, 32)
+        if self.stochastic_grad:
+            params["stochastic_grad"] = True
         super().__init__(params)
         L = self.lanes
         self.store = memory.Memory(shape=unsigned(bus_bits), depth=store_beats, init=[])
@@ -135,6 +141,15 @@ class SgdEngine(Engine):
         for k in range(n - 1):
             acc = acc + Mux(q[k], x << k, 0)
         return acc - Mux(q[n - 1], x << (n - 1), 0) if q.shape().signed else acc + Mux(q[n - 1], x << (n - 1), 0)
+
+    def _round_nb(self, prod, rand, sgn):
+        """``prod >> nb`` rounded up with probability (dropped bits) / 2**nb, using the top nb bits of ``rand``
+        (``models.zipml.rng.stochastic_round_fixed``)."""
+        def one(nb):
+            if nb == 0:
+                return prod
+            return (prod >> nb) + (rand[32 - nb:] < prod[:nb])
+        return Mux(sgn, one(self.bits - 2), one(self.bits - 1))
 
     def _shift_nb(self, v, sgn):
         b = self.bits
@@ -276,20 +291,22 @@ class SgdEngine(Engine):
         mode_write = self.reg_we & (self.reg_addr == REG_IN_MODE)
         waddr_write = self.reg_we & (self.reg_addr == REG_STORE_WADDR)
         maddr_write = self.reg_we & (self.reg_addr == REG_MODEL_WADDR)
-        with m.If(in_mode == IN_MODEL):
+        with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
             m.d.comb += self.i.ready.eq(idle)
         with m.Else():
             m.d.comb += self.i.ready.eq(~beat_full | beat_take)
         beat_next = Cat(beat_sr[8:], self.i.payload)
         word_next = Cat(word_sr[8:], self.i.payload)
         model_word_we = Signal()
+        rng_word_we = Signal()
         with m.If(beat_take):
             m.d.sync += beat_full.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            with m.If(in_mode == IN_MODEL):
+            with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
                 m.d.sync += [word_sr.eq(word_next), word_cnt.eq(word_cnt + 1)]
                 with m.If(word_cnt == 3):
-                    m.d.comb += model_word_we.eq(1)
+                    m.d.comb += model_word_we.eq(in_mode == IN_MODEL)
+                    m.d.comb += rng_word_we.eq(in_mode == IN_RNG)
             with m.Else():
                 m.d.sync += beat_sr.eq(beat_next)
                 with m.If(beat_cnt == W // 8 - 1):
@@ -457,6 +474,29 @@ class SgdEngine(Engine):
         with m.If(start):
             m.d.sync += u_active.eq(0)
         q2 = self._codes(fr.data, 1, sgn)
+        rand = [None] * L
+        if self.stochastic_grad:
+            # one xorshift32 per lane; a row with features steps every lane (the twin's element-to-lane mapping:
+            # feature j -> lane j % L at step j // L of the sample's request)
+            states = [Signal(32, name=f"rng{j}") for j in range(L)]
+            rng_lane = Signal(range(L + 1))
+            with m.If(mode_write):
+                m.d.sync += rng_lane.eq(0)
+            with m.Elif(rng_word_we):
+                m.d.sync += rng_lane.eq(rng_lane + 1)
+                with m.Switch(rng_lane):
+                    for j in range(L):
+                        with m.Case(j):
+                            m.d.sync += states[j].eq(word_next)
+            for j in range(L):
+                x1 = Signal(32, name=f"xs{j}a")
+                x2 = Signal(32, name=f"xs{j}b")
+                x3 = Signal(32, name=f"xs{j}c")
+                m.d.comb += [x1.eq(states[j] ^ (states[j] << 13)[:32]), x2.eq(x1 ^ (x1 >> 17)),
+                             x3.eq(x2 ^ (x2 << 5)[:32])]
+                rand[j] = x3
+                with m.If(ce & ua_v & (ua_rem > 0)):
+                    m.d.sync += states[j].eq(x3)
         gw = 34
         g = Signal(data.ArrayLayout(signed(gw), L))
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
@@ -464,7 +504,9 @@ class SgdEngine(Engine):
         with m.If(ce):
             m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row)]
             for j in range(L):
-                m.d.sync += g[j].eq(Mux(ua_rem > j, self._shift_nb(self._mul(ua_t, q2[j]), sgn), 0))
+                prod = self._mul(ua_t, q2[j])
+                gj = self._round_nb(prod, rand[j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
+                m.d.sync += g[j].eq(Mux(ua_rem > j, gj, 0))
         new_lanes = []
         any_sat = []
         for j in range(L):

@@ -143,7 +143,7 @@ class EngineRunResult:
 
 
 def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift: int, batch_mask: int = 0,
-               delay: int = 2) -> EngineRunResult:
+               delay: int = 2, grad_rng=None) -> EngineRunResult:
     """Bit-exact model of one RUN of the zippix SGD engine (``hw.sgd``) over the samples in order.
 
     The engine is the qFSGD datapath above with two differences that come from its II=1 pipeline:
@@ -158,6 +158,8 @@ def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift:
 
     ``q1``, ``q2``: integer codes ``(n, d)`` (the same array twice for the 32-bit baseline); the sample index ``i``
     counts from 0 at the start of the run (a multi-epoch run continues counting across epochs).
+    ``grad_rng`` (a :class:`~models.zipml.rng.Xorshift32Lanes` with one lane per engine lane; engines built with
+    ``stochastic_grad``): the gradient's ``>> nb`` is rounded stochastically, one request of d words per sample.
     """
     q1 = np.asarray(q1, dtype=np.int64)
     q2 = np.asarray(q2, dtype=np.int64)
@@ -188,7 +190,9 @@ def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift:
         if t < I32_MIN or t > I32_MAX:
             t_sat = True
             t = min(max(t, I32_MIN), I32_MAX)
-        new = x - ((t * q2[j]) >> nb)
+        prod = t * q2[j]
+        g = stochastic_round_fixed(prod, nb, grad_rng) if grad_rng is not None and nb > 0 else prod >> nb
+        new = x - g
         if new.min() < I32_MIN or new.max() > I32_MAX:
             x_sat = True
             new = saturate32(new)
