@@ -5,7 +5,8 @@ Public API::
     design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096, max_frame=4096) -> hw.design.Design
     check_request(dataset, bits, epochs, model="linreg", *, max_features=None) -> (Dataset, signed)
     train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
-          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None) -> dict
+          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
+          grad_rounding="truncate") -> dict
     plot_loss(result, path) -> Path
     main(args) -> int            # what ``python host/run.py --dataset ...`` calls
 
@@ -42,10 +43,13 @@ class TrainError(ValueError):
 
 
 def engine_args(bits: int, *, bus_bits: int = DEFAULT_BUS_BITS, max_features: int = DEFAULT_MAX_FEATURES,
-                store_beats: int = DEFAULT_STORE_BEATS) -> dict:
+                store_beats: int = DEFAULT_STORE_BEATS, stochastic_grad: bool = False) -> dict:
     check_bits(bits)
     check_bus_bits(bus_bits)
-    return {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats}
+    args = {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats}
+    if stochastic_grad:  # only then, so the default design (and its digest) stays as it was
+        args["stochastic_grad"] = True
+    return args
 
 
 def design_for(bits: int, *, max_frame: int = 4096, **kw):
@@ -82,7 +86,9 @@ class SgdDriver:
     def __init__(self, device):
         self.dev = device
         self.link_bytes = 0  # bytes this driver pushed through WRITE_BULK / pulled with READ_BULK
-        engine = device.info().engine
+        info = device.info()
+        engine = info.engine
+        self.stochastic_grad = bool(info.params.get("engine_params", {}).get("stochastic_grad"))
         if engine != E.SgdEngine.engine_id:
             raise TrainError(f"the device runs engine {engine!r}, not the SGD engine {E.SgdEngine.engine_id!r}; "
                              f"build or open it with host.sgd_train.design_for(bits)")
@@ -159,7 +165,8 @@ def _wire_bytes(payload: int, max_frame: int = 512) -> int:
 
 
 def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
-          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None) -> dict:
+          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
+          grad_rounding="truncate") -> dict:
     """Train least squares on the device; returns a JSON-able dict (see ``docs/sgd-engine.md``).
 
     Step: ``2**-(step_shift + e // decay_every)`` in epoch ``e`` (the RTL's shift decay); ``step_shift=None``
@@ -175,6 +182,8 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     ds, signed = check_request(dataset, bits, epochs, model)        # no device work before this passes
     if decay_every < 1:
         raise TrainError("decay_every must be >= 1")
+    if grad_rounding not in ("truncate", "stochastic"):
+        raise TrainError(f"grad_rounding must be 'truncate' or 'stochastic', got {grad_rounding!r}")
     A, y = prepare_linear(ds, signed=signed)
     if max_samples is not None:  # benchmarks: the first rows only (normalisation still over the whole set)
         A, y = A[:max_samples], y[:max_samples]
@@ -198,6 +207,17 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
         raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
     delay = staleness(p["pipe_latency"], R)
 
+    twin = None
+    if grad_rounding == "stochastic":
+        if not drv.stochastic_grad:
+            raise TrainError("grad_rounding='stochastic' needs an engine built with stochastic_grad=True "
+                             "(design_for(bits, stochastic_grad=True); b in 2, 4, 8)")
+        from models.zipml.rng import Xorshift32Lanes, lane_seeds
+        drv.w(E.REG_IN_MODE, E.IN_RNG)
+        seeds = lane_seeds(seed, p["lanes"]).astype("<u4").tobytes()
+        device.send(seeds)
+        drv.link_bytes += len(seeds)
+        twin = Xorshift32Lanes(seed=seed, n_lanes=p["lanes"])
     drv.clear_model()
     drv.configure(d, R, signed=signed, step_shift=step_shift, batch_mask=batch_mask)
     rng = np.random.default_rng(seed)
@@ -227,7 +247,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
             saturated |= cnt["t_saturated"] or cnt["x_saturated"]
             if verify:
                 x_gold = engine_run(x_gold, q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, signed=signed,
-                                    step_shift=shift, batch_mask=batch_mask, delay=delay).x
+                                    step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin).x
         x = drv.read_model(d)
         if verify and not np.array_equal(x, x_gold):
             match = False
@@ -259,7 +279,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
         "store_chunks_per_epoch": -(-n // chunk), "signed": signed,
         "step_shift": step_shift, "decay_every": decay_every, "batch_mask": batch_mask,
         "staleness_samples": delay, "pipe_latency_cycles": p["pipe_latency"],
-        "golden_match": match if verify else None, "saturated": saturated,
+        "golden_match": match if verify else None, "saturated": saturated, "grad_rounding": grad_rounding,
         "model_q23": [int(v) for v in x],
         "link_sample_bytes_per_epoch": sample_bytes, "link_wire_bytes_per_epoch": wire,
         "baud": baud, "link_limited_seconds_per_epoch": wire * 10 / baud,

@@ -69,3 +69,18 @@ def test_link_loading_gives_the_same_model_as_the_backdoor():
     b = train(dev, dataset="diabetes", bits=2, epochs=1, progress=False, max_samples=40)
     assert a["model_q23"] == b["model_q23"] and a["cycles_per_epoch"] == b["cycles_per_epoch"]
     assert b["link_bytes_moved"] > a["link_bytes_moved"]
+
+
+def test_end_to_end_gradient_rounding_on_amaranth_matches_golden():
+    dev = amaranth_device(4, bus_bits=64, max_features=64, store_beats=512, stochastic_grad=True)
+    r = train(dev, dataset="diabetes", bits=4, epochs=2, progress=False, grad_rounding="stochastic")
+    assert r["golden_match"] is True and r["grad_rounding"] == "stochastic"
+    assert r["loss_per_epoch"][-1] < 0.5 * r["initial_loss"]
+
+
+def test_stochastic_rounding_needs_an_engine_that_has_it():
+    with pytest.raises(TrainError, match="stochastic_grad"):
+        train(amaranth_device(4, bus_bits=32, max_features=16, store_beats=64), dataset="diabetes", bits=4,
+              epochs=1, progress=False, grad_rounding="stochastic")
+    with pytest.raises(TrainError, match="grad_rounding"):
+        train(NoDevice(), dataset="diabetes", bits=4, epochs=1, grad_rounding="nearest")
