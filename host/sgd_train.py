@@ -2,7 +2,8 @@
 
 Public API::
 
-    design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096, max_frame=4096) -> hw.design.Design
+    design_for(bits, *, bus_bits=512, max_features=8192, store_beats=4096, max_frame=4096,
+               stochastic_grad=False) -> hw.design.Design
     check_request(dataset, bits, epochs, model="linreg", *, max_features=None) -> (Dataset, signed)
     train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
           decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
