@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host import pixelcnn_run as R  # noqa: E402  (also applies the Verilator PCH workaround)
+from host import pixelcnn_run as R  # noqa: E402
 from host.backends import open_device  # noqa: E402
 from hw.pixelcnn import program as prog  # noqa: E402
 from models.pixelcnn import data  # noqa: E402

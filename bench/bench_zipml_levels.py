@@ -20,7 +20,6 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from models.zipml import (least_squares_loss, least_squares_optimum, linear_sgd, load_dataset,  # noqa: E402
                           per_feature_optimal_levels, prepare_linear, rounding_variance)

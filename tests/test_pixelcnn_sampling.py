@@ -1,6 +1,5 @@
 """Naive and cached sampling give identical samples for the same random stream; coarse-to-fine
 Pyramid sampling and Grayscale sampling; PNG grids."""
-import numpy as np
 import pytest
 import torch
 

@@ -7,12 +7,12 @@ WRITE_BULK never reaches the engine. One frame is executed at a time (the host w
 import hashlib
 import json
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .. import protocol as P
-from .cobs import CobsDecoder, CobsEncoder, FrameByte
+from .cobs import CobsDecoder, CobsEncoder
 from .crc import CRC_INIT, CrcAppender, crc16_update
 
 HEADER_BYTES = 7  # seq, cmd and up to five argument bytes are kept in registers

@@ -197,7 +197,6 @@ def random_spec(rng, layers=(("A", 5, 1, 8, False), ("B", 3, 8, 8, True), ("B", 
     """A random integer network in the export's spec format, for tests. ``layers``: tuples
     (mask, kernel, in, out, residual); the last layer's out should be channels*levels (or levels for
     conditioned nets). Multipliers/shifts are drawn so outputs cover the int8 range and saturate."""
-    from models.pixelcnn.integer import quantize_multiplier  # noqa: F401  (same ranges as exports)
     spec_layers = []
     for mask, k, ci, co, res in layers:
         w = rng.integers(-wmax, wmax + 1, size=(co, ci, k, k))

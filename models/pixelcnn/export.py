@@ -205,7 +205,8 @@ def load_export(path, max_channels=None, kernels=None):
     channels: every layer input and every output except the logits layer's channels*levels)
     and ``kernels`` (allowed kernel sizes)."""
     try:
-        z = np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as npz:  # read everything now: no open file on errors
+            z = {key: npz[key] for key in npz.files}
     except FileNotFoundError:
         raise ExportError(f"export file {path!r} not found") from None
     except Exception as e:

@@ -162,7 +162,7 @@ def stream_forward_int(spec, x):
         for j in range(w):
             bufs[0][:, :, pad + i, pad + j] = lut_in[x[:, :, i, j]]
             for li, l in enumerate(layers):
-                k, c = l["kernel"], l["kernel"] // 2
+                c = l["kernel"] // 2
                 win = bufs[li][:, :, pad + i - c:pad + i + c + 1, pad + j - c:pad + j + c + 1]
                 acc = np.einsum("ocyx,ncyx->no", np.asarray(l["weight"], np.int64), win) + l["bias"]
                 y = requantize(acc, l["multiplier"], l["shift"])
