@@ -7,82 +7,20 @@ JSON in ``CONV_ENGINE_PARAMS`` (the Verilog has them baked in).
 """
 import json
 import os
-import random
-from collections import deque
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 
 from hw.pixelcnn import engine as E
 from hw.pixelcnn import program as prog
 from hw.pixelcnn import sampler as S
+from streams import EngineTB
 
 PARAMS = prog.EngineParams(**json.loads(os.environ.get("CONV_ENGINE_PARAMS", "{}")))
 
 
-class TB:
-    def __init__(self, dut, idle=0.0, stall=0.0, seed=0):
-        self.dut = dut
-        self.rng = random.Random(seed)
-        self.idle, self.stall = idle, stall
-        self.to_dut = deque()
-        self.from_dut = deque()
-
-    async def start(self):
-        dut = self.dut
-        Clock(dut.clk, 10, unit="ns").start()
-        dut.rst.value = 1
-        dut.i__valid.value = 0
-        dut.o__ready.value = 0
-        dut.reg_we.value = 0
-        dut.reg_re.value = 0
-        for _ in range(3):
-            await RisingEdge(dut.clk)
-        dut.rst.value = 0
-        cocotb.start_soon(self._drive())
-        cocotb.start_soon(self._monitor())
-
-    # inputs change at the falling edge; transfers are decided in ReadOnly (taken at the next rise)
-    async def _drive(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            offer = bool(self.to_dut) and self.rng.random() >= self.idle
-            if offer:
-                dut.i__payload.value = self.to_dut[0]
-            dut.i__valid.value = int(offer)
-            await ReadOnly()
-            if offer and dut.i__ready.value:
-                self.to_dut.popleft()
-
-    async def _monitor(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            ready = self.rng.random() >= self.stall
-            dut.o__ready.value = int(ready)
-            await ReadOnly()
-            if ready and dut.o__valid.value:
-                self.from_dut.append(int(dut.o__payload.value))
-
-    async def write(self, addr, value):
-        await FallingEdge(self.dut.clk)
-        self.dut.reg_addr.value = addr
-        self.dut.reg_wdata.value = value & 0xFFFFFFFF
-        self.dut.reg_we.value = 1
-        await FallingEdge(self.dut.clk)
-        self.dut.reg_we.value = 0
-
-    async def read(self, addr):
-        await FallingEdge(self.dut.clk)
-        self.dut.reg_addr.value = addr
-        self.dut.reg_re.value = 1
-        await FallingEdge(self.dut.clk)
-        self.dut.reg_re.value = 0
-        return int(self.dut.reg_rdata.value)
-
+class TB(EngineTB):
     async def drain_input(self):
         while self.to_dut:
             await RisingEdge(self.dut.clk)

@@ -10,11 +10,12 @@ from collections import deque
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import RisingEdge
 from cobs import cobs
 
 from host.framing import FrameSplitter, crc16, decode_frame, encode_frame
 from hw import protocol as P
+from streams import sink, source
 
 MAX_FRAME = int(os.environ.get("LINK_MAX_FRAME", "512"))
 
@@ -37,33 +38,11 @@ class Link:
         for _ in range(3):
             await RisingEdge(dut.clk)
         dut.rst.value = 0
-        cocotb.start_soon(self._drive())
-        cocotb.start_soon(self._monitor())
+        cocotb.start_soon(source(dut, "rx", self.to_dut, self.rng, self.idle))
+        cocotb.start_soon(sink(dut, "tx", self._on_byte, self.rng, self.stall))
 
-    # Both sides change their inputs at the falling edge and look at the design in the ReadOnly phase
-    # right after: whatever has valid & ready then is transferred at the next rising edge.
-    async def _drive(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            offer = bool(self.to_dut) and self.rng.random() >= self.idle
-            if offer:
-                dut.rx__payload.value = self.to_dut[0]
-            dut.rx__valid.value = int(offer)
-            await ReadOnly()
-            if offer and dut.rx__ready.value:
-                self.to_dut.popleft()
-
-    async def _monitor(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            ready = self.rng.random() >= self.stall
-            dut.tx__ready.value = int(ready)
-            await ReadOnly()
-            if ready and dut.tx__valid.value:
-                for frame in self.splitter.feed(bytes([int(dut.tx__payload.value)])):
-                    self.frames.append(frame)
+    def _on_byte(self, byte: int):
+        self.frames.extend(self.splitter.feed(bytes([byte])))
 
     async def reply(self, max_cycles=20000):
         for _ in range(max_cycles):

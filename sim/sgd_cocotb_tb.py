@@ -5,17 +5,15 @@ Parameters come from the environment (``SGD_BITS``, ``SGD_BUS``, ``SGD_MAXF``, `
 Bytes go in with random idle cycles, model bytes come out under random ``ready`` backpressure.
 """
 import os
-import random
-from collections import deque
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
 
 from hw.sgd import engine as E
 from hw.sgd.layout import beats_per_sample, code_range, pack_samples, staleness
 from models.zipml.fixed_point import engine_run
+from streams import EngineTB
 
 BITS = int(os.environ.get("SGD_BITS", "4"))
 BUS = int(os.environ.get("SGD_BUS", "64"))
@@ -23,71 +21,11 @@ MAXF = int(os.environ.get("SGD_MAXF", "256"))
 STORE = int(os.environ.get("SGD_STORE", "1024"))
 
 
-class TB:
-    def __init__(self, dut, *, idle=0.0, stall=0.0, seed=0):
-        self.dut = dut
-        self.rng = random.Random(seed)
-        self.idle, self.stall = idle, stall
-        self.to_dut = deque()
-        self.from_dut = bytearray()
-        self.pipe_latency = None
-
+class TB(EngineTB):
     async def start(self):
-        dut = self.dut
-        Clock(dut.clk, 10, unit="ns").start()
-        dut.rst.value = 1
-        for sig in (dut.i__valid, dut.o__ready, dut.reg_we, dut.reg_re):
-            sig.value = 0
-        dut.reg_addr.value = 0
-        dut.reg_wdata.value = 0
-        for _ in range(3):
-            await FallingEdge(dut.clk)
-        dut.rst.value = 0
-        cocotb.start_soon(self._drive())
-        cocotb.start_soon(self._sink())
+        await super().start()
         self.pipe_latency = await self.read(E.REG_P_PIPE_LATENCY)
         assert await self.read(E.REG_P_BITS) == BITS and await self.read(E.REG_P_BUS_BITS) == BUS
-
-    # inputs change at the falling edge; the ReadOnly phase after it shows what the rising edge transfers
-    async def _drive(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            offer = bool(self.to_dut) and self.rng.random() >= self.idle
-            if offer:
-                dut.i__payload.value = self.to_dut[0]
-            dut.i__valid.value = int(offer)
-            await ReadOnly()
-            if offer and dut.i__ready.value:
-                self.to_dut.popleft()
-
-    async def _sink(self):
-        dut = self.dut
-        while True:
-            await FallingEdge(dut.clk)
-            ready = self.rng.random() >= self.stall
-            dut.o__ready.value = int(ready)
-            await ReadOnly()
-            if ready and dut.o__valid.value:
-                self.from_dut.append(int(dut.o__payload.value))
-
-    async def write(self, addr, value):
-        dut = self.dut
-        await FallingEdge(dut.clk)
-        dut.reg_addr.value = addr
-        dut.reg_wdata.value = value & 0xFFFFFFFF
-        dut.reg_we.value = 1
-        await FallingEdge(dut.clk)
-        dut.reg_we.value = 0
-
-    async def read(self, addr):
-        dut = self.dut
-        await FallingEdge(dut.clk)
-        dut.reg_addr.value = addr
-        dut.reg_re.value = 1
-        await FallingEdge(dut.clk)
-        dut.reg_re.value = 0
-        return int(dut.reg_rdata.value)
 
     async def send(self, data: bytes):
         self.to_dut.extend(data)
