@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from .echo import EchoEngine
 from .link.router import LinkCore
+from .pixelcnn.engine import ConvEngine
+from .sgd.engine import SgdEngine
 
 ENGINES = {
-    "conv": __import__("hw.pixelcnn.engine", fromlist=["ConvEngine"]).ConvEngine,
+    "conv": ConvEngine,
     "echo": EchoEngine,
-    "sgd": __import__("hw.sgd.engine", fromlist=["SgdEngine"]).SgdEngine,
+    "sgd": SgdEngine,
 }
 
 
