@@ -155,15 +155,20 @@ class PyramidPixelCNN(nn.Module):
                  k=3, cond_hidden=32, logit_prior=0):
         super().__init__()
         self.channels, self.levels, self.n_levels = channels, levels, n_levels
-        self.logit_prior = bool(logit_prior)
+        self.logit_prior = int(logit_prior)
         self.coarse = GatedPixelCNN(channels, levels, hidden, coarse_layers, k)
         self.fine = nn.ModuleList(GatedPixelCNN(channels, levels, hidden, fine_layers, k, cond_ch=cond_hidden)
                                   for _ in range(n_levels - 1))
         self.cond_nets = nn.ModuleList(UpCondNet(channels, cond_hidden) for _ in range(n_levels - 1))
-        if self.logit_prior:
+        if self.logit_prior == 1:
             # learnable weight of a Gaussian-shaped logit prior centred on the coarser pixel's value;
             # w = exp(10 a) starts at 1 (negligible) and grows as fast as the data asks
             self.prior_a = nn.Parameter(torch.zeros(max(1, n_levels - 1)))
+        elif self.logit_prior == 2:
+            # block-sum prior (see offset): one learnt width per level and per position in the 2x2 block
+            self.prior_a = nn.Parameter(torch.full((max(1, n_levels - 1), 4), 0.4))
+        elif self.logit_prior:
+            raise ValueError(f"logit_prior must be 0, 1 or 2, got {logit_prior!r}")
 
     def pyramid(self, x):
         h, w = x.shape[-2:]
@@ -175,23 +180,51 @@ class PyramidPixelCNN(nn.Module):
     def condition(self, l, coarser):
         return self.cond_nets[l](self.coarse.scale(coarser))
 
-    def offset(self, l, coarser):
-        """With ``logit_prior``: logit offset -w_l/2 * ((v - c) / (L - 1))^2 for every level v, c = the
+    def offset(self, l, coarser, x=None):
+        """``logit_prior=1``: logit offset -w_l/2 * ((v - c) / (L - 1))^2 for every level v, c = the
         coarser pixel covering this pixel, w_l = exp(10 a_l) learnt: makes 'close to the block mean' easy
-        for a softmax output (the paper's logistic-mixture outputs get it from their mean). Else None."""
+        for a softmax output (the paper's logistic-mixture outputs get it from their mean).
+        ``logit_prior=2`` (block sum; needs the level-l image ``x``, causal: uses only earlier pixels of the
+        same 2x2 block): the 4 pixels of a block sum to 4c - lo .. 4c + hi (lo, hi = 2, 1 at level 0, where
+        the pixels are exact; 3, 3 above, the pixels being rounded means themselves), so with s = the sum
+        of the block's earlier pixels and k = 0..3 the position in the block, the offset is
+        -w_lk/2 * ((v - (4c - s) / (4 - k)) / (L - 1))^2 and -1e4 where v is infeasible (outside
+        4c - lo - s - (3 - k)(L - 1) .. 4c + hi - s; the last pixel of a block has 4 or 7 candidates).
+        A softmax cannot learn this exact arithmetic from 80 images. Else None."""
         if not self.logit_prior:
             return None
         dt = self.prior_a.dtype
         c = F.interpolate(coarser.to(dt), scale_factor=2, mode="nearest")
         v = torch.arange(self.levels, dtype=dt).view(1, 1, -1, 1, 1)
-        d = (v - c[:, :, None]) / (self.levels - 1)
-        return -0.5 * torch.exp(10 * self.prior_a[l]) * d * d
+        if self.logit_prior == 1:
+            d = (v - c[:, :, None]) / (self.levels - 1)
+            return -0.5 * torch.exp(10 * self.prior_a[l]) * d * d
+        if x is None:
+            raise ValueError("logit_prior=2 needs the level's own image x (offset(l, coarser, x))")
+        n, C, H, W = x.shape
+        xb = x.to(dt).view(n, C, H // 2, 2, W // 2, 2)
+        prev = torch.zeros_like(xb)
+        prev[:, :, :, 0, :, 1] = xb[:, :, :, 0, :, 0]
+        prev[:, :, :, 1, :, 0] = xb[:, :, :, 0, :, 0] + xb[:, :, :, 0, :, 1]
+        prev[:, :, :, 1, :, 1] = prev[:, :, :, 1, :, 0] + xb[:, :, :, 1, :, 0]
+        prev = prev.view(n, C, H, W)
+        k = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=dt).repeat(H // 2, W // 2)   # (H, W)
+        w = torch.exp(10 * self.prior_a[l]).view(2, 2).repeat(H // 2, W // 2)
+        lo, hi = (2, 1) if l == 0 else (3, 3)
+        rem = 4 * c - prev                                                         # (N, C, H, W)
+        mu = rem / (4 - k)
+        d = (v - mu[:, :, None]) / (self.levels - 1)
+        vmin = (rem - lo - (3 - k) * (self.levels - 1))[:, :, None]
+        vmax = (rem + hi)[:, :, None]
+        bad = (v < vmin) | (v > vmax)
+        return -0.5 * w * d * d - 1e4 * bad.to(dt)
 
     def loss_parts(self, x):
         xs = self.pyramid(x)
         parts = {f"level{self.n_levels - 1}": self.coarse.nll(xs[-1])}
         for l in range(self.n_levels - 2, -1, -1):
-            parts[f"level{l}"] = self.fine[l].nll(xs[l], self.condition(l, xs[l + 1]), self.offset(l, xs[l + 1]))
+            parts[f"level{l}"] = self.fine[l].nll(xs[l], self.condition(l, xs[l + 1]),
+                                                  self.offset(l, xs[l + 1], xs[l]))
         return parts
 
     def bpd(self, x):

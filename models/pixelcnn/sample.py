@@ -31,10 +31,11 @@ def sample_naive(model, u, cond=None, offset=None):
     """Full forward pass for every sub-pixel (raster order, then R, G, B)."""
     n, C, H, W = u.shape
     x = torch.zeros(n, C, H, W, dtype=torch.long)
-    kw = {} if offset is None else {"offset": offset}
     for i in range(H):
         for j in range(W):
             for c in range(C):
+                off = offset(x) if callable(offset) else offset
+                kw = {} if off is None else {"offset": off}
                 x[:, c, i, j] = draw(model(x, cond, **kw)[:, c, :, i, j], u[:, c, i, j])
     return x
 
@@ -90,7 +91,9 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
                 hv = hin[L][:, :, p + i, p + j]
                 logits = _pw(model.head2, F.relu(_pw(model.head1, F.relu(hv))))
                 lg = logits.view(n, C, -1)[:, c]
-                if offset is not None:
+                if callable(offset):                  # depends on earlier pixels (causal)
+                    lg = lg + offset(x, i, j)[:, c]
+                elif offset is not None:
                     lg = lg + offset[:, c, :, i, j]
                 v = draw(lg, u[:, c, i, j])
                 x[:, c, i, j] = v
@@ -106,13 +109,27 @@ def sample_grayscale(model: GrayscalePixelCNN, u_gray, u, cached=True):
     return g, fn(model.colour, u, model.condition(g))
 
 
+def _block_offset(model, l, coarser):
+    """logit_prior=2 offsets depend on the earlier pixels of the 2x2 block: a callable off(x) (whole map)
+    / off(x, i, j) -> (N, C, L) at pixel (i, j), computed on that pixel's block only."""
+    def off(x, i=None, j=None):
+        if i is None:
+            return model.offset(l, coarser, x)
+        bi, bj = i // 2, j // 2
+        o = model.offset(l, coarser[:, :, bi:bi + 1, bj:bj + 1], x[:, :, 2 * bi:2 * bi + 2, 2 * bj:2 * bj + 2])
+        return o[:, :, :, i % 2, j % 2]
+    return off
+
+
 @torch.no_grad()
 def sample_pyramid(model: PyramidPixelCNN, us, cached=True):
     """Coarse-to-fine: ``us`` = uniform streams per level, finest first. Returns levels, finest first."""
     fn = sample_cached if cached else sample_naive
     xs = [fn(model.coarse, us[-1])]
     for l in range(model.n_levels - 2, -1, -1):
-        xs.insert(0, fn(model.fine[l], us[l], model.condition(l, xs[0]), model.offset(l, xs[0])))
+        coarser = xs[0]
+        off = _block_offset(model, l, coarser) if model.logit_prior == 2 else model.offset(l, coarser)
+        xs.insert(0, fn(model.fine[l], us[l], model.condition(l, coarser), off))
     return xs
 
 
