@@ -153,6 +153,31 @@ def _float_bits(model, xin, target):
     return float(nll_bits(model(torch.from_numpy(xin)), torch.from_numpy(target)).sum())
 
 
+def _export_stages(stages, ds, dataset, stem, label, epochs, qat_epochs, out_dir, log):
+    """Train, calibrate, fine-tune (QAT) and save each ``(name, model, x_in, target, x_test, target_test)``
+    stage as ``<stem>_<dataset>_<name>_int8.npz``; returns the paths."""
+    calib = np.random.RandomState(0).permutation(len(ds.train))[:500]
+    dims = ds.test[0].size * len(ds.test)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for name, model, xin, tgt, xte, tte in stages:
+        log(f"{label} {name}: training {epochs} epochs")
+        model = _train(model.float(), xin, tgt, epochs, log=log)
+        fb = _float_bits(model, xte, tte) / dims
+        scales = X.calibrate(model.double(), xin[calib])
+        if qat_epochs:
+            model = _qat(model, xin, tgt, scales, qat_epochs, log=log)
+        model = model.double()
+        spec = X.quantize_model(model, scales, dict(dataset=dataset, height=xin.shape[2], width=xin.shape[3],
+                                                    float_bits_per_dim=fb))
+        spec["int_bits_per_dim"] = float("nan")
+        path = os.path.join(out_dir, f"{stem}_{dataset}_{name}_int8.npz")
+        X.save_export(path, spec)
+        log(f"  float test bits (per x dim) {fb:.4f} -> {path}")
+        paths.append(path)
+    return tuple(paths)
+
+
 def build_gray(dataset="digits", gray_levels=4, epochs=15, qat_epochs=8, out_dir=WEIGHTS_DIR, log=print):
     """Train, quantise and save both stages; returns (prior_path, cond_path)."""
     from . import data
@@ -161,28 +186,10 @@ def build_gray(dataset="digits", gray_levels=4, epochs=15, qat_epochs=8, out_dir
     L = ds.levels
     g_tr, g_te = gray_of(ds.train, L, gray_levels), gray_of(ds.test, L, gray_levels)
     c_tr, c_te = cond_input(ds.train, L, gray_levels), cond_input(ds.test, L, gray_levels)
-    calib = np.random.RandomState(0).permutation(len(ds.train))[:500]
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    dims = ds.test[0].size * len(ds.test)
-    for name, model, xin, tgt, xte, tte in (
-            ("prior", StreamPixelCNN(1, gray_levels), g_tr, g_tr, g_te, g_te),
-            ("cond", conditional_model(L), c_tr, ds.train, c_te, ds.test)):
-        log(f"gray-pixelcnn {name}: training {epochs} epochs")
-        model = _train(model.float(), xin, tgt, epochs, log=log)
-        fb = _float_bits(model, xte, tte) / dims
-        scales = X.calibrate(model.double(), xin[calib])
-        if qat_epochs:
-            model = _qat(model, xin, tgt, scales, qat_epochs, log=log)
-        model = model.double()
-        spec = X.quantize_model(model, scales, dict(dataset=dataset, height=ds.shape[1], width=ds.shape[2],
-                                                    float_bits_per_dim=fb))
-        spec["int_bits_per_dim"] = float("nan")
-        path = os.path.join(out_dir, f"gray{gray_levels}_{dataset}_{name}_int8.npz")
-        X.save_export(path, spec)
-        log(f"  float test bits (per x dim) {fb:.4f} -> {path}")
-        paths.append(path)
-    return tuple(paths)
+    stages = (("prior", StreamPixelCNN(1, gray_levels), g_tr, g_tr, g_te, g_te),
+              ("cond", conditional_model(L), c_tr, ds.train, c_te, ds.test))
+    return _export_stages(stages, ds, dataset, f"gray{gray_levels}", "gray-pixelcnn", epochs, qat_epochs,
+                          out_dir, log)
 
 
 def load_aux(path):
@@ -221,27 +228,9 @@ def build_pyramid(dataset="digits", epochs=15, qat_epochs=8, out_dir=WEIGHTS_DIR
     L = ds.levels
     a_tr, a_te = aux_view("pyramid", ds.train, L), aux_view("pyramid", ds.test, L)
     c_tr, c_te = aux_cond_input("pyramid", ds.train, L), aux_cond_input("pyramid", ds.test, L)
-    calib = np.random.RandomState(0).permutation(len(ds.train))[:500]
-    dims = ds.test[0].size * len(ds.test)
-    paths = []
-    for name, model, xin, tgt, xte, tte in (
-            ("prior", StreamPixelCNN(1, L), a_tr, a_tr, a_te, a_te),
-            ("cond", conditional_model(L), c_tr, ds.train, c_te, ds.test)):
-        log(f"pyramid-pixelcnn {name}: training {epochs} epochs")
-        model = _train(model.float(), xin, tgt, epochs, log=log)
-        fb = _float_bits(model, xte, tte) / dims
-        scales = X.calibrate(model.double(), xin[calib])
-        if qat_epochs:
-            model = _qat(model, xin, tgt, scales, qat_epochs, log=log)
-        model = model.double()
-        spec = X.quantize_model(model, scales, dict(dataset=dataset, height=xin.shape[2], width=xin.shape[3],
-                                                    float_bits_per_dim=fb))
-        spec["int_bits_per_dim"] = float("nan")
-        path = os.path.join(out_dir, f"pyramid2_{dataset}_{name}_int8.npz")
-        X.save_export(path, spec)
-        log(f"  float test bits (per x dim) {fb:.4f} -> {path}")
-        paths.append(path)
-    return tuple(paths)
+    stages = (("prior", StreamPixelCNN(1, L), a_tr, a_tr, a_te, a_te),
+              ("cond", conditional_model(L), c_tr, ds.train, c_te, ds.test))
+    return _export_stages(stages, ds, dataset, "pyramid2", "pyramid-pixelcnn", epochs, qat_epochs, out_dir, log)
 
 
 def aux_paths(kind, dataset="digits"):
