@@ -53,11 +53,7 @@ def run(args):
         except prog.EngineFitError as exc:
             raise SystemExit(f"error: the {name} stage does not fit the engine: {exc}")
 
-    limit = getattr(args, "limit", None)
-    if limit is None and args.backend == "amaranth":
-        limit = R.AMARANTH_DEFAULT_LIMIT
-    test = ds.test if not limit else ds.test[:limit]
-    n_samples = args.samples if args.backend != "amaranth" else min(args.samples, R.AMARANTH_DEFAULT_SAMPLES)
+    test, n_samples = R.run_sizes(args, ds.test)
     g = A.aux_view(kind, test, L)
     cin = A.aux_cond_input(kind, test, L)
     t0 = time.time()

@@ -28,6 +28,20 @@ AMARANTH_DEFAULT_SAMPLES = 2
 DEFAULT_SEED = 0x2545F491
 
 
+def run_sizes(args, test_images):
+    """Test images to score and images to sample: everything asked for, but on the slow amaranth backend
+    a small subset unless ``--limit`` says otherwise."""
+    limit = getattr(args, "limit", None)
+    if limit is None and args.backend == "amaranth":
+        limit = AMARANTH_DEFAULT_LIMIT
+    n_samples = args.samples
+    if args.backend == "amaranth" and n_samples > AMARANTH_DEFAULT_SAMPLES and getattr(args, "limit", None) is None:
+        print(f"note: amaranth backend simulates ~2k cycles/s; generating {AMARANTH_DEFAULT_SAMPLES} "
+              f"images instead of {n_samples}", file=sys.stderr)
+        n_samples = AMARANTH_DEFAULT_SAMPLES
+    return (test_images[:limit] if limit else test_images), n_samples
+
+
 def default_design(**engine_args) -> Design:
     return Design("conv", engine_args=dict(engine_args), max_frame=512)
 
@@ -188,15 +202,7 @@ def run_pixelcnn(args):
     except prog.EngineFitError as exc:
         raise SystemExit(f"error: the export does not fit the engine: {exc}")
 
-    limit = getattr(args, "limit", None)
-    if limit is None and args.backend == "amaranth":
-        limit = AMARANTH_DEFAULT_LIMIT
-    test = ds.test if not limit else ds.test[:limit]
-    n_samples = args.samples
-    if args.backend == "amaranth" and n_samples > AMARANTH_DEFAULT_SAMPLES and getattr(args, "limit", None) is None:
-        print(f"note: amaranth backend simulates ~2k cycles/s; generating {AMARANTH_DEFAULT_SAMPLES} "
-              f"images instead of {n_samples}", file=sys.stderr)
-        n_samples = AMARANTH_DEFAULT_SAMPLES
+    test, n_samples = run_sizes(args, ds.test)
     progress = not getattr(args, "no_progress", False)
 
     t0 = time.time()
