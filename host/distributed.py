@@ -189,10 +189,10 @@ def sync_epochs(epochs: int, sync_every: int) -> list[int]:
 
 
 def replay(dataset, bits: int, epochs: int, world: int, *, sync_every: int = 1, sync_bits: int = 32, seed: int = 0,
-           chunk: int, delay: int, decay_every: int = 2) -> list[str]:
+           chunk: int, delay: int, decay_every: int = 2) -> list[np.ndarray]:
     """NumPy replay of a whole data-parallel run: per rank the golden engine runs of its shard, then
-    :func:`average` at every sync.  Returns ``model_sha`` of the averaged model after each epoch (at non-sync
-    epochs the exact 32-bit average the runner reports the loss of).  ``chunk`` (samples per store load) and
+    :func:`average` at every sync.  Returns the averaged model after each epoch (at non-sync epochs the exact
+    32-bit average the runner reports the loss of); the runner's ``model_sha_per_epoch`` are their digests.  ``chunk`` (samples per store load) and
     ``delay`` (pipeline staleness) are the engine's, as the runner's JSON reports them."""
     shards = [Shard(dataset, bits, r, world, seed=seed) for r in range(world)]
     d = shards[0].d
@@ -209,9 +209,9 @@ def replay(dataset, bits: int, epochs: int, world: int, *, sync_every: int = 1, 
             payloads = [encode(xs[r], x_sync, sync_bits, sh.sync_rng) for r, sh in enumerate(shards)]
             x_sync = average(x_sync, payloads, d, sync_bits)
             xs = [x_sync.copy() for _ in range(world)]
-            out.append(model_sha(x_sync))
+            out.append(x_sync)
         else:
-            out.append(model_sha(average(x_sync, [encode(x, x_sync, 32, None) for x in xs], d, 32)))
+            out.append(average(x_sync, [encode(x, x_sync, 32, None) for x in xs], d, 32))
     return out
 
 

@@ -121,9 +121,9 @@ def test_two_ranks_equal_the_numpy_replay(tmp_path, sync_bits, sync_every):
     assert r["sync_epochs"] == [e + 1 for e in D.sync_epochs(3, sync_every)]
     want = D.replay("diabetes", 4, 3, 2, sync_every=sync_every, sync_bits=sync_bits, chunk=r["chunk_samples"],
                     delay=r["staleness_samples"])
-    assert r["model_sha_per_epoch"] == want
+    assert r["model_sha_per_epoch"] == [D.model_sha(x) for x in want]
     assert r["model_sha_per_epoch"][-1] == D.model_sha(r["model_q23"])
-    assert r["bytes_per_sync_per_rank"] == D.payload_bytes(12, sync_bits)
+    assert r["bytes_per_sync_per_rank"] == (2 - 1) * D.payload_bytes(11, sync_bits)
     assert len(r["cycles_per_epoch_per_rank"]) == 2 and all(len(c) == 3 for c in r["cycles_per_epoch_per_rank"])
     assert r["loss_per_epoch"][-1] < 0.5 * r["initial_loss"]
     for key in ("loss_per_epoch", "fp_loss_per_epoch", "cycles_per_epoch", "sync_bits"):
@@ -149,10 +149,11 @@ def _rank_simulators(launcher_pid):
     return found
 
 
+@pytest.mark.slow  # two runs: about 25 s on two idle cores
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find rank 1's simulator")
 def test_killed_simulator_names_its_rank_then_the_run_resumes(tmp_path):
     ckpt = tmp_path / "ckpt.json"
-    epochs = 40
+    epochs = 6
     cmd = RUN + ["--nproc-per-node=2", str(ROOT / "host" / "run.py"), *ARGS, "--epochs", str(epochs),
                  "--checkpoint", str(ckpt), "--plot", str(tmp_path / "k.png")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
@@ -179,4 +180,4 @@ def test_killed_simulator_names_its_rank_then_the_run_resumes(tmp_path):
     r = torchrun(2, ["--epochs", str(epochs), "--checkpoint", str(ckpt)], tmp_path, "resumed")
     assert r["resumed_from_epoch"] == done and len(r["loss_per_epoch"]) == epochs
     want = D.replay("diabetes", 4, epochs, 2, chunk=r["chunk_samples"], delay=r["staleness_samples"])
-    assert r["model_sha_per_epoch"] == want
+    assert r["model_sha_per_epoch"] == [D.model_sha(x) for x in want]
