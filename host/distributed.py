@@ -12,7 +12,8 @@ Schedule (launched by ``torchrun ... host/run.py``, or ``host/run.py --workers N
   scaling and step size) and keeps the strided shard ``rows[rank::world]``; it opens its own device (one
   simulator per rank, or ``--port`` entry ``rank`` of a comma-separated list) and trains the shard on the engine
   with the single-device epoch loop of :mod:`host.sgd_train` (fresh double-sampled codes every epoch, the store
-  loaded in chunks, the shift-decay step), replaying every run on the bit-exact golden;
+  loaded in chunks, the shift-decay step; ``--scale-step`` doubles the step per doubling of the ranks), replaying
+  every run on the bit-exact golden;
 * after every ``sync_every`` epochs (and after the last), each rank encodes its model *update* since the last
   synchronized model ``x_s`` (which all ranks hold exactly): ``sync_bits=32`` sends the int32 model itself;
   ``16 | 8 | 4`` scale the update by its max |.| and round it stochastically onto the signed ``sync_bits``-bit
@@ -125,7 +126,8 @@ def model_sha(x) -> str:
 class Shard:
     """One rank's rows and random streams, and its golden epoch (NumPy only; the runner and :func:`replay`)."""
 
-    def __init__(self, dataset, bits: int, rank: int, world: int, *, seed: int = 0, step_shift=None):
+    def __init__(self, dataset, bits: int, rank: int, world: int, *, seed: int = 0, step_shift=None,
+                 scale_step: bool = False):
         from host.sgd_train import check_request
         from models.zipml.datasets import prepare_linear
         from models.zipml.fixed_point import to_fixed
@@ -135,8 +137,12 @@ class Shard:
         if world > A.shape[0]:
             raise ValueError(f"{world} ranks but dataset {self.ds.name} has only {A.shape[0]} samples")
         self.n_total = A.shape[0]
-        self.step_shift = (max(0, math.ceil(math.log2(1.0 / auto_step(A, 1)))) + 3
+        self.step_shift = (max(0, math.ceil(math.log2(1.0 / auto_step(A, 1))) + 3)
                            if step_shift is None else step_shift)
+        # the engines' step: 2**k times the single-device step with --scale-step (k = floor(log2 world), at most
+        # 3: the auto step leaves an 8x margin), so the average of world models that each took n/world steps
+        # moves as far per epoch as one device's n steps (the linear scaling rule, Goyal et al. 2017)
+        self.engine_shift = max(0, self.step_shift - (min(3, world.bit_length() - 1) if scale_step else 0))
         self.full = (A, y) if rank == 0 else None  # rank 0 runs the single-device full-precision reference
         rows = np.arange(rank, A.shape[0], world)
         self.A, self.y = A[rows], y[rows]
@@ -189,18 +195,18 @@ def sync_epochs(epochs: int, sync_every: int) -> list[int]:
 
 
 def replay(dataset, bits: int, epochs: int, world: int, *, sync_every: int = 1, sync_bits: int = 32, seed: int = 0,
-           chunk: int, delay: int, decay_every: int = 2) -> list[np.ndarray]:
+           scale_step: bool = False, chunk: int, delay: int, decay_every: int = 2) -> list[np.ndarray]:
     """NumPy replay of a whole data-parallel run: per rank the golden engine runs of its shard, then
     :func:`average` at every sync.  Returns the averaged model after each epoch (at non-sync epochs the exact
     32-bit average the runner reports the loss of); the runner's ``model_sha_per_epoch`` are their digests.  ``chunk`` (samples per store load) and
     ``delay`` (pipeline staleness) are the engine's, as the runner's JSON reports them."""
-    shards = [Shard(dataset, bits, r, world, seed=seed) for r in range(world)]
+    shards = [Shard(dataset, bits, r, world, seed=seed, scale_step=scale_step) for r in range(world)]
     d = shards[0].d
     xs = [np.zeros(d, dtype=np.int64) for _ in range(world)]
     x_sync = xs[0].copy()
     syncs, out = set(sync_epochs(epochs, sync_every)), []
     for e in range(epochs):
-        shift = shards[0].step_shift + e // decay_every
+        shift = shards[0].engine_shift + e // decay_every
         for r, sh in enumerate(shards):
             q1, q2 = sh.codes()
             for lo in range(0, sh.n, chunk):
@@ -226,7 +232,7 @@ def wanted(args) -> bool:
     """Does this ``host/run.py train`` invocation run data-parallel?  Under torchrun, with ``--workers N > 1``, or
     with any data-parallel flag (one rank then gives the single-device result, plus checkpoints)."""
     return (under_torchrun() or args.workers > 1 or args.sync_every != 1 or args.sync_bits != 32
-            or args.checkpoint is not None)
+            or args.checkpoint is not None or args.scale_step)
 
 
 def check_args(args, world: int | None = None) -> str | None:
@@ -346,11 +352,11 @@ def run_rank(args, rank: int, world: int) -> dict:
 
     decay_every, batch_mask, seed = 2, 0, 0  # host.sgd_train.train's defaults, the single-device schedule
     epochs, sync_bits = args.epochs, args.sync_bits
-    sh = Shard(args.dataset, args.bits, rank, world, seed=seed)
+    sh = Shard(args.dataset, args.bits, rank, world, seed=seed, scale_step=args.scale_step)
     n, d = sh.n, sh.d
     config = {"dataset": sh.ds.name, "bits": args.bits, "workers": world, "sync_every": args.sync_every,
               "sync_bits": sync_bits, "seed": seed, "features": d, "samples": sh.n_total,
-              "step_shift": sh.step_shift}
+              "step_shift": sh.step_shift, "engine_step_shift": sh.engine_shift}
     ckpt_path = Path(args.checkpoint) if args.checkpoint else None
     state = None
     if ckpt_path is not None and ckpt_path.exists():
@@ -375,7 +381,7 @@ def run_rank(args, rank: int, world: int) -> dict:
         if chunk < 1:
             raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
         drv.clear_model()
-        drv.configure(d, R, signed=sh.signed, step_shift=sh.step_shift, batch_mask=batch_mask)
+        drv.configure(d, R, signed=sh.signed, step_shift=sh.engine_shift, batch_mask=batch_mask)
     except Exception as exc:  # noqa: BLE001 - any failure of this rank's device is reported to every rank
         status.update(ok=False, error=f"{type(exc).__name__}: {exc}")
     _check_status(_gather(status, "while opening the devices"), "while opening its device")
@@ -401,7 +407,7 @@ def run_rank(args, rank: int, world: int) -> dict:
     t_start = time.perf_counter()
     for e in range(first, epochs):
         te = time.perf_counter()
-        shift = sh.step_shift + e // decay_every
+        shift = sh.engine_shift + e // decay_every
         status = {"rank": rank, "device": label, "ok": True, "error": "", "cycles": 0, "stalls": 0, "beats": 0,
                   "saturated": False}
         try:
@@ -490,7 +496,7 @@ def run_rank(args, rank: int, world: int) -> dict:
                                                                   for r in range(world)],
         "bus_bits": p["bus_bits"], "lanes": p["lanes"], "beats_per_sample": R, "chunk_samples": chunk,
         "store_chunks_per_epoch": -(-n // chunk), "signed": sh.signed,
-        "step_shift": sh.step_shift, "decay_every": decay_every, "batch_mask": batch_mask,
+        "step_shift": sh.step_shift, "engine_step_shift": sh.engine_shift, "decay_every": decay_every, "batch_mask": batch_mask,
         "staleness_samples": delay, "pipe_latency_cycles": p["pipe_latency"],
         "golden_match": True, "saturated": hist["saturated"], "grad_rounding": "truncate",
         "model_q23": [int(v) for v in x_sync], "model_sha_per_epoch": hist["sha"],

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--sync-bits", type=int, default=32, metavar="B",
                      help="model exchange precision: 32 (exact int32 model), 16, 8 or 4 (the update since the "
                           "last average, stochastically rounded with the sample quantizer) (default: 32)")
+    par.add_argument("--scale-step", action="store_true",
+                     help="each engine's step 2**k times the single-device step, 2**k the largest power of two "
+                          "<= the ranks (at most 8): the average then moves per epoch as one device does "
+                          "(default: off, the single-device step)")
     par.add_argument("--checkpoint", type=Path, metavar="PATH", default=None,
                      help="keep the last averaged model here and resume from it when it exists (default: none)")
     test = p.add_argument_group("echo self-test")

@@ -92,10 +92,12 @@ def test_bad_flags_fail_before_anything_starts(capsys):
 
 # --------------------------------------------------------------------------------------- runs on loopback
 
-def torchrun(n, extra, tmp_path, name, **kw):
+def torchrun(n, extra, tmp_path, name, *, workers_flag=False, **kw):
+    """Run ``host/run.py`` on ``n`` ranks: under torchrun, or with ``--workers n`` (it starts torchrun itself)."""
     out = tmp_path / f"{name}.json"
-    cmd = RUN + [f"--nproc-per-node={n}", str(ROOT / "host" / "run.py"), *ARGS, *extra,
-                 "--json", str(out), "--plot", str(tmp_path / f"{name}.png")]
+    launcher = [sys.executable] if workers_flag else RUN + [f"--nproc-per-node={n}"]
+    cmd = launcher + [str(ROOT / "host" / "run.py"), *ARGS, *extra, "--json", str(out),
+                      "--plot", str(tmp_path / f"{name}.png")] + (["--workers", str(n)] if workers_flag else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **kw)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
@@ -113,14 +115,16 @@ def test_one_rank_equals_the_single_device_run(tmp_path):
     assert got["workers"] == 1 and got["bytes_per_sync_per_rank"] == 0
 
 
-@pytest.mark.parametrize("sync_bits,sync_every", [(32, 1), (8, 2)])
-def test_two_ranks_equal_the_numpy_replay(tmp_path, sync_bits, sync_every):
-    r = torchrun(2, ["--epochs", "3", "--sync-bits", str(sync_bits), "--sync-every", str(sync_every)],
-                 tmp_path, "two")
+@pytest.mark.parametrize("sync_bits,sync_every,other", [(32, 1, False), (8, 2, True)])
+def test_two_ranks_equal_the_numpy_replay(tmp_path, sync_bits, sync_every, other):
+    # other: launched by --workers 2 (host/run.py starts torchrun), with the doubled engine step
+    r = torchrun(2, ["--epochs", "3", "--sync-bits", str(sync_bits), "--sync-every", str(sync_every)]
+                 + ["--scale-step"] * other, tmp_path, "two", workers_flag=other)
+    assert r["engine_step_shift"] == r["step_shift"] - other
     assert r["golden_match"] is True and r["workers"] == 2 and r["samples_per_rank"] == [221, 221]
     assert r["sync_epochs"] == [e + 1 for e in D.sync_epochs(3, sync_every)]
-    want = D.replay("diabetes", 4, 3, 2, sync_every=sync_every, sync_bits=sync_bits, chunk=r["chunk_samples"],
-                    delay=r["staleness_samples"])
+    want = D.replay("diabetes", 4, 3, 2, sync_every=sync_every, sync_bits=sync_bits, scale_step=other,
+                    chunk=r["chunk_samples"], delay=r["staleness_samples"])
     assert r["model_sha_per_epoch"] == [D.model_sha(x) for x in want]
     assert r["model_sha_per_epoch"][-1] == D.model_sha(r["model_q23"])
     assert r["bytes_per_sync_per_rank"] == (2 - 1) * D.payload_bytes(11, sync_bits)
