@@ -3,10 +3,12 @@
 4 bits, against the single-device full-precision reference.
 
 Every configuration is a real ``torchrun --standalone`` run of ``host/run.py`` (gloo over 127.0.0.1) on the same
-dataset and schedule; all ranks' engines are checked against their bit-exact goldens every epoch.  Reports per
-configuration: the averaged model's loss per epoch, the bytes each rank sends per sync and per epoch, the engine
-cycles per epoch per rank (the device-time speed-up of sharding), and the wall time here, which on this machine is
-bound by its CPU cores (every rank runs a simulator and a Python golden), not by the engines.
+dataset; all ranks' engines are checked against their bit-exact goldens every epoch.  Several ranks run with
+``--scale-step`` (each engine's step times the largest power of two <= ranks); their 32-bit runs are repeated at
+the single-device step for comparison.  Reports per configuration: the averaged model's loss per epoch, the bytes
+each rank sends per sync and per epoch, the engine cycles per epoch per rank (the device-time speed-up of
+sharding), and the wall time here.  The wall time is bound by this machine's CPU cores, not by the engines: every
+rank runs a simulator, the host link's framing (its CRC is computed in Python) and a Python golden.
 
     python bench/bench_distributed.py --out results [--dataset synthetic100] [--samples 1000] [--epochs 5]
 
@@ -46,12 +48,12 @@ def subset(name, samples, tmp) -> str:
     return str(path)
 
 
-def run_config(workers, sync_bits, dataset, args, tmp):
-    out = Path(tmp) / f"w{workers}_s{sync_bits}.json"
+def run_config(workers, sync_bits, scale, dataset, args, tmp):
+    out = Path(tmp) / f"w{workers}_s{sync_bits}_{scale}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
            str(ROOT / "host" / "run.py"), "--dataset", dataset, "--bits", str(args.bits),
            "--epochs", str(args.epochs), "--sync-bits", str(sync_bits), "--sync-every", str(args.sync_every),
-           "--no-progress", "--json", str(out), "--plot", str(Path(tmp) / f"w{workers}_s{sync_bits}.png")]
+           "--no-progress", "--json", str(out), "--plot", str(out.with_suffix(".png"))] + ["--scale-step"] * scale
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -79,25 +81,28 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = subset(args.dataset, args.samples, tmp)
-        for w in args.workers:
-            for sb in args.sync_bits if w > 1 else [32]:
-                r = run_config(w, sb, dataset, args, tmp)
-                rows.append(r)
-                print(f"workers {w} sync {sb:>2} bits: final loss {r['loss_per_epoch'][-1]:.6f} "
-                      f"(fp {r['fp_loss_per_epoch'][-1]:.6f}), {r['bytes_per_sync_per_rank']:,} B/sync/rank, "
-                      f"{max(r['cycles_per_epoch']):,} cycles/epoch/rank, {r['process_wall_seconds']:.1f} s",
-                      flush=True)
+        grid = [(w, sb, w > 1) for w in args.workers for sb in (args.sync_bits if w > 1 else [32])]
+        grid += [(w, 32, False) for w in args.workers if w > 1]  # the same runs at the single-device step
+        for w, sb, scale in grid:
+            r = run_config(w, sb, scale, dataset, args, tmp)
+            r["scale_step"] = scale
+            rows.append(r)
+            print(f"workers {w} sync {sb:>2} bits{' scaled step' if scale else ''}: final loss {r['loss_per_epoch'][-1]:.6f} "
+                  f"(fp {r['fp_loss_per_epoch'][-1]:.6f}), {r['bytes_per_sync_per_rank']:,} B/sync/rank, "
+                  f"{max(r['cycles_per_epoch']):,} cycles/epoch/rank, {r['process_wall_seconds']:.1f} s", flush=True)
     cycles_1 = next((r["cycles_per_epoch"][-1] for r in rows if r["workers"] == 1), None)
-    loss_32 = {r["workers"]: r["loss_per_epoch"][-1] for r in rows if r["sync_bits"] == 32}
+    loss_32 = {(r["workers"], r["scale_step"]): r["loss_per_epoch"][-1] for r in rows if r["sync_bits"] == 32}
     bytes_32 = {r["workers"]: r["bytes_per_sync_per_rank"] for r in rows if r["sync_bits"] == 32}
     configs = []
     for r in rows:
-        w, sb = r["workers"], r["sync_bits"]
+        w, sb, sc = r["workers"], r["sync_bits"], r["scale_step"]
         configs.append({
-            "workers": w, "sync_bits": sb, "loss_per_epoch": r["loss_per_epoch"],
+            "workers": w, "sync_bits": sb, "scale_step": sc, "engine_step_shift": r["engine_step_shift"],
+            "loss_per_epoch": r["loss_per_epoch"],
             "final_loss": r["loss_per_epoch"][-1],
             "final_loss_vs_fp_reference": r["final_loss_ratio"],
-            "final_loss_vs_32bit_exchange": r["loss_per_epoch"][-1] / loss_32[w] if w in loss_32 else None,
+            "final_loss_vs_32bit_exchange": (r["loss_per_epoch"][-1] / loss_32[w, sc]
+                                             if (w, sc) in loss_32 else None),
             "payload_bytes_per_rank": r["payload_bytes_per_rank"],
             "bytes_per_sync_per_rank": r["bytes_per_sync_per_rank"],
             "bytes_per_epoch_per_rank": r["bytes_per_sync_per_rank"] * len(r["sync_epochs"]) / r["epochs"],
@@ -137,14 +142,18 @@ def plot(data, path):
     styles = {32: "-", 8: "--", 4: ":"}
     colors = {1: "C0", 2: "C1", 4: "C2"}
     for c in cf:
+        scaled = ", scaled step" if c["scale_step"] else (", 1-device step" if c["workers"] > 1 else "")
         ax.plot(ep, c["loss_per_epoch"], styles.get(c["sync_bits"], "-."), color=colors.get(c["workers"], "C3"),
-                marker="o", ms=3, label=f"{c['workers']} rank(s), {c['sync_bits']}-bit exchange")
+                marker="x" if c["workers"] > 1 and not c["scale_step"] else "o", ms=4,
+                alpha=0.5 if c["workers"] > 1 and not c["scale_step"] else 1.0,
+                label=f"{c['workers']} rank(s), {c['sync_bits']}-bit exchange{scaled}")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss of the averaged model")
     ax.set_title(f"{data['dataset']}, Q{data['bits']} engines")
     ax.legend(fontsize=7)
-    labels = [f"{c['workers']}r/{c['sync_bits']}b" for c in cf]
+    labels = [f"{c['workers']}r/{c['sync_bits']}b" + ("" if c["scale_step"] or c["workers"] == 1 else "/1-dev step")
+              for c in cf]
     ax = axes[1]
     ax.bar(labels, [c["bytes_per_epoch_per_rank"] for c in cf], color=[colors.get(c["workers"]) for c in cf])
     ax.set_ylabel("bytes sent per rank per epoch")

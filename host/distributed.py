@@ -23,8 +23,8 @@ Schedule (launched by ``torchrun ... host/run.py``, or ``host/run.py --workers N
   (:func:`average`), which is loaded back into its engine before the next epoch.
 
 Bytes: ``payload_bytes_per_rank`` is one rank's encoded model; ``bytes_per_sync_per_rank`` is what each rank
-sends in one exchange, ``(world - 1) * payload``: every payload must reach the other ``world - 1`` ranks, which is
-exactly what a ring all-gather (gloo's algorithm) sends from each rank.  The per-epoch status records (a few
+sends in one exchange, ``(world - 1) * payload``: gloo's all-gather is a ring (pytorch/gloo ``gloo/allgather.cc``)
+in which each rank sends ``world - 1`` payloads.  The per-epoch status records (a few
 hundred bytes) and the loss evaluation (one float64 per rank) are control traffic, not counted.
 
 Correctness: with one rank the result equals :func:`host.sgd_train.train` (rank 0 draws the same random codes);
