@@ -323,9 +323,12 @@ def _check_status(statuses, where: str):
 
 
 def _load_checkpoint(path: Path, config: dict):
-    state = json.loads(path.read_text())
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise RankFailed(f"checkpoint {path}: version {state.get('version')}, expected {CHECKPOINT_VERSION}")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RankFailed(f"checkpoint {path} cannot be read ({exc}); remove it to start afresh") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise RankFailed(f"checkpoint {path} is not a zippix checkpoint of version {CHECKPOINT_VERSION}")
     mismatch = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
     if mismatch:
         raise RankFailed(f"checkpoint {path} is from a different run: " +

@@ -90,6 +90,16 @@ def test_bad_flags_fail_before_anything_starts(capsys):
     assert "--sync-bits must be one of" in capsys.readouterr().err
 
 
+def test_a_checkpoint_from_another_run_is_refused_by_name(tmp_path):
+    path = tmp_path / "ckpt.json"
+    path.write_text(json.dumps({"version": D.CHECKPOINT_VERSION, "config": {"sync_bits": 8, "workers": 2}}))
+    with pytest.raises(D.RankFailed, match=r"different run: sync_bits 8 there, 4 here"):
+        D._load_checkpoint(path, {"sync_bits": 4, "workers": 2})
+    path.write_text("{not json")
+    with pytest.raises(D.RankFailed, match="cannot be read"):
+        D._load_checkpoint(path, {})
+
+
 # --------------------------------------------------------------------------------------- runs on loopback
 
 def torchrun(n, extra, tmp_path, name, *, workers_flag=False, **kw):
