@@ -15,8 +15,9 @@ models.zipml.sgd.double_sampling_variance), which is what slows SGD, and the rou
 sample.  The uniform variance is computed at B = 1..14 bits and log2(variance) interpolated linearly in B (it falls
 by about 2 per bit).  Then double-sampled SGD at equal bits (uniform 2**b vs optimal 2**b levels, 20 epochs,
 minibatch 32, γ_e = γ0/(1 + e/0.3), γ0 sized on a quantized copy) gives the training-loss curves.
-Datasets: synthetic100 (Gaussian), lognormal100 and pareto100 (heavy-tailed, models/zipml/datasets.py), diabetes,
-plus every ``--data`` path (LIBSVM or .npz).
+Datasets: synthetic100 (Gaussian), lognormal100 (σ = 1) and pareto100 (α = 3) (heavy-tailed,
+models/zipml/datasets.py), diabetes, plus every ``--data`` path (LIBSVM or .npz); and, metric only at 3 bits, the
+lognormal set with σ swept over 0.5, 1, 1.5, 2 (the saving grows with the skew).
 
     python bench/bench_zipml_levels.py --out results      # writes results/zipml_levels.{json,png}
     python bench/bench_zipml_levels.py --data path/to/file.libsvm --out results
@@ -35,12 +36,14 @@ import numpy as np  # noqa: E402
 
 from models.zipml import (least_squares_loss, least_squares_optimum, linear_sgd, load_dataset,  # noqa: E402
                           per_feature_optimal_levels, prepare_linear)
+from models.zipml.datasets import make_skewed  # noqa: E402
 from models.zipml.report import bench_parser, save_figure, write_json  # noqa: E402
 from models.zipml.sgd import double_sampling_variance  # noqa: E402
 
 DATASETS = ("synthetic100", "lognormal100", "pareto100", "diabetes")
 METRIC_BITS = (2, 3, 4)
 TRAIN_BITS = (2, 3)
+LOGNORMAL_SIGMAS = (0.5, 1.0, 1.5, 2.0)
 UNIFORM_BITS = np.arange(1, 15)  # 2 .. 16384 levels
 
 
@@ -81,16 +84,18 @@ def bits_to_match(curve: np.ndarray, target: float):
     return float(np.interp(-lt, -lc, UNIFORM_BITS))  # lc decreases with B
 
 
-def analyse(name, A, b, args, ax_curve):
+def saving_records(name, A, b, bits_list=METRIC_BITS):
+    """One record per b in ``bits_list``: the optimal b-bit codebook's variances and the bits a uniform quantizer
+    (fair: 2**B levels; and the FPGA encoding) needs to match them.  Returns ``(records, curves, codebooks, x_ls)``."""
     x_ls = least_squares_optimum(A, b)
-    opt_loss = least_squares_loss(A, b, x_ls)
     curves = {enc: {k: np.array([variances(A, b, x_ls, uniform_levels(B, enc))[k] for B in UNIFORM_BITS])
                     for k in ("gradient", "rounding")} for enc in ("fair", "fpga")}
-    codebooks = {bits: per_feature_optimal_levels(A, 2**bits) for bits in sorted(set(METRIC_BITS) | set(TRAIN_BITS))}
+    codebooks = {bits: per_feature_optimal_levels(A, 2**bits) for bits in bits_list}
     records = []
-    for bits in METRIC_BITS:
+    for bits in bits_list:
         v = variances(A, b, x_ls, codebooks[bits])
-        rec = {"dataset": name, "bits": bits, "optimal_levels": 2**bits,
+        rec = {"dataset": name, "bits": bits, "optimal_levels": 2**bits, "uniform_levels": 2**bits,
+               "fpga_encoding_levels": 2 ** (bits - 1) + 1,
                "optimal_gradient_variance_per_sample": v["gradient"],
                "optimal_rounding_variance_per_sample": v["rounding"],
                "uniform_gradient_variance_per_sample_same_bits": float(curves["fair"]["gradient"][bits - 1]),
@@ -106,6 +111,13 @@ def analyse(name, A, b, args, ax_curve):
               f"variance (saving {rec['saving_ratio']:.2f}x), {rec['uniform_bits_to_match_rounding']:.2f} for the "
               f"rounding variance ({rec['saving_ratio_rounding']:.2f}x); FPGA encoding "
               f"{rec['fpga_encoding_bits_to_match']:.2f} bits")
+    return records, curves, codebooks, x_ls
+
+
+def analyse(name, A, b, args, ax_curve):
+    records, curves, codebooks, x_ls = saving_records(name, A, b, sorted(set(METRIC_BITS) | set(TRAIN_BITS)))
+    records = [r for r in records if r["bits"] in METRIC_BITS]
+    opt_loss = least_squares_loss(A, b, x_ls)
     kw = dict(mode="double", epochs=args.epochs, schedule="inverse", decay=0.3, batch_size=32, rng=args.seed)
     full = linear_sgd(A, b, **{**kw, "mode": "full"})
     training = {"least_squares_loss": opt_loss, "full": {"loss_per_epoch": full.loss, "final_loss": full.final_loss}}
@@ -113,8 +125,10 @@ def analyse(name, A, b, args, ax_curve):
     for i, bits in enumerate(TRAIN_BITS):
         for kind, levels, style in (("uniform", uniform_levels(bits), "--"), ("optimal", codebooks[bits], "-")):
             r = linear_sgd(A, b, levels=levels, **kw)
-            training[f"{kind}_{bits}bit"] = {"levels": 2**bits, "loss_per_epoch": r.loss, "final_loss": r.final_loss,
-                                             "excess_over_full_pct": 100.0 * (r.final_loss / full.final_loss - 1)}
+            training[f"{kind}_{bits}bit"] = {
+                "levels": 2**bits, "loss_per_epoch": r.loss, "final_loss": r.final_loss,
+                "excess_over_full_pct": 100.0 * (r.final_loss / full.final_loss - 1),
+                "excess_over_optimum_pct": 100.0 * (r.final_loss / opt_loss - 1)}
             ax_curve.semilogy(np.maximum(r.loss - opt_loss, 1e-12), style, color=f"C{i}",
                               label=f"{kind} {2**bits} levels ({bits} bits)")
             print(f"{name:14s} SGD {kind:7s} {bits} bits: final loss {r.final_loss:.6g} "
@@ -158,10 +172,16 @@ def main():
         ax.set_ylabel("E‖g − ∇‖² per sample (double sampling)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
+    # how the saving grows with skew: lognormal features, σ swept (metric only, no training)
+    sweep = []
+    for sigma in LOGNORMAL_SIGMAS:
+        A, b = prepare_linear(make_skewed("lognormal", shape=sigma, seed=args.seed), signed=True, labels="minmax")
+        sweep += [{**r, "lognormal_sigma": sigma} for r in saving_records(f"lognormal100_sigma{sigma:g}", A, b,
+                                                                            (3,))[0]]
     fig.suptitle("Variance-optimal vs uniform levels at equal bits (labels: bits saving ratio)")
     fig.tight_layout()
     write_json(args.out, "levels", {"epochs": args.epochs, "batch_size": 32, "metric_bits": METRIC_BITS,
-                                    "results": records, "datasets": per_dataset})
+                                    "results": records, "lognormal_sigma_sweep": sweep, "datasets": per_dataset})
     print(save_figure(fig, args.out, "levels"))
 
 
