@@ -14,7 +14,10 @@ E‖g − a(aᵀx − b)‖² per sample at the least-squares optimum (exact for
 models.zipml.sgd.double_sampling_variance), which is what slows SGD, and the rounding variance Σ_i Var[Q(a_i)] per
 sample.  The uniform variance is computed at B = 1..14 bits and log2(variance) interpolated linearly in B (it falls
 by about 2 per bit).  Then double-sampled SGD at equal bits (uniform 2**b vs optimal 2**b levels, 20 epochs,
-minibatch 32, γ_e = γ0/(1 + e/0.3), γ0 sized on a quantized copy) gives the training-loss curves.
+minibatch 32, γ_e = γ0/(1 + e/0.3), γ0 sized on a quantized copy) gives the training-loss curves; and, to check
+the metric where the variance shows in the loss, double-sampled SGD started at the least-squares optimum with one
+constant step for all quantizers: its noise floor (mean excess loss over 4 epochs) for full precision, uniform
+8 levels, optimal 8 levels (3 bits), and uniform round(2**B) levels with B the bits to match.
 Datasets: synthetic100 (Gaussian), lognormal100 (σ = 1) and pareto100 (α = 3) (heavy-tailed,
 models/zipml/datasets.py), diabetes, plus every ``--data`` path (LIBSVM or .npz); and, metric only at 3 bits, the
 lognormal set with σ swept over 0.5, 1, 1.5, 2 (the saving grows with the skew).
@@ -36,6 +39,7 @@ import numpy as np  # noqa: E402
 
 from models.zipml import (least_squares_loss, least_squares_optimum, linear_sgd, load_dataset,  # noqa: E402
                           per_feature_optimal_levels, prepare_linear)
+from models.zipml.sgd import auto_step  # noqa: E402
 from models.zipml.datasets import make_skewed  # noqa: E402
 from models.zipml.report import bench_parser, save_figure, write_json  # noqa: E402
 from models.zipml.sgd import double_sampling_variance  # noqa: E402
@@ -44,6 +48,7 @@ DATASETS = ("synthetic100", "lognormal100", "pareto100", "diabetes")
 METRIC_BITS = (2, 3, 4)
 TRAIN_BITS = (2, 3)
 LOGNORMAL_SIGMAS = (0.5, 1.0, 1.5, 2.0)
+STATIONARY_BITS = 3
 UNIFORM_BITS = np.arange(1, 15)  # 2 .. 16384 levels
 
 
@@ -114,6 +119,26 @@ def saving_records(name, A, b, bits_list=METRIC_BITS):
     return records, curves, codebooks, x_ls
 
 
+def stationary_check(name, A, b, x_ls, codebook, rec, args):
+    """The metric's prediction checked in training: double-sampled SGD started at the least-squares optimum with
+    one constant step (sized on full-precision data, the same for every quantizer) settles at an excess loss
+    E[f − f*] ≈ γ·tr(Σ_g)/4, which grows with the gradient variance.  Optimal 2**b levels should match a uniform
+    quantizer with round(2**B) levels, B = ``uniform_bits_to_match``, not one with 2**b."""
+    gamma = auto_step(A, 32)
+    opt = least_squares_loss(A, b, x_ls)
+    n_match = int(round(2 ** rec["uniform_bits_to_match"]))
+    out = {"step": gamma, "epochs": args.stationary_epochs, "uniform_levels_to_match": n_match}
+    for key, levels in (("full", None), (f"uniform_{2 ** rec['bits']}_levels", uniform_levels(rec["bits"])),
+                        (f"optimal_{2 ** rec['bits']}_levels", codebook),
+                        (f"uniform_{n_match}_levels", np.linspace(-1.0, 1.0, n_match))):
+        r = linear_sgd(A, b, mode="full" if levels is None else "double", levels=levels, step=gamma,
+                       epochs=args.stationary_epochs, batch_size=32, rng=args.seed, x0=x_ls)
+        out[key] = float(np.mean(r.loss[1:]) - opt)
+    print(f"{name:14s} stationary excess loss from x*: " + ", ".join(
+        f"{k} {v:.3g}" for k, v in out.items() if k not in ("step", "epochs", "uniform_levels_to_match")))
+    return out
+
+
 def analyse(name, A, b, args, ax_curve):
     records, curves, codebooks, x_ls = saving_records(name, A, b, sorted(set(METRIC_BITS) | set(TRAIN_BITS)))
     records = [r for r in records if r["bits"] in METRIC_BITS]
@@ -133,6 +158,8 @@ def analyse(name, A, b, args, ax_curve):
                               label=f"{kind} {2**bits} levels ({bits} bits)")
             print(f"{name:14s} SGD {kind:7s} {bits} bits: final loss {r.final_loss:.6g} "
                   f"(+{training[f'{kind}_{bits}bit']['excess_over_full_pct']:.3f} % vs full)")
+    rec3 = next(r for r in records if r["bits"] == STATIONARY_BITS)
+    training["stationary_excess_loss"] = stationary_check(name, A, b, x_ls, codebooks[STATIONARY_BITS], rec3, args)
     ax_curve.set_title(f"{name} (n={A.shape[0]}, d={A.shape[1]})", fontsize=9)
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel("loss − least-squares optimum")
@@ -148,8 +175,9 @@ def main():
                         "(default: none; the built-in sets always run)")
     args = p.parse_args()
     args.epochs = 5 if args.quick else 20
+    args.stationary_epochs = 2 if args.quick else 4
     names = list(DATASETS) + list(args.data)
-    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 8), squeeze=False)
+    fig, axes = plt.subplots(3, len(names), figsize=(4.2 * len(names), 11.5), squeeze=False)
     records, per_dataset = [], {}
     for col, name in enumerate(names):
         ds = load_dataset(name)
@@ -172,6 +200,14 @@ def main():
         ax.set_ylabel("E‖g − ∇‖² per sample (double sampling)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6)
+    for col, (name, v) in enumerate(per_dataset.items()):
+        st = v["training"]["stationary_excess_loss"]
+        keys = [k for k in st if k not in ("step", "epochs", "uniform_levels_to_match")]
+        ax = axes[2, col]
+        ax.bar(range(len(keys)), [st[k] for k in keys], color=["k", "C0", "C2", "C1"])
+        ax.set_xticks(range(len(keys)), [k.replace("_levels", "").replace("_", " ") for k in keys], fontsize=7)
+        ax.set_ylabel("mean loss − optimum, constant step from x*")
+        ax.set_title(f"{name}: SGD noise floor (3-bit optimal vs uniform)", fontsize=9)
     # how the saving grows with skew: lognormal features, σ swept (metric only, no training)
     sweep = []
     for sigma in LOGNORMAL_SIGMAS:
