@@ -97,3 +97,16 @@ def test_prepare_linear():
     A, b = prepare_linear(load_dataset("digits"), signed=True, labels="pm1", positive_class=3)
     assert set(np.unique(b)) == {-1.0, 1.0} and A[:, :-1].min() >= -1 and np.all(A[:, -1] == 1)
     assert np.sum(b == 1) == np.sum(load_dataset("digits").y == 3)
+
+
+def test_skewed_synthetic_sets_are_heavy_tailed_and_seeded():
+    for name in ("lognormal100", "pareto100"):
+        assert name in DATASET_NAMES
+        a, b = load_dataset(name), load_dataset(name)
+        assert a.X.shape == (10_000, 100) and a.task == "regression" and a.name == name
+        assert np.array_equal(a.X, b.X) and not np.array_equal(a.X, load_dataset(name, seed=1).X)
+        assert a.X.min() > 0
+        col = a.X[:, 0]
+        assert np.mean(col) > 1.15 * np.median(col) and col.max() > 10 * np.median(col)  # right-skewed, long tail
+    with pytest.raises(ValueError, match="kind"):
+        zd.make_skewed("cauchy")

@@ -1,7 +1,12 @@
 """Variance-optimal quantization levels (models.zipml.optimal_levels)."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+from models.zipml.datasets import make_skewed, make_synthetic, prepare_linear
 
 from models.zipml.optimal_levels import (optimal_levels, optimal_levels_brute_force, optimal_levels_candidates,
                                          optimal_levels_exact, per_feature_optimal_levels, variance_cost)
@@ -60,3 +65,34 @@ def test_per_feature_levels_and_unbiased_rounding():
     Q = np.mean([quantize_to_levels(A[:200], L, rng=rng) for _ in range(400)], axis=0)
     assert np.max(np.abs(Q - A[:200])) < 0.06
     assert np.all(Q[:, 2] == 1.0)
+
+
+def _levels_bench():
+    spec = importlib.util.spec_from_file_location("bench_zipml_levels",
+                                                  Path(__file__).parents[1] / "bench" / "bench_zipml_levels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_levels_benchmark_compares_at_equal_bits_with_a_continuous_metric():
+    bench = _levels_bench()
+    for b in (1, 2, 3, 4):
+        fair = bench.uniform_levels(b)
+        assert fair.size == 2**b and fair[0] == -1 and fair[-1] == 1  # the fair baseline: 2**b levels in b bits
+        assert bench.uniform_levels(b, "fpga").size == 2 ** (b - 1) + 1  # the FPGA's encoding, reported beside it
+    curve = 4.0 ** -bench.UNIFORM_BITS.astype(float)  # variance falling 4x per bit
+    assert bench.bits_to_match(curve, 4.0**-3.5) == pytest.approx(3.5)
+    assert bench.bits_to_match(curve, 1e-30) is None
+    # heavy-tailed features: optimal 3-bit levels are worth clearly more bits than on Gaussian ones
+    savings = {}
+    for name, ds in (("gaussian", make_synthetic(10, n=3000)), ("lognormal", make_skewed("lognormal", 10, 3000)),
+                     ("pareto", make_skewed("pareto", 10, 3000))):
+        A, b = prepare_linear(ds, signed=True)
+        (rec,), *_ = bench.saving_records(name, A, b, (3,))
+        assert rec["uniform_levels"] == rec["optimal_levels"] == 8 and rec["fpga_encoding_levels"] == 5
+        assert rec["optimal_gradient_variance_per_sample"] < rec["uniform_gradient_variance_per_sample_same_bits"]
+        assert rec["saving_ratio"] == pytest.approx(rec["uniform_bits_to_match"] / 3)
+        assert rec["fpga_encoding_bits_to_match"] > rec["uniform_bits_to_match"]  # fewer levels per bit
+        savings[name] = rec["saving_ratio"]
+    assert 1.0 < savings["gaussian"] < 1.25 and savings["lognormal"] > 1.35 and savings["pareto"] > 1.35

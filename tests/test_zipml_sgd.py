@@ -5,7 +5,8 @@ import pytest
 
 from models.zipml import (Xorshift32Lanes, add_bias, least_squares_loss, least_squares_optimum, linear_sgd,
                           load_dataset, naive_biased_optimum, prepare_linear)
-from models.zipml.sgd import step_schedule
+from models.zipml.quantize import quantize, rounding_variance
+from models.zipml.sgd import double_sampling_gradient, double_sampling_variance, step_schedule
 
 
 def small_problem(seed=0, n=2000, d=10):
@@ -85,3 +86,41 @@ def test_sgd_api_details():
         linear_sgd(A, b, mode="bogus")
     with pytest.raises(ValueError, match="match"):
         linear_sgd(A, b[:-1])
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_symmetrized_double_sampling_is_unbiased_and_its_variance_matches_the_formula(bits):
+    rng = np.random.default_rng(bits)
+    A, b = small_problem(7, n=6, d=5)
+    x = rng.normal(size=A.shape[1])
+    truth = A.T @ (A @ x - b) / len(b)
+    draws = 20_000
+    Q1 = quantize(np.broadcast_to(A, (draws, *A.shape)), bits, rng=rng)
+    Q2 = quantize(np.broadcast_to(A, (draws, *A.shape)), bits, rng=rng)
+    var = rounding_variance(A, bits)
+    for symmetric in (False, True):
+        # one estimate per draw; per-sample gradients for the variance check
+        per_sample = np.einsum("nkd,nk->nkd", Q1, np.einsum("nkd,d->nk", Q2, x) - b)
+        if symmetric:
+            per_sample = 0.5 * (per_sample + np.einsum("nkd,nk->nkd", Q2, np.einsum("nkd,d->nk", Q1, x) - b))
+        g = per_sample.mean(axis=1)
+        assert np.allclose(g[0], double_sampling_gradient(Q1[0], Q2[0], b, x, symmetric=symmetric))
+        se = g.std(0) / np.sqrt(draws)
+        assert np.all(np.abs(g.mean(0) - truth) < 4.5 * se)  # unbiased, within the Monte Carlo error
+        exact = A * (A @ x - b)[:, None]
+        measured = np.sum((per_sample - exact) ** 2, axis=2).mean(0)
+        formula = double_sampling_variance(A, b, x, var, symmetric=symmetric)
+        assert np.allclose(measured, formula, rtol=0.05)
+    plain = double_sampling_variance(A, b, x, var).sum()
+    sym = double_sampling_variance(A, b, x, var, symmetric=True).sum()
+    assert sym < 0.75 * plain  # roughly halves
+
+
+def test_symmetric_option_trains_and_is_checked():
+    A, b = small_problem(8)
+    kw = dict(bits=2, epochs=30, step=0.05, schedule="inverse", decay=5, batch_size=8, rng=3)
+    x_ls = least_squares_optimum(A, b)
+    sym = linear_sgd(A, b, mode="double", symmetric=True, **kw)
+    assert np.linalg.norm(sym.x - x_ls) < 0.1 * np.linalg.norm(naive_biased_optimum(A, b, 2) - x_ls)
+    with pytest.raises(ValueError, match="symmetric"):
+        linear_sgd(A, b, mode="naive", symmetric=True)

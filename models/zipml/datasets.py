@@ -6,6 +6,9 @@ from fpgasystems/ZipML-XeonFPGA@a7bdb44 SW/main.cpp; LIBSVM files read with ``sk
 * bundled (offline): ``diabetes`` (regression), ``breast_cancer`` (binary), ``digits`` (10 classes) from
   scikit-learn; ``synthetic10``, ``synthetic100``, ``synthetic1000``: 10,000 samples of b = Ax* + ε with
   a ~ N(0, I_d), x* with 10 % non-zero N(0, 1) entries (at least one), ε ~ N(0, 1), seeded.
+* skewed synthetic (offline): ``lognormal100`` (a_i ~ LogNormal(0, 1)) and ``pareto100`` (a_i ~ Pareto with
+  x_m = 1, α = 3), same size and linear model as ``synthetic100``: the heavy-tailed features on which
+  variance-optimal levels beat uniform ones (ZipML "optimal quantization" section).
 * LIBSVM sets of the paper (``cadata``, ``YearPredictionMSD``, ``cod-rna``, ``gisette``, ``epsilon``): read from the
   cache directory (``$ZIPPIX_DATA`` or ``~/.cache/zippix``), downloaded there first when ``download=True`` and a
   network exists; otherwise a :class:`DatasetError` says where to put the file.
@@ -26,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dataset", "DatasetError", "BUNDLED", "SYNTHETIC", "DOWNLOADABLE", "DATASET_NAMES", "load_dataset",
-           "make_synthetic", "cache_dir", "dataset_names", "prepare_linear"]
+__all__ = ["Dataset", "DatasetError", "BUNDLED", "SYNTHETIC", "SKEWED", "DOWNLOADABLE", "DATASET_NAMES",
+           "load_dataset", "make_synthetic", "make_skewed", "cache_dir", "dataset_names", "prepare_linear"]
 
 
 class DatasetError(ValueError):
@@ -58,6 +61,7 @@ class Dataset:
 
 BUNDLED = ("diabetes", "breast_cancer", "digits")
 SYNTHETIC = ("synthetic10", "synthetic100", "synthetic1000")
+SKEWED = ("lognormal100", "pareto100")
 _LIBSVM = "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets"
 # name -> (url, cached file name, task)
 DOWNLOADABLE = {
@@ -67,7 +71,7 @@ DOWNLOADABLE = {
     "gisette": (f"{_LIBSVM}/binary/gisette_scale.bz2", "gisette_scale", "binary"),
     "epsilon": (f"{_LIBSVM}/binary/epsilon_normalized.bz2", "epsilon_normalized", "binary"),
 }
-DATASET_NAMES = BUNDLED + SYNTHETIC + tuple(DOWNLOADABLE)
+DATASET_NAMES = BUNDLED + SYNTHETIC + SKEWED + tuple(DOWNLOADABLE)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -90,6 +94,26 @@ def make_synthetic(d: int, n: int = 10_000, *, seed: int = 0, noise: float = 1.0
     x_star[support] = rng.standard_normal(k)
     y = A @ x_star + noise * rng.standard_normal(n)
     return Dataset(A, y, f"synthetic{d}", "regression")
+
+
+def make_skewed(kind: str, d: int = 100, n: int = 10_000, *, seed: int = 0, noise: float = 1.0,
+                sparsity: float = 0.1, shape: float | None = None) -> Dataset:
+    """Heavy-tailed features for the optimal-levels experiment: ``kind='lognormal'`` (a_i ~ LogNormal(0, σ²),
+    σ = ``shape``, default 1) or ``'pareto'`` (a_i = 1 + Lomax(α), i.e. Pareto with x_m = 1, α = ``shape``,
+    default 3); labels b = A x* + ε as :func:`make_synthetic` (x* with ``sparsity`` non-zero N(0, 1) entries,
+    ε ~ N(0, noise²)); deterministic for a seed."""
+    if kind not in ("lognormal", "pareto"):
+        raise ValueError(f"kind must be 'lognormal' or 'pareto', got {kind!r}")
+    rng = np.random.default_rng([seed, d, 1 if kind == "lognormal" else 2])
+    if kind == "lognormal":
+        A = rng.lognormal(0.0, 1.0 if shape is None else shape, (n, d))
+    else:
+        A = 1.0 + rng.pareto(3.0 if shape is None else shape, (n, d))
+    x_star = np.zeros(d)
+    k = max(1, int(round(sparsity * d)))
+    x_star[rng.choice(d, size=k, replace=False)] = rng.standard_normal(k)
+    y = A @ x_star + noise * rng.standard_normal(n)
+    return Dataset(A, y, f"{kind}{d}", "regression")
 
 
 def _task_of(y: np.ndarray) -> str:
@@ -186,6 +210,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, download: bool = True, n_fe
                        key, task)
     if key in SYNTHETIC:
         return make_synthetic(int(key[len("synthetic"):]), seed=seed)
+    if key in SKEWED:
+        kind = key.rstrip("0123456789")
+        return make_skewed(kind, int(key[len(kind):]), seed=seed)
     if key in DOWNLOADABLE:
         fname, task = DOWNLOADABLE[key][1], DOWNLOADABLE[key][2]
         target = cache_dir() / fname

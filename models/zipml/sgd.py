@@ -1,7 +1,8 @@
 """Least-squares SGD: full precision, naive quantized samples, double sampling, end-to-end quantization.
 
 Ref: ZipML (arXiv 1611.05402) §2.1 naive rounding is biased (converges to (AᵀA + ΣD)⁻¹Aᵀb), §2.2 double sampling
-g = Q1(a)(Q2(a)ᵀx − b) is unbiased, §3 end-to-end x ← x − γ Q_g(Q1(a)(Q2(a)ᵀQ_m(x) − b)); fresh quantized copies
+g = Q1(a)(Q2(a)ᵀx − b) is unbiased (and so is its symmetrized form ½[Q1(Q2ᵀx − b) + Q2(Q1ᵀx − b)], the average
+of the estimator and its copy-swapped twin; variances in :func:`double_sampling_variance`), §3 end-to-end x ← x − γ Q_g(Q1(a)(Q2(a)ᵀQ_m(x) − b)); fresh quantized copies
 per epoch as fpgasystems/ZipML-XeonFPGA SW/zipml_sgd.h precomputes ``numberOfIndices`` copies; step halving as the
 RTL's shift-based step decay (qFSGD.vhd).
 
@@ -21,7 +22,7 @@ import numpy as np
 from .quantize import quantize, quantize_scaled, quantize_to_levels, rounding_variance
 
 __all__ = ["MODES", "SGDResult", "least_squares_loss", "least_squares_optimum", "naive_biased_optimum",
-           "step_schedule", "auto_step", "linear_sgd"]
+           "step_schedule", "auto_step", "linear_sgd", "double_sampling_gradient", "double_sampling_variance"]
 
 MODES = ("full", "naive", "double", "end2end")
 
@@ -81,6 +82,35 @@ def _bracket(A, lv2):
     return out_lo, out_hi
 
 
+def double_sampling_gradient(Q1, Q2, b, x, *, symmetric: bool = False) -> np.ndarray:
+    """Mean double-sampled least-squares gradient over the rows of two independent copies ``Q1``, ``Q2``:
+    Q1ᵀ(Q2x − b)/B, or with ``symmetric`` ½[Q1ᵀ(Q2x − b) + Q2ᵀ(Q1x − b)]/B.  Both are unbiased for Aᵀ(Ax − b)/B."""
+    g = Q1.T @ (Q2 @ x - b)
+    if symmetric:
+        g = 0.5 * (g + Q2.T @ (Q1 @ x - b))
+    return g / Q1.shape[0]
+
+
+def double_sampling_variance(A, b, x, var, *, symmetric: bool = False) -> np.ndarray:
+    """Exact per-sample variance E‖g − a(aᵀx − b)‖² of the single-sample double-sampling gradient, for independent
+    unbiased copies with per-element variances ``var`` (D = diag(var), r = aᵀx − b):
+
+        plain      ‖a‖² xᵀDx + r² tr D + tr D · xᵀDx
+        symmetric  ½‖a‖² xᵀDx + r aᵀDx + ½ r² tr D + ½ tr D · xᵀDx + ½ Σ_i D_i² x_i²
+
+    (expand Q_j = a + e_j; in the symmetric form the first-order noise is ½(e1 + e2), so its variance halves up
+    to the cross term r aᵀDx, and the second-order term ½(e1 e2ᵀ + e2 e1ᵀ)x loses about half of its variance).
+    Returns one value per row of ``A``."""
+    A = np.asarray(A, dtype=np.float64)
+    var = np.broadcast_to(np.asarray(var, dtype=np.float64), A.shape)
+    r = A @ x - b
+    a2, trD, xDx = np.sum(A * A, axis=1), var.sum(axis=1), var @ (x * x)
+    if not symmetric:
+        return a2 * xDx + r * r * trD + trD * xDx
+    return (0.5 * a2 * xDx + r * ((A * var) @ x) + 0.5 * r * r * trD + 0.5 * trD * xDx
+            + 0.5 * (var * var) @ (x * x))
+
+
 def auto_step(A, batch_size: int) -> float:
     """A safe constant step: 1 / (λ_max(AᵀA/n) + mean‖a‖² / batch_size).  :func:`linear_sgd` with
     ``step='auto'`` evaluates it on one quantized copy of A for the quantized modes (larger second moment)."""
@@ -114,7 +144,7 @@ def _as_rng(rng):
 def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool = False, levels=None,
                model_bits: int | None = None, grad_bits: int | None = None, epochs: int = 20,
                step: float | str = "auto", schedule="constant", decay: float = 10.0, batch_size: int = 16,
-               rng=0, onchip_rng=None, x0=None) -> SGDResult:
+               rng=0, onchip_rng=None, x0=None, symmetric: bool = False) -> SGDResult:
     """Train least squares by SGD over shuffled epochs.
 
     mode:
@@ -123,6 +153,8 @@ def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool
       ``'double'``   two independent copies, g = Q1(a)(Q2(a)ᵀx − b) (unbiased);
       ``'end2end'``  double-sampled samples plus model and gradient stochastically quantized to ``model_bits`` /
                      ``grad_bits`` (default ``bits``) after scaling by their max |.| (signed levels).
+    ``symmetric`` (``'double'``/``'end2end'``): use the symmetrized estimator ½[Q1(Q2ᵀx − b) + Q2(Q1ᵀx − b)]
+    (same two copies, same data moved, two dot products per sample, lower variance).
     bits: sample precision (FPGA encoding, 2**(bits−1)+1 levels); ``levels``: instead, a non-uniform level set
     (1-D shared, or ``(d, s)`` per feature) for the samples.  Fresh quantized copies of the whole dataset are
     drawn at the start of every epoch (as the host precomputes one copy per epoch).  ``rng``: seed or Generator for
@@ -132,6 +164,8 @@ def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if symmetric and mode not in ("double", "end2end"):
+        raise ValueError(f"symmetric applies to the double-sampled modes, not {mode!r}")
     A = np.asarray(A, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64).ravel()
     if A.ndim != 2 or A.shape[0] != b.shape[0]:
@@ -169,8 +203,7 @@ def linear_sgd(A, b, *, mode: str = "double", bits: int | None = 8, signed: bool
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
             xm = quantize_scaled(x, mb, rng=onchip) if mode == "end2end" else x
-            r = Q2[idx] @ xm - b[idx]
-            g = Q1[idx].T @ r / len(idx)
+            g = double_sampling_gradient(Q1[idx], Q2[idx], b[idx], xm, symmetric=symmetric)
             if mode == "end2end":
                 g = quantize_scaled(g, gb, rng=onchip)
             x -= gamma * g
