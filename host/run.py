@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python host/run.py                                  # train synthetic100, Q4, simulated\n"
                "  python host/run.py --dataset diabetes --bits 2 --epochs 20 --json out.json\n"
                "  python host/run.py --model pixelcnn --dataset digits --samples 16\n"
+               "  python host/run.py --workers 2 --sync-bits 8       # data-parallel, 2 engines, 8-bit exchange\n"
+               "  torchrun --standalone --nproc-per-node 4 host/run.py --dataset synthetic1000 --sync-bits 4\n"
                "  python host/run.py info --backend amaranth\n"
                "  python host/run.py info --backend serial --port /dev/ttyUSB1\n",
     )
@@ -65,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--limit", type=int, default=None, metavar="N",
                      help="PixelCNN models: score only the first N test images (default: all; 2 on amaranth, "
                           "which simulates about 3,000 engine cycles/s)")
+    par = p.add_argument_group("data-parallel training (linreg; see README 'Several boards or machines')")
+    par.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="ranks, one engine each, started here with torchrun over 127.0.0.1 (default: 1; "
+                          "under torchrun its --nproc-per-node/--nnodes decide)")
+    par.add_argument("--sync-every", type=int, default=1, metavar="E",
+                     help="epochs each rank trains its shard between model averagings (default: 1)")
+    par.add_argument("--sync-bits", type=int, default=32, metavar="B",
+                     help="model exchange precision: 32 (exact int32 model), 16, 8 or 4 (the update since the "
+                          "last average, stochastically rounded with the sample quantizer) (default: 32)")
+    par.add_argument("--scale-step", action="store_true",
+                     help="each engine's step 2**k times the single-device step, 2**k the largest power of two "
+                          "<= the ranks (at most 8): the average then moves per epoch as one device does "
+                          "(default: off, the single-device step)")
+    par.add_argument("--checkpoint", type=Path, metavar="PATH", default=None,
+                     help="keep the last averaged model here and resume from it when it exists (default: none)")
     test = p.add_argument_group("echo self-test")
     test.add_argument("--bytes", type=int, default=4096, metavar="N",
                       help="bytes to send through the loopback engine (default: 4096)")
@@ -110,13 +127,16 @@ def cmd_train(args) -> int:
         from host import pixelcnn_run
         args.dataset = args.dataset or "digits"
         return pixelcnn_run.main(args)
-    from host import sgd_train
+    from host import distributed, sgd_train
     args.dataset = args.dataset or "synthetic100"
+    if distributed.wanted(args):
+        return distributed.main(args)
     return sgd_train.main(args)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers N relaunches itself under torchrun
     try:
         return {"info": cmd_info, "echo": cmd_echo, "train": cmd_train}[args.action](args)
     except LinkError as exc:
