@@ -101,12 +101,25 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
     return x
 
 
+def _gray_offset(model, g):
+    """Exact-mask offsets (``GrayscalePixelCNN.offset``) depend on the pixel's earlier channels: a callable
+    off(x) (whole map) / off(x, i, j) -> (N, C, L) at pixel (i, j); None without the mask."""
+    if not model.exact:
+        return None
+
+    def off(x, i=None, j=None):
+        if i is None:
+            return model.offset(x, g)
+        return model.offset(x[:, :, i:i + 1, j:j + 1], g[:, :, i:i + 1, j:j + 1])[:, :, :, 0, 0]
+    return off
+
+
 @torch.no_grad()
 def sample_grayscale(model: GrayscalePixelCNN, u_gray, u, cached=True):
-    """Sample g ~ p(g), then x ~ p(x | g). Returns (g, x)."""
+    """Sample g ~ p(g), then x ~ p(x | g) (with the exact mask, f(x) = g always). Returns (g, x)."""
     fn = sample_cached if cached else sample_naive
     g = fn(model.prior, u_gray)
-    return g, fn(model.colour, u, model.condition(g))
+    return g, fn(model.colour, u, model.condition(g), _gray_offset(model, g))
 
 
 def _block_offset(model, l, coarser):
