@@ -26,17 +26,28 @@ def uniform_stream(n, shape, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).random((n, *shape)))
 
 
+def _add_log_mass(log_mass, logits, offset_logits):
+    """log_mass += log of the mass the unshifted logits give the values the offset keeps."""
+    if log_mass is not None:
+        log_mass += (torch.logsumexp(offset_logits.double(), -1) - torch.logsumexp(logits.double(), -1)).cpu()
+
+
 @torch.no_grad()
-def sample_naive(model, u, cond=None, offset=None):
-    """Full forward pass for every sub-pixel (raster order, then R, G, B)."""
+def sample_naive(model, u, cond=None, offset=None, log_mass=None):
+    """Full forward pass for every sub-pixel (raster order, then R, G, B). ``log_mass`` (N,) float64,
+    if given, accumulates the log of the mass the model puts on the values the offset leaves possible
+    (the importance weight of ``bits_split``)."""
     n, C, H, W = u.shape
-    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    dev = next(model.parameters()).device
+    x = torch.zeros(n, C, H, W, dtype=torch.long, device=dev)
     for i in range(H):
         for j in range(W):
             for c in range(C):
                 off = offset(x) if callable(offset) else offset
-                kw = {} if off is None else {"offset": off}
-                x[:, c, i, j] = draw(model(x, cond, **kw)[:, c, :, i, j], u[:, c, i, j])
+                lg = model(x, cond)[:, c, :, i, j]
+                lo = lg if off is None else lg + off[:, c, :, i, j]
+                _add_log_mass(log_mass, lg, lo)
+                x[:, c, i, j] = draw(lo, u[:, c, i, j].to(dev))
     return x
 
 
@@ -49,27 +60,27 @@ def _pw(conv, v):
 
 
 @torch.no_grad()
-def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
+def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None):
     """Cached sampling for a GatedPixelCNN: row i of the vertical stack is computed once when row i
     starts (it only sees rows < i); each new sub-pixel then costs one horizontal-stack position per
-    layer plus the head. Same result as sample_naive for the same u."""
+    layer plus the head. Same result as sample_naive for the same u (and the same ``log_mass``)."""
     if not isinstance(model, GatedPixelCNN):
         raise TypeError("sample_cached needs a GatedPixelCNN")
     n, C, H, W = u.shape
-    dt = model.head2.weight.dtype
+    dt, dev = model.head2.weight.dtype, model.head2.weight.device
     k = model.layers[0].k
     p = k // 2
-    buf = lambda ch: torch.zeros(n, ch, H + 2 * p, W + 2 * p, dtype=dt)
+    buf = lambda ch: torch.zeros(n, ch, H + 2 * p, W + 2 * p, dtype=dt, device=dev)
     L = len(model.layers)
     hid = model.layers[0].ch
     xin = buf(C)                                      # scaled image (input of v0 and h0)
-    zero = model.scale(torch.zeros(1, dtype=torch.long)).item()
+    zero = model.scale(torch.zeros(1, dtype=torch.long, device=dev)).item()
     xin[:, :, p:p + H, p:p + W] = zero                # image of level-0 pixels, as naive's zero image
     vin = [xin] + [buf(hid) for _ in range(L - 1)]    # inputs of the vertical convs
     hin = [xin] + [buf(hid) for _ in range(L)]        # inputs/outputs of the horizontal stack
-    vp = [torch.zeros(n, 2 * hid, H, W, dtype=dt) for _ in range(L)]
+    vp = [torch.zeros(n, 2 * hid, H, W, dtype=dt, device=dev) for _ in range(L)]
     conds = [lay.cond(cond).chunk(2, dim=1) if lay.cond is not None else (0, 0) for lay in model.layers]
-    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    x = torch.zeros(n, C, H, W, dtype=torch.long, device=dev)
     for i in range(H):
         for l, lay in enumerate(model.layers):
             row = lay.v.forward_row(vin[l], i)
@@ -90,12 +101,13 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
                     hin[l + 1][:, :, p + i, p + j] = hn
                 hv = hin[L][:, :, p + i, p + j]
                 logits = _pw(model.head2, F.relu(_pw(model.head1, F.relu(hv))))
-                lg = logits.view(n, C, -1)[:, c]
+                lg0 = lg = logits.view(n, C, -1)[:, c]
                 if callable(offset):                  # depends on earlier pixels (causal)
                     lg = lg + offset(x, i, j)[:, c]
                 elif offset is not None:
                     lg = lg + offset[:, c, :, i, j]
-                v = draw(lg, u[:, c, i, j])
+                _add_log_mass(log_mass, lg0, lg)
+                v = draw(lg, u[:, c, i, j].to(lg.device))
                 x[:, c, i, j] = v
                 xin[:, c, p + i, p + j] = model.scale(v)
     return x
