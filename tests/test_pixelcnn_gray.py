@@ -29,7 +29,7 @@ def test_consistency_mask_matches_brute_force(levels, gray_levels):
         assert np.array_equal(ok[t, 1].numpy(), want_g)
         assert np.array_equal(ok[t, 0].numpy(), want_r)
         assert ok[t, 0, r] and ok[t, 1, gg] and ok[t, 2, int(x[t, 2, 0, 0])]   # the truth is never excluded
-    assert rgb_reachable(levels, gray_levels).shape == (levels, levels, gray_levels)
+    assert rgb_reachable(levels, gray_levels)[0].shape == (levels, levels, gray_levels)
 
 
 def test_consistency_mask_causal():

@@ -44,21 +44,25 @@ def _mask_offset(x_like_g, levels, gray_levels):
 
 
 @torch.no_grad()
-def gray_log_weights(model: GatedPixelCNN, g, levels, gray_levels, k=16, seed=0, sampler=sample_cached):
-    """Natural-log importance weights (N, k) of p(g) for gray images g (N, 1, H, W) under ``model``."""
+def gray_log_weights(model: GatedPixelCNN, g, levels, gray_levels, k=16, seed=0, sampler=sample_cached, smc=True):
+    """Natural-log importance weights (N, k) of p(g) for gray images g (N, 1, H, W) under ``model``.
+    ``smc``: the k draws of an image are particles resampled after every pixel (sequential Monte Carlo,
+    ``sample.resample_groups``); every column then holds the image's one SMC estimate. Else k
+    independent sequential-importance draws (``sampler`` may then be ``sample_naive``)."""
     n, _, H, W = g.shape
     C = model.channels
     gk = g.repeat_interleave(k, 0).to(next(model.parameters()).device)
     log_w = torch.zeros(n * k, dtype=torch.float64)
+    kw = {"particles": k, "seed": seed} if smc else {}
     sampler(model, uniform_stream(n * k, (C, H, W), seed), offset=_mask_offset(gk, levels, gray_levels),
-            log_mass=log_w)
+            log_mass=log_w, **kw)
     return log_w.view(n, k)
 
 
 @torch.no_grad()
-def split_bits(model: GatedPixelCNN, x, gray_levels, k=16, batch=64, seed=0, progress=False):
-    """Per-image bits (N,) of the whole image, the implied gray part (importance-sampled, k draws per
-    image) and the colour-given-gray part (the difference), for integer images x (N, C, H, W)."""
+def split_bits(model: GatedPixelCNN, x, gray_levels, k=16, batch=64, seed=0, progress=False, smc=True):
+    """Per-image bits (N,) of the whole image, the implied gray part (importance-sampled, k draws or SMC
+    particles per image) and the colour-given-gray part (the difference), for integer images x (N, C, H, W)."""
     if not isinstance(model, GatedPixelCNN):
         raise TypeError(f"split_bits needs a GatedPixelCNN baseline, got {type(model).__name__}")
     x = torch.as_tensor(np.asarray(x)).long()
@@ -69,15 +73,15 @@ def split_bits(model: GatedPixelCNN, x, gray_levels, k=16, batch=64, seed=0, pro
         xb = x[b:b + batch]
         g = to_gray(xb, levels, gray_levels)
         total.append(model.nll(xb.to(dev)).double().cpu())
-        lw = gray_log_weights(model, g, levels, gray_levels, k, seed + b)
+        lw = gray_log_weights(model, g, levels, gray_levels, k, seed + b, smc=smc)
         gray.append(-(torch.logsumexp(lw, 1) - math.log(k)) / LN2)
     total, gray = torch.cat(total), torch.cat(gray)
     return {"total": total, "gray": gray, "colour_given_gray": total - gray}
 
 
-def split_bits_per_dim(model, x, gray_levels, k=16, batch=64, seed=0, progress=False):
+def split_bits_per_dim(model, x, gray_levels, k=16, batch=64, seed=0, progress=False, smc=True):
     """{part: bits/dim of the full image} (total, gray, colour_given_gray) averaged over x."""
-    parts = split_bits(model, x, gray_levels, k, batch, seed, progress)
+    parts = split_bits(model, x, gray_levels, k, batch, seed, progress, smc)
     dims = int(np.prod(np.asarray(x).shape[1:]))
     return {name: float(v.mean()) / dims for name, v in parts.items()}
 
@@ -94,6 +98,7 @@ def main(argv=None):
     p.add_argument("-n", "--images", type=int, default=200, help="test images used (the first n)")
     p.add_argument("-k", "--draws", type=int, nargs="+", default=[16],
                    help="importance draws per image; several values show the convergence")
+    p.add_argument("--no-smc", action="store_true", help="independent draws instead of SMC particles")
     p.add_argument("-s", "--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--json", default=None, help="write the result here")
@@ -104,10 +109,11 @@ def main(argv=None):
         raise SystemExit(f"error: {a.checkpoint} holds a {ck['meta']['model']!r} model; needs 'pixelcnn'")
     ds = data.load(a.dataset or ck["meta"]["dataset"])
     G = a.gray_levels or (16 if ds.levels > 32 else 4)
-    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "gray_levels": G, "images": min(a.images, len(ds.test)),
+    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "gray_levels": G, "smc": not a.no_smc, "images": min(a.images, len(ds.test)),
            "bits_per_dim": {}}
     for k in a.draws:
-        r = split_bits_per_dim(model.eval(), ds.test[:a.images], G, k, seed=a.seed, progress=True)
+        r = split_bits_per_dim(model.eval(), ds.test[:a.images], G, k, seed=a.seed, progress=True,
+                               smc=not a.no_smc)
         res["bits_per_dim"][f"k{k}"] = r
         print(f"k={k:4d}: total {r['total']:.4f} = gray {r['gray']:.4f} + colour|gray "
               f"{r['colour_given_gray']:.4f} bits/dim", flush=True)

@@ -125,14 +125,15 @@ def luma_bin(g, levels, gray_levels):
 
 @functools.lru_cache(maxsize=8)
 def rgb_reachable(levels, gray_levels):
-    """Bool table (L, L, G): [r, g', k] = some blue value b gives to_gray(r, g', b) = k (exact integers)."""
+    """Bool tables (L, L, G): [r, g', k] = some blue value b gives to_gray(r, g', b) = k (exact integers),
+    and (L, G): [r, k] = some g', b do."""
     lv = np.arange(levels)
     t = np.zeros((levels, levels, gray_levels), bool)
     for r in range(levels):
         y = 299 * r + 587 * lv[:, None] + 114 * lv[None, :]                  # (g', b)
         k = (y * gray_levels) // (1000 * levels)
         t[r, np.repeat(lv, levels), k.ravel()] = True
-    return torch.from_numpy(t)
+    return torch.from_numpy(t), torch.from_numpy(t.any(1))
 
 
 def gray_consistent(x, g, levels, gray_levels):
@@ -150,9 +151,9 @@ def gray_consistent(x, g, levels, gray_levels):
         raise ValueError(f"gray_consistent: expected 1 or 3 channels, got {C}")
     x = x.long()
     r, gg = x[:, 0], x[:, 1]
-    reach = rgb_reachable(levels, gray_levels).to(x.device)                   # (L, L, G)
+    reach, reach_r = (t.to(x.device) for t in rgb_reachable(levels, gray_levels))  # (L, L, G), (L, G)
     k = g[:, 0]                                                              # (N, H, W)
-    ok_r = reach.any(1)[:, k].permute(1, 0, 2, 3)                            # (N, L, H, W) over r
+    ok_r = reach_r[:, k].permute(1, 0, 2, 3)                                 # (N, L, H, W) over r
     ok_g = reach[r, :, k].permute(0, 3, 1, 2)                                # (N, L, H, W) over g'
     lo, hi = luma_bin(k, levels, gray_levels)
     y = (299 * r + 587 * gg)[:, None] + 114 * v                              # (N, L, H, W) over b

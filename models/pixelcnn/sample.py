@@ -7,6 +7,8 @@ Randomness is an explicit uniform stream u (N, C, H, W) in [0, 1): the value at 
 inverse-CDF draw  v = #{levels l : cdf(l) < u}  (float64 softmax), so naive and cached sampling with the
 same u give identical images. Ref: shared/docs/pixelcnn.md §2.4 (Pyramid coarse-to-fine), §3.3.
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -59,13 +61,35 @@ def _pw(conv, v):
     return F.linear(v, w, conv.bias)
 
 
+def resample_groups(log_mass, k, gen):
+    """One adaptive sequential-Monte-Carlo resampling step over groups of ``k`` consecutive particles
+    with log weights ``log_mass`` (N,): a group whose effective sample size fell below k/2 draws k
+    ancestors by weight (multinomial) and its weights restart at 0. Returns (ancestor index (N,), log of
+    the mean weight of each resampled group, 0 for the others (N // k,)). Doucet & Johansen §3.5."""
+    lw = log_mass.view(-1, k)
+    w = torch.softmax(lw, 1)
+    redo = 1 / (w * w).sum(1) < k / 2
+    lme = torch.where(redo, torch.logsumexp(lw, 1) - math.log(k), torch.zeros_like(lw[:, 0]))
+    anc = torch.multinomial(w, k, replacement=True, generator=gen)
+    anc = torch.where(redo[:, None], anc, torch.arange(k)[None])
+    lw[redo] = 0
+    return (anc + torch.arange(0, len(log_mass), k)[:, None]).flatten(), lme
+
+
 @torch.no_grad()
-def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None):
+def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None, particles=None, seed=0):
     """Cached sampling for a GatedPixelCNN: row i of the vertical stack is computed once when row i
     starts (it only sees rows < i); each new sub-pixel then costs one horizontal-stack position per
-    layer plus the head. Same result as sample_naive for the same u (and the same ``log_mass``)."""
+    layer plus the head. Same result as sample_naive for the same u (and the same ``log_mass``).
+
+    ``particles`` = k (with ``log_mass``): the rows are groups of k particles of one target, resampled
+    after every pixel by ``resample_groups`` (generator seeded with ``seed``); at the end ``log_mass``
+    holds, for every row, its group's estimate of log E[prod of masses] (an unbiased estimate of the
+    probability in the exponent, with far less variance than k independent draws)."""
     if not isinstance(model, GatedPixelCNN):
         raise TypeError("sample_cached needs a GatedPixelCNN")
+    if particles and (log_mass is None or len(log_mass) % particles):
+        raise ValueError("particles needs log_mass with a multiple of particles rows")
     n, C, H, W = u.shape
     dt, dev = model.head2.weight.dtype, model.head2.weight.device
     k = model.layers[0].k
@@ -81,6 +105,9 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None
     vp = [torch.zeros(n, 2 * hid, H, W, dtype=dt, device=dev) for _ in range(L)]
     conds = [lay.cond(cond).chunk(2, dim=1) if lay.cond is not None else (0, 0) for lay in model.layers]
     x = torch.zeros(n, C, H, W, dtype=torch.long, device=dev)
+    if particles:
+        gen = torch.Generator().manual_seed(seed)
+        evidence = torch.zeros(n // particles, dtype=torch.float64)
     for i in range(H):
         for l, lay in enumerate(model.layers):
             row = lay.v.forward_row(vin[l], i)
@@ -110,6 +137,18 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None
                 v = draw(lg, u[:, c, i, j].to(lg.device))
                 x[:, c, i, j] = v
                 xin[:, c, p + i, p + j] = model.scale(v)
+            if particles:
+                idx, lme = resample_groups(log_mass, particles, gen)
+                evidence += lme
+                idx = idx.to(dev)
+                x, xin = x[idx], xin[idx]
+                vin = [xin] + [t[idx] for t in vin[1:]]
+                hin = [xin] + [t[idx] for t in hin[1:]]
+                vp = [t[idx] for t in vp]
+                conds = [tuple(t[idx] if torch.is_tensor(t) else t for t in cd) for cd in conds]
+    if particles:
+        evidence += torch.logsumexp(log_mass.view(-1, particles), 1) - math.log(particles)
+        log_mass.copy_(evidence.repeat_interleave(particles))
     return x
 
 
