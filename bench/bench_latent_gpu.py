@@ -75,34 +75,6 @@ def build_models(size, hidden, n_layers, seed):
             "pyramid": pyramid_model(size, hp, n_layers)}, {"pixelcnn": hb, "gray": hidden, "pyramid": hp}
 
 
-def sequential_steps(model, shape):
-    """Sampling steps that must run one after the other, per image (every step draws one sub-pixel
-    value for the whole batch)."""
-    C, H, W = shape
-    if isinstance(model, GrayscalePixelCNN):
-        return H * W + C * H * W
-    if isinstance(model, PyramidPixelCNN):
-        return sum(C * (H >> l) * (W >> l) for l in range(model.n_levels))
-    return C * H * W
-
-
-def sampling_cost(model, shape, batch, dev, seed=0):
-    """MACs per sampled image of the cached sampler (counted), sequential steps, wall s per image."""
-    from torch.utils.flop_counter import FlopCounterMode
-    model.eval()
-    with FlopCounterMode(display=False) as fc:
-        sample.sample_model(model, 2, shape, seed=seed)
-    macs = fc.get_total_flops() / 2 / 2        # FLOPs -> MACs, over the 2 sampled images
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    sample.sample_model(model, batch, shape, seed=seed)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    return {"macs_per_image": macs, "sequential_steps_per_image": sequential_steps(model, shape),
-            "s_per_image": (time.perf_counter() - t) / batch, "batch": batch}
-
-
 def forward_macs(model, x):
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -192,7 +164,7 @@ def run_arm(size, budget_s, a, dev, log):
                              "wall_s": time.time() - t}
     log(f"  baseline split on {a.split_images} test crops: {sp}; Grayscale there: {g_same}")
     for k, m in models.items():
-        res["models"][k]["sampling"] = sampling_cost(m, (3, size, size), a.sample_batch, dev)
+        res["models"][k]["sampling"] = sample.sampling_cost(m, (3, size, size), a.sample_batch)
         log(f"  {k:9s} sampling {res['models'][k]['sampling']}")
     return res
 

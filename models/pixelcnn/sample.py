@@ -216,6 +216,38 @@ def sample_model(model, n, shape, seed=0, cached=True):
     return sample_naive(model, u)
 
 
+def sequential_steps(model, shape):
+    """Sampling steps that must run one after the other per image (each draws one sub-pixel value for
+    the whole batch): C H W for the baseline; H W gray + C H W colour for Grayscale; the sum over
+    levels for Pyramid (each level is autoregressive in this implementation, as in the paper's code)."""
+    C, H, W = shape
+    if isinstance(model, GrayscalePixelCNN):
+        return H * W + C * H * W
+    if isinstance(model, PyramidPixelCNN):
+        return sum(C * (H >> l) * (W >> l) for l in range(model.n_levels))
+    return C * H * W
+
+
+@torch.no_grad()
+def sampling_cost(model, shape, batch=64, seed=0):
+    """Cost of sampling one image with the cached samplers, on the model's device: MACs per image as
+    executed (counted by ``torch.utils.flop_counter`` over 2 sampled images; masked taps count, as the
+    dense kernels compute them), sequential steps per image, and wall seconds per image at ``batch``."""
+    import time
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    dev = next(model.parameters()).device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with FlopCounterMode(display=False) as fc:
+        sample_model(model, 2, shape, seed=seed)
+    sync()
+    t = time.perf_counter()
+    sample_model(model, batch, shape, seed=seed)
+    sync()
+    return {"macs_per_image": fc.get_total_flops() / 2 / 2, "sequential_steps_per_image": sequential_steps(model, shape),
+            "s_per_image": (time.perf_counter() - t) / batch, "batch": batch, "device": dev.type}
+
+
 def grid(images, levels, ncol=8):
     """(N, C, H, W) ints -> (rows*H+, ncol*W+, 3) float image in [0, 1] with 1-pixel white borders."""
     x = np.asarray(images, np.float64) / (levels - 1)
