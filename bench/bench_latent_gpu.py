@@ -2,8 +2,9 @@
 RGB photo crops, same backbone, matched in parameters, trained in lockstep on the same batches for the
 same number of steps within a wall-time budget, evaluated on crops of a photo never trained on.
 
-    python bench/bench_latent_gpu.py --device cuda --sizes 32 8 --budget-s 420 --out docs/results   # one GPU run
-    python bench/bench_latent_gpu.py --device cpu --sizes 8 16 --budget-s 240 480 --out docs/results  # CPU, reduced
+    python bench/bench_latent_gpu.py --device cuda --out docs/results                                  # one GPU run (~8 min)
+    python bench/bench_latent_gpu.py --device cpu --sizes 8 16 --budget-s 240 480 --hidden 16 --n-layers 4 \
+        --batch-size 32 --n-test 500 --n-curve 128 --split-images 48 --sample-batch 32 --out docs/results  # CPU, reduced
     python bench/bench_latent_gpu.py --tiny --out /tmp/x                                               # dry run (a test)
 
 For every image size (an arm; 8x8 is the control with the same code): train crops from the top 80 % of
@@ -202,7 +203,7 @@ def main(argv=None):
     ap.add_argument("--out", default="results", help="folder for latent_gpu.json and the PNG curves")
     ap.add_argument("--device", default="auto", choices=DEVICES, help="cuda trains in bf16 autocast")
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 8], help="image sizes (arms), in order")
-    ap.add_argument("--budget-s", type=float, nargs="+", default=[330, 90],
+    ap.add_argument("--budget-s", type=float, nargs="+", default=[300, 60],
                     help="training seconds per arm (one value: the same for each); evaluation, the baseline "
                          "split and sampling come on top (about a minute on a GPU)")
     ap.add_argument("--hidden", type=int, default=64, help="backbone width (Grayscale colour network)")
