@@ -98,6 +98,9 @@ def main(argv=None):
     p.add_argument("-n", "--images", type=int, default=200, help="test images used (the first n)")
     p.add_argument("-k", "--draws", type=int, nargs="+", default=[16],
                    help="importance draws per image; several values show the convergence")
+    p.add_argument("--compare", default=None,
+                   help="a Grayscale ('gray') checkpoint whose own gray and colour parts are evaluated on the same "
+                        "images (with the exact mask)")
     p.add_argument("--no-smc", action="store_true", help="independent draws instead of SMC particles")
     p.add_argument("-s", "--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -111,6 +114,15 @@ def main(argv=None):
     G = a.gray_levels or (16 if ds.levels > 32 else 4)
     res = {"checkpoint": a.checkpoint, "dataset": ds.name, "gray_levels": G, "smc": not a.no_smc, "images": min(a.images, len(ds.test)),
            "bits_per_dim": {}}
+    if a.compare:
+        from .train import evaluate
+        gm, _ = load_checkpoint(a.compare, a.device)
+        if not hasattr(gm, "exact"):
+            raise SystemExit(f"error: --compare {a.compare} is not a Grayscale PixelCNN checkpoint")
+        gm.exact = True
+        gb, gp = evaluate(gm, ds.test[:a.images])
+        res["compare"] = {"checkpoint": a.compare, "bits_per_dim": gb, "parts_bits_per_dim": gp}
+        print(f"Grayscale {a.compare}: {gb:.4f} = {gp}", flush=True)
     for k in a.draws:
         r = split_bits_per_dim(model.eval(), ds.test[:a.images], G, k, seed=a.seed, progress=True,
                                smc=not a.no_smc)
