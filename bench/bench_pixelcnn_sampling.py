@@ -1,11 +1,14 @@
 """Sampling time per image: naive (a full forward pass per sub-pixel) vs cached (vertical stack once
 per row, horizontal stack + head at the new pixel only) for the baseline Gated PixelCNN, and
 coarse-to-fine Pyramid and gray-then-colour Grayscale sampling (cached); PNG grids of samples next to
-test images for every committed model.
+test images for every committed model. Because wall time at small batches measures Python overhead, each
+model's cost is also given as MACs per sampled image (counted) and sequential steps per image, next to
+its test bits/dim, and its wall time at ``--cost-batch`` images on ``--device``.
 
     python bench/bench_pixelcnn_sampling.py --out results
 
-Writes OUT/pixelcnn_sampling.json (s_per_image) and OUT/pixelcnn_samples_<model>_<dataset>.png.
+Writes OUT/pixelcnn_sampling.json (s_per_image, macs_per_image, sequential_steps_per_image, bits_per_dim)
+and OUT/pixelcnn_samples_<model>_<dataset>.png.
 Ref: Ramachandran et al. arXiv 1704.06001 (cached fast generation); Kolesnikov & Lampert 2017 §3.2.
 """
 import argparse
@@ -18,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from models.pixelcnn import data, sample  # noqa: E402
-from models.pixelcnn.train import load_checkpoint  # noqa: E402
+from models.pixelcnn.train import DEVICES, evaluate, load_checkpoint, resolve_device  # noqa: E402
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "pixelcnn", "weights")
 
@@ -35,10 +38,13 @@ def main(argv=None):
     ap.add_argument("--out", default="results")
     ap.add_argument("-n", "--samples", type=int, default=16, help="images per timed batch and per grid")
     ap.add_argument("--datasets", nargs="*", default=["digits", "faces", "patches"])
+    ap.add_argument("--cost-batch", type=int, default=64, help="images per batch of the cost measurement")
+    ap.add_argument("--device", default="cpu", choices=DEVICES, help="device of the cost measurement")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
-    res = {"batch_images": a.samples, "threads": 1, "datasets": {}}
+    dev = resolve_device(a.device)
+    res = {"batch_images": a.samples, "threads": 1, "cost_device": dev.type, "datasets": {}}
     for name in a.datasets:
         ds = data.load(name)
         row = {}
@@ -55,6 +61,15 @@ def main(argv=None):
                 xn, dn = timed(lambda: sample.sample_naive(model, u))
                 row["pixelcnn_naive_s_per_image"] = dn / a.samples
                 row["pixelcnn_naive_equals_cached"] = bool(torch.equal(xn, x))
+            row[f"{m}_bits_per_dim"] = evaluate(model, ds.test)[0]
+            cost = sample.sampling_cost(model.to(dev), ds.shape, a.cost_batch)
+            model.cpu()
+            row[f"{m}_macs_per_image"] = cost["macs_per_image"]
+            row[f"{m}_sequential_steps_per_image"] = cost["sequential_steps_per_image"]
+            row[f"{m}_batch{a.cost_batch}_s_per_image"] = cost["s_per_image"]
+            print(f"{name:8s} {m:9s} {row[f'{m}_bits_per_dim']:.3f} bits/dim, {cost['macs_per_image'] / 1e6:.2f} M MACs, "
+                  f"{cost['sequential_steps_per_image']} steps, {cost['s_per_image']:.4f} s/image at batch "
+                  f"{a.cost_batch} ({dev.type})", flush=True)
             png = os.path.join(a.out, f"pixelcnn_samples_{m}_{name}.png")
             sample.save_grid(png, x.numpy(), ds.test[:a.samples], ds.levels, ncol=4 if a.samples <= 16 else 8)
             print(f"{name:8s} {m:9s} cached {dt / a.samples:.4f} s/image -> {png}", flush=True)

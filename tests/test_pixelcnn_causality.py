@@ -7,8 +7,13 @@ import torch
 from models.pixelcnn.layers import GatedLayer, MaskedConv2d, channel_group, make_mask
 from models.pixelcnn.models import GatedPixelCNN, GrayscalePixelCNN, PyramidPixelCNN, StreamPixelCNN
 
-torch.manual_seed(0)
 H = W = 4
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same random weights whatever ran before it in the process."""
+    torch.manual_seed(0)
 
 
 def grad_map(fn, x, sel):

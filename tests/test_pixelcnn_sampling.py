@@ -69,3 +69,15 @@ def test_pyramid_block_sum_prior_sampling():
     assert all(torch.equal(a, b) for a, b in zip(fast, slow))
     assert torch.equal(pool_levels(fast[0], 2), fast[1])
     assert torch.isfinite(pm.bpd(fast[0])).all()
+
+
+def test_sampling_cost():
+    """MACs are counted (more for a wider model), steps follow the sampling order of each model."""
+    from models.pixelcnn.models import GatedPixelCNN
+    small = sample.sampling_cost(GatedPixelCNN(1, 5, hidden=4, n_layers=2), (1, 4, 4), batch=2)
+    big = sample.sampling_cost(GatedPixelCNN(1, 5, hidden=8, n_layers=2), (1, 4, 4), batch=2)
+    assert 0 < small["macs_per_image"] < big["macs_per_image"] and small["sequential_steps_per_image"] == 16
+    gm = GrayscalePixelCNN(3, 4, gray_levels=2, hidden=4, n_layers=1, cond_hidden=4, cond_layers=2)
+    pm = PyramidPixelCNN(3, 4, n_levels=2, hidden=4, coarse_layers=1, fine_layers=1, cond_hidden=4)
+    assert sample.sequential_steps(gm, (3, 4, 4)) == 16 + 48
+    assert sample.sequential_steps(pm, (3, 4, 4)) == 48 + 12

@@ -79,6 +79,61 @@ def patches(n_train=12000, n_test=1000, size=8):
                    {"same_photos": _patches(PATCH_TRAIN, n_test, size, 2, (0.8, 1.0))})
 
 
+def downscale(im, f):
+    """(H, W, C) uint8 photo -> f x f block means rounded half up, int64 (H // f, W // f, C)."""
+    im = np.asarray(im, np.int64)
+    if f == 1:
+        return im
+    h, w = im.shape[0] // f * f, im.shape[1] // f * f
+    s = im[:h, :w].reshape(h // f, f, w // f, f, -1).sum((1, 3))
+    return (2 * s + f * f) // (2 * f * f)
+
+
+class PhotoCrops:
+    """Random ``size`` x ``size`` RGB crops (256 levels) of bundled photos at several scales (block-mean
+    downscales by ``scales``), each crop left-right flipped with probability 1/2: an endless training
+    stream (``batch``) or a fixed set (``fixed``). An (image, scale) pair is picked uniformly, then a
+    position uniformly; ``rows`` keeps a band of each photo's rows (before scaling), so train and
+    check sets can come from disjoint pixels; scales the band is too small for are left out."""
+
+    def __init__(self, names, size, scales=(1, 2, 4), rows=(0.0, 1.0)):
+        self.size = size
+        self.images = []
+        for nm in names:
+            im = _photo(nm)[..., :3]
+            im = im[int(rows[0] * im.shape[0]):int(rows[1] * im.shape[0])]
+            for f in scales:
+                d = downscale(im, f)
+                if min(d.shape[:2]) >= size:
+                    self.images.append(d.transpose(2, 0, 1))
+        if not self.images:
+            raise ValueError(f"no photo of {names} at scales {scales} is at least {size}x{size}")
+
+    def batch(self, n, rng):
+        s = self.size
+        out = np.empty((n, 3, s, s), np.int64)
+        which = rng.randint(len(self.images), size=n)
+        flips = rng.rand(n) < 0.5
+        for t in range(n):
+            im = self.images[which[t]]
+            i, j = rng.randint(im.shape[1] - s + 1), rng.randint(im.shape[2] - s + 1)
+            c = im[:, i:i + s, j:j + s]
+            out[t] = c[:, :, ::-1] if flips[t] else c
+        return out
+
+    def fixed(self, n, seed):
+        return self.batch(n, np.random.RandomState(seed))
+
+
+def photo_crops(size, n_test=1000, scales=(1, 2, 4)):
+    """(train stream, held-out-photo test crops, same-photo check crops): train from the top 80 % of the
+    rows of the ``PATCH_TRAIN`` photos, test from ``PATCH_TEST`` (never seen in training), check crops
+    from the bottom 20 % of the training photos."""
+    return (PhotoCrops(PATCH_TRAIN, size, scales, (0.0, 0.8)),
+            PhotoCrops(PATCH_TEST, size, scales).fixed(n_test, 1),
+            PhotoCrops(PATCH_TRAIN, size, scales, (0.8, 1.0)).fixed(n_test, 2))
+
+
 def _check(x, what):
     x = np.asarray(x)
     if x.ndim == 3:

@@ -10,8 +10,10 @@ non-causal conditioning net). Gated PixelCNN: arXiv 1606.05328. Softmax outputs 
 Every model exposes ``loss_parts(x) -> {name: bits per image (N,)}`` and ``bpd(x)`` in bits per
 dimension of the full-resolution image (the same denominator C*H*W for every part).
 """
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -69,16 +71,20 @@ class GatedPixelCNN(nn.Module):
 
 
 class CondNet(nn.Module):
-    """Non-causal conditioning network (plain 3x3 convs + ReLU) over a whole auxiliary image."""
+    """Non-causal conditioning network (3x3 convs + ReLU) over a whole auxiliary image. ``dilated``:
+    layer i has dilation 2^i, so n layers see 1 + 2 (2^n - 1) pixels across (n = 5: 63, the whole of a
+    32x32 image from any pixel); else dilation 1 (receptive field 2n + 1)."""
 
-    def __init__(self, cin, hidden=32, n=3):
+    def __init__(self, cin, hidden=32, n=3, dilated=False):
         super().__init__()
         mods = []
         for i in range(n):
-            mods += [nn.Conv2d(cin if i == 0 else hidden, hidden, 3, padding=1)]
+            d = 2 ** i if dilated else 1
+            mods += [nn.Conv2d(cin if i == 0 else hidden, hidden, 3, padding=d, dilation=d)]
             if i < n - 1:
                 mods += [nn.ReLU()]
         self.net = nn.Sequential(*mods)
+        self.receptive_field = 1 + 2 * sum(m.dilation[0] for m in mods if isinstance(m, nn.Conv2d))
 
     def forward(self, x):
         return self.net(x)
@@ -110,16 +116,67 @@ def to_gray(x, levels, gray_levels):
     return (x * gray_levels) // levels
 
 
+def luma_bin(g, levels, gray_levels):
+    """Luma range [lo, hi] (units of 299R + 587G + 114B) of gray value g: g = floor(y G / (1000 L))."""
+    lo = -((-g * 1000 * levels) // gray_levels)
+    hi = -((-(g + 1) * 1000 * levels) // gray_levels) - 1
+    return lo, hi
+
+
+@functools.lru_cache(maxsize=8)
+def rgb_reachable(levels, gray_levels):
+    """Bool tables (L, L, G): [r, g', k] = some blue value b gives to_gray(r, g', b) = k (exact integers),
+    and (L, G): [r, k] = some g', b do."""
+    lv = np.arange(levels)
+    t = np.zeros((levels, levels, gray_levels), bool)
+    for r in range(levels):
+        y = 299 * r + 587 * lv[:, None] + 114 * lv[None, :]                  # (g', b)
+        k = (y * gray_levels) // (1000 * levels)
+        t[r, np.repeat(lv, levels), k.ravel()] = True
+    return torch.from_numpy(t), torch.from_numpy(t.any(1))
+
+
+def gray_consistent(x, g, levels, gray_levels):
+    """Bool (N, C, L, H, W): which value of each sub-pixel is still possible given the gray image g and
+    the sub-pixels before it (R, then G given R, then B given R, G; 1 channel: the values whose gray
+    view is g). Uses only x's earlier sub-pixels (causal), so the channel a value is drawn for may hold
+    anything. Exact: a value is excluded only if no completion of the pixel has gray view g."""
+    n, C, H, W = x.shape
+    v = torch.arange(levels, device=x.device).view(1, levels, 1, 1)
+    g = g.long()
+    if C == 1:
+        gv = to_gray(v.view(1, 1, levels, 1), levels, gray_levels).view(1, 1, levels, 1, 1)
+        return gv == g[:, :, None]
+    if C != 3:
+        raise ValueError(f"gray_consistent: expected 1 or 3 channels, got {C}")
+    x = x.long()
+    r, gg = x[:, 0], x[:, 1]
+    reach, reach_r = (t.to(x.device) for t in rgb_reachable(levels, gray_levels))  # (L, L, G), (L, G)
+    k = g[:, 0]                                                              # (N, H, W)
+    ok_r = reach_r[:, k].permute(1, 0, 2, 3)                                 # (N, L, H, W) over r
+    ok_g = reach[r, :, k].permute(0, 3, 1, 2)                                # (N, L, H, W) over g'
+    lo, hi = luma_bin(k, levels, gray_levels)
+    y = (299 * r + 587 * gg)[:, None] + 114 * v                              # (N, L, H, W) over b
+    ok_b = (y >= lo[:, None]) & (y <= hi[:, None])
+    return torch.stack([ok_r, ok_g, ok_b], 1)
+
+
 class GrayscalePixelCNN(nn.Module):
     """p(x) <= p(g) p(x | g), g = f(x) a ``gray_levels``-level grayscale view: a Gated PixelCNN prior on g,
-    and a Gated PixelCNN on x conditioned on a non-causal CondNet over all of g."""
+    and a Gated PixelCNN on x conditioned on a non-causal CondNet over all of g.
+
+    ``exact``: values inconsistent with the known g (and the pixel's earlier channels) get logit -inf
+    (``gray_consistent``): they are impossible events, so this is exact and only lowers the bound.
+    ``cond_layers``/``cond_dilated``: the CondNet's depth and dilations 1, 2, 4, ... (the defaults see
+    63 pixels across). The colour network defaults to the baseline's size (hidden 32, 5 layers)."""
 
     def __init__(self, channels=1, levels=17, gray_levels=16, hidden=32, n_layers=5, k=3,
-                 gray_hidden=None, gray_layers=None, cond_hidden=32):
+                 gray_hidden=None, gray_layers=None, cond_hidden=32, cond_layers=5, cond_dilated=1, exact=1):
         super().__init__()
         self.channels, self.levels, self.gray_levels = channels, levels, gray_levels
+        self.exact = bool(exact)
         self.prior = GatedPixelCNN(1, gray_levels, gray_hidden or hidden, gray_layers or n_layers, k)
-        self.cond_net = CondNet(1, cond_hidden)
+        self.cond_net = CondNet(1, cond_hidden, cond_layers, bool(cond_dilated))
         self.colour = GatedPixelCNN(channels, levels, hidden, n_layers, k, cond_ch=cond_hidden)
 
     def aux(self, x):
@@ -128,9 +185,18 @@ class GrayscalePixelCNN(nn.Module):
     def condition(self, g):
         return self.cond_net(self.prior.scale(g))
 
+    def offset(self, x, g):
+        """Logit offset (N, C, L, H, W): 0 where a value is consistent with g, -inf where not; None
+        unless ``exact``."""
+        if not self.exact:
+            return None
+        ok = gray_consistent(x, g, self.levels, self.gray_levels)
+        return torch.zeros(ok.shape, device=x.device).masked_fill_(~ok, float("-inf"))
+
     def loss_parts(self, x):
         g = self.aux(x)
-        return {"gray": self.prior.nll(g), "colour": self.colour.nll(x, self.condition(g))}
+        return {"gray": self.prior.nll(g),
+                "colour": self.colour.nll(x, self.condition(g), self.offset(x, g))}
 
     def bpd(self, x):
         return sum(self.loss_parts(x).values()) / x[0].numel()
@@ -195,7 +261,7 @@ class PyramidPixelCNN(nn.Module):
             return None
         dt = self.prior_a.dtype
         c = F.interpolate(coarser.to(dt), scale_factor=2, mode="nearest")
-        v = torch.arange(self.levels, dtype=dt).view(1, 1, -1, 1, 1)
+        v = torch.arange(self.levels, dtype=dt, device=c.device).view(1, 1, -1, 1, 1)
         if self.logit_prior == 1:
             d = (v - c[:, :, None]) / (self.levels - 1)
             return -0.5 * torch.exp(10 * self.prior_a[l]) * d * d
@@ -208,7 +274,7 @@ class PyramidPixelCNN(nn.Module):
         prev[:, :, :, 1, :, 0] = xb[:, :, :, 0, :, 0] + xb[:, :, :, 0, :, 1]
         prev[:, :, :, 1, :, 1] = prev[:, :, :, 1, :, 0] + xb[:, :, :, 1, :, 0]
         prev = prev.view(n, C, H, W)
-        k = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=dt).repeat(H // 2, W // 2)   # (H, W)
+        k = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=dt, device=c.device).repeat(H // 2, W // 2)  # (H, W)
         w = torch.exp(10 * self.prior_a[l]).view(2, 2).repeat(H // 2, W // 2)
         lo, hi = (2, 1) if l == 0 else (3, 3)
         rem = 4 * c - prev                                                         # (N, C, H, W)

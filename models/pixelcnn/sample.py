@@ -7,6 +7,8 @@ Randomness is an explicit uniform stream u (N, C, H, W) in [0, 1): the value at 
 inverse-CDF draw  v = #{levels l : cdf(l) < u}  (float64 softmax), so naive and cached sampling with the
 same u give identical images. Ref: shared/docs/pixelcnn.md §2.4 (Pyramid coarse-to-fine), §3.3.
 """
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,17 +28,28 @@ def uniform_stream(n, shape, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).random((n, *shape)))
 
 
+def _add_log_mass(log_mass, logits, offset_logits):
+    """log_mass += log of the mass the unshifted logits give the values the offset keeps."""
+    if log_mass is not None:
+        log_mass += (torch.logsumexp(offset_logits.double(), -1) - torch.logsumexp(logits.double(), -1)).cpu()
+
+
 @torch.no_grad()
-def sample_naive(model, u, cond=None, offset=None):
-    """Full forward pass for every sub-pixel (raster order, then R, G, B)."""
+def sample_naive(model, u, cond=None, offset=None, log_mass=None):
+    """Full forward pass for every sub-pixel (raster order, then R, G, B). ``log_mass`` (N,) float64,
+    if given, accumulates the log of the mass the model puts on the values the offset leaves possible
+    (the importance weight of ``bits_split``)."""
     n, C, H, W = u.shape
-    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    dev = next(model.parameters()).device
+    x = torch.zeros(n, C, H, W, dtype=torch.long, device=dev)
     for i in range(H):
         for j in range(W):
             for c in range(C):
                 off = offset(x) if callable(offset) else offset
-                kw = {} if off is None else {"offset": off}
-                x[:, c, i, j] = draw(model(x, cond, **kw)[:, c, :, i, j], u[:, c, i, j])
+                lg = model(x, cond)[:, c, :, i, j]
+                lo = lg if off is None else lg + off[:, c, :, i, j]
+                _add_log_mass(log_mass, lg, lo)
+                x[:, c, i, j] = draw(lo, u[:, c, i, j].to(dev))
     return x
 
 
@@ -48,28 +61,53 @@ def _pw(conv, v):
     return F.linear(v, w, conv.bias)
 
 
+def resample_groups(log_mass, k, gen):
+    """One adaptive sequential-Monte-Carlo resampling step over groups of ``k`` consecutive particles
+    with log weights ``log_mass`` (N,): a group whose effective sample size fell below k/2 draws k
+    ancestors by weight (multinomial) and its weights restart at 0. Returns (ancestor index (N,), log of
+    the mean weight of each resampled group, 0 for the others (N // k,)). Doucet & Johansen §3.5."""
+    lw = log_mass.view(-1, k)
+    w = torch.softmax(lw, 1)
+    redo = 1 / (w * w).sum(1) < k / 2
+    lme = torch.where(redo, torch.logsumexp(lw, 1) - math.log(k), torch.zeros_like(lw[:, 0]))
+    anc = torch.multinomial(w, k, replacement=True, generator=gen)
+    anc = torch.where(redo[:, None], anc, torch.arange(k)[None])
+    lw[redo] = 0
+    return (anc + torch.arange(0, len(log_mass), k)[:, None]).flatten(), lme
+
+
 @torch.no_grad()
-def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
+def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None, particles=None, seed=0):
     """Cached sampling for a GatedPixelCNN: row i of the vertical stack is computed once when row i
     starts (it only sees rows < i); each new sub-pixel then costs one horizontal-stack position per
-    layer plus the head. Same result as sample_naive for the same u."""
+    layer plus the head. Same result as sample_naive for the same u (and the same ``log_mass``).
+
+    ``particles`` = k (with ``log_mass``): the rows are groups of k particles of one target, resampled
+    after every pixel by ``resample_groups`` (generator seeded with ``seed``); at the end ``log_mass``
+    holds, for every row, its group's estimate of log E[prod of masses] (an unbiased estimate of the
+    probability in the exponent, with far less variance than k independent draws)."""
     if not isinstance(model, GatedPixelCNN):
         raise TypeError("sample_cached needs a GatedPixelCNN")
+    if particles and (log_mass is None or len(log_mass) % particles):
+        raise ValueError("particles needs log_mass with a multiple of particles rows")
     n, C, H, W = u.shape
-    dt = model.head2.weight.dtype
+    dt, dev = model.head2.weight.dtype, model.head2.weight.device
     k = model.layers[0].k
     p = k // 2
-    buf = lambda ch: torch.zeros(n, ch, H + 2 * p, W + 2 * p, dtype=dt)
+    buf = lambda ch: torch.zeros(n, ch, H + 2 * p, W + 2 * p, dtype=dt, device=dev)
     L = len(model.layers)
     hid = model.layers[0].ch
     xin = buf(C)                                      # scaled image (input of v0 and h0)
-    zero = model.scale(torch.zeros(1, dtype=torch.long)).item()
+    zero = model.scale(torch.zeros(1, dtype=torch.long, device=dev)).item()
     xin[:, :, p:p + H, p:p + W] = zero                # image of level-0 pixels, as naive's zero image
     vin = [xin] + [buf(hid) for _ in range(L - 1)]    # inputs of the vertical convs
     hin = [xin] + [buf(hid) for _ in range(L)]        # inputs/outputs of the horizontal stack
-    vp = [torch.zeros(n, 2 * hid, H, W, dtype=dt) for _ in range(L)]
+    vp = [torch.zeros(n, 2 * hid, H, W, dtype=dt, device=dev) for _ in range(L)]
     conds = [lay.cond(cond).chunk(2, dim=1) if lay.cond is not None else (0, 0) for lay in model.layers]
-    x = torch.zeros(n, C, H, W, dtype=torch.long)
+    x = torch.zeros(n, C, H, W, dtype=torch.long, device=dev)
+    if particles:
+        gen = torch.Generator().manual_seed(seed)
+        evidence = torch.zeros(n // particles, dtype=torch.float64)
     for i in range(H):
         for l, lay in enumerate(model.layers):
             row = lay.v.forward_row(vin[l], i)
@@ -90,23 +128,49 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None):
                     hin[l + 1][:, :, p + i, p + j] = hn
                 hv = hin[L][:, :, p + i, p + j]
                 logits = _pw(model.head2, F.relu(_pw(model.head1, F.relu(hv))))
-                lg = logits.view(n, C, -1)[:, c]
+                lg0 = lg = logits.view(n, C, -1)[:, c]
                 if callable(offset):                  # depends on earlier pixels (causal)
                     lg = lg + offset(x, i, j)[:, c]
                 elif offset is not None:
                     lg = lg + offset[:, c, :, i, j]
-                v = draw(lg, u[:, c, i, j])
+                _add_log_mass(log_mass, lg0, lg)
+                v = draw(lg, u[:, c, i, j].to(lg.device))
                 x[:, c, i, j] = v
                 xin[:, c, p + i, p + j] = model.scale(v)
+            if particles:
+                idx, lme = resample_groups(log_mass, particles, gen)
+                evidence += lme
+                idx = idx.to(dev)
+                x, xin = x[idx], xin[idx]
+                vin = [xin] + [t[idx] for t in vin[1:]]
+                hin = [xin] + [t[idx] for t in hin[1:]]
+                vp = [t[idx] for t in vp]
+                conds = [tuple(t[idx] if torch.is_tensor(t) else t for t in cd) for cd in conds]
+    if particles:
+        evidence += torch.logsumexp(log_mass.view(-1, particles), 1) - math.log(particles)
+        log_mass.copy_(evidence.repeat_interleave(particles))
     return x
+
+
+def _gray_offset(model, g):
+    """Exact-mask offsets (``GrayscalePixelCNN.offset``) depend on the pixel's earlier channels: a callable
+    off(x) (whole map) / off(x, i, j) -> (N, C, L) at pixel (i, j); None without the mask."""
+    if not model.exact:
+        return None
+
+    def off(x, i=None, j=None):
+        if i is None:
+            return model.offset(x, g)
+        return model.offset(x[:, :, i:i + 1, j:j + 1], g[:, :, i:i + 1, j:j + 1])[:, :, :, 0, 0]
+    return off
 
 
 @torch.no_grad()
 def sample_grayscale(model: GrayscalePixelCNN, u_gray, u, cached=True):
-    """Sample g ~ p(g), then x ~ p(x | g). Returns (g, x)."""
+    """Sample g ~ p(g), then x ~ p(x | g) (with the exact mask, f(x) = g always). Returns (g, x)."""
     fn = sample_cached if cached else sample_naive
     g = fn(model.prior, u_gray)
-    return g, fn(model.colour, u, model.condition(g))
+    return g, fn(model.colour, u, model.condition(g), _gray_offset(model, g))
 
 
 def _block_offset(model, l, coarser):
@@ -150,6 +214,38 @@ def sample_model(model, n, shape, seed=0, cached=True):
     if cached and isinstance(model, GatedPixelCNN):
         return sample_cached(model, u)
     return sample_naive(model, u)
+
+
+def sequential_steps(model, shape):
+    """Sampling steps that must run one after the other per image (each draws one sub-pixel value for
+    the whole batch): C H W for the baseline; H W gray + C H W colour for Grayscale; the sum over
+    levels for Pyramid (each level is autoregressive in this implementation, as in the paper's code)."""
+    C, H, W = shape
+    if isinstance(model, GrayscalePixelCNN):
+        return H * W + C * H * W
+    if isinstance(model, PyramidPixelCNN):
+        return sum(C * (H >> l) * (W >> l) for l in range(model.n_levels))
+    return C * H * W
+
+
+@torch.no_grad()
+def sampling_cost(model, shape, batch=64, seed=0):
+    """Cost of sampling one image with the cached samplers, on the model's device: MACs per image as
+    executed (counted by ``torch.utils.flop_counter`` over 2 sampled images; masked taps count, as the
+    dense kernels compute them), sequential steps per image, and wall seconds per image at ``batch``."""
+    import time
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    dev = next(model.parameters()).device
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    with FlopCounterMode(display=False) as fc:
+        sample_model(model, 2, shape, seed=seed)
+    sync()
+    t = time.perf_counter()
+    sample_model(model, batch, shape, seed=seed)
+    sync()
+    return {"macs_per_image": fc.get_total_flops() / 2 / 2, "sequential_steps_per_image": sequential_steps(model, shape),
+            "s_per_image": (time.perf_counter() - t) / batch, "batch": batch, "device": dev.type}
 
 
 def grid(images, levels, ncol=8):

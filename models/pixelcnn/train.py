@@ -2,6 +2,9 @@
 
     python -m models.pixelcnn.train --model pixelcnn --dataset digits --epochs 20 --out runs/pixelcnn_digits.pt
 
+``--device auto`` trains on CUDA when present (bf16 autocast there; CPU runs stay float32 and
+reproduce the CPU numbers exactly); checkpoints are always stored on the CPU and load on either device.
+
 Ref: training recipe in the spirit of openai/pixel-cnn train.py (Adam, decaying learning rate,
 test-set bits/dim); shared/docs/pixelcnn.md §1.4, style.md §7 (small flat CLI with defaults in --help).
 """
@@ -38,14 +41,38 @@ def parse_arch(items):
     return kw
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device="cpu"):
+    """'auto' -> CUDA when available else CPU; 'cuda' without a GPU is an error, not a silent CPU run."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {DEVICES}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available (use --device auto or cpu)")
+    return torch.device(device)
+
+
+def autocast(device):
+    """bf16 autocast on CUDA (losses are computed in float32 by autocast's cross-entropy policy); a
+    no-op on the CPU, so CPU results do not change."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+
+
 @torch.no_grad()
-def evaluate(model, x, batch_size=256):
-    """Mean test bits/dim and its split {part: bits/dim}, over the full-resolution image."""
+def evaluate(model, x, batch_size=256, device=None):
+    """Mean test bits/dim and its split {part: bits/dim}, over the full-resolution image. ``device``
+    defaults to the model's own; sums are accumulated in float64 on the host."""
     model.eval()
+    device = device or next(model.parameters()).device
     sums = {}
     for i in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[i:i + batch_size])
-        for k, v in model.loss_parts(xb).items():
+        xb = torch.from_numpy(x[i:i + batch_size]).to(device)
+        with autocast(device):
+            parts = model.loss_parts(xb)
+        for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + float(v.double().sum())
     dims = len(x) * int(np.prod(x.shape[1:]))
     parts = {k: v / dims for k, v in sums.items()}
@@ -55,41 +82,52 @@ def evaluate(model, x, batch_size=256):
 def save_checkpoint(path, model, opt, epoch, meta):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict() if opt else None, "epoch": epoch,
+    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict() if opt else None, "epoch": epoch,
                 "meta": meta, "torch_rng": torch.get_rng_state(),
                 "np_rng": np.random.get_state()}, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """-> (model, checkpoint dict). The model is rebuilt from the stored metadata."""
+# architecture keys that older checkpoints (no ``meta["version"]``) did not store: their values then
+LEGACY_ARCH = {"gray": dict(exact=0, cond_layers=3, cond_dilated=0)}
+CHECKPOINT_VERSION = 2
+
+
+def load_checkpoint(path, device="cpu"):
+    """-> (model on ``device``, checkpoint dict). The model is rebuilt from the stored metadata."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} not found")
     ck = torch.load(path, map_location="cpu", weights_only=False)
     m = ck["meta"]
-    model = build(m["model"], m["channels"], m["levels"], **m["arch"])
+    arch = dict(m["arch"])
+    if m.get("version", 1) < 2:
+        arch = dict(LEGACY_ARCH.get(m["model"], {}), **arch)
+    model = build(m["model"], m["channels"], m["levels"], **arch)
     # masks are rebuilt from the architecture (older checkpoints stored them)
     model.load_state_dict({k: v for k, v in ck["model"].items() if not k.endswith(".mask")})
-    return model, ck
+    return model.to(resolve_device(device)), ck
 
 
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
-          resume=False, progress=True, max_steps=None, log=print):
-    """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset."""
+          resume=False, progress=True, max_steps=None, log=print, device="cpu"):
+    """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
+    The model is built on the CPU from the seed (same initial weights on every device), then moved."""
     ds = data_mod.load(dataset) if isinstance(dataset, str) else dataset
+    dev = resolve_device(device)
     torch.manual_seed(seed)
     np.random.seed(seed)
     arch = dict(arch or {})
     meta = {"model": model_name, "dataset": ds.name, "channels": int(ds.shape[0]), "levels": int(ds.levels),
-            "arch": arch, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr}
-    model = build(model_name, meta["channels"], ds.levels, **arch)
+            "arch": arch, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "version": CHECKPOINT_VERSION}
+    model = build(model_name, meta["channels"], ds.levels, **arch).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(ds.train) / batch_size)
     total = max_steps or epochs * steps_per_epoch
     lr_fn = lambda s: 0.05 ** min(1.0, s / max(1, total))
     start = 0
     if resume and out and os.path.exists(out):
-        ck = torch.load(out, map_location="cpu", weights_only=False)
+        ck = torch.load(out, map_location=dev, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         start = ck["epoch"]
@@ -107,8 +145,9 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
                    file=sys.stderr, leave=False)
         run = 0.0
         for b in bar:
-            xb = torch.from_numpy(ds.train[perm[b * batch_size:(b + 1) * batch_size]])
-            loss = model.bpd(xb).mean()
+            xb = torch.from_numpy(ds.train[perm[b * batch_size:(b + 1) * batch_size]]).to(dev)
+            with autocast(dev):
+                loss = model.bpd(xb).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -127,7 +166,7 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             break
     bpd, parts = evaluate(model, ds.test)
     res = dict(meta, test_bits_per_dim=bpd, test_parts_bits_per_dim=parts, n_params=n_params(model),
-               train_s=time.time() - t0, dims=dims)
+               train_s=time.time() - t0, dims=dims, device=dev.type)
     return model, res
 
 
@@ -147,6 +186,8 @@ def main(argv=None):
     p.add_argument("-o", "--out", default=None, help="checkpoint path (default runs/<model>_<dataset>.pt)")
     p.add_argument("-r", "--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument("-t", "--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="cpu, cuda (bf16 autocast), or auto (cuda when available)")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -154,7 +195,7 @@ def main(argv=None):
     name = os.path.basename(a.dataset.rstrip("/")).split(".")[0]
     out = a.out or os.path.join("runs", f"{a.model}_{name}.pt")
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
-                   a.resume, not a.no_progress)
+                   a.resume, not a.no_progress, device=a.device)
     print(json.dumps(res, indent=1))
     if a.json:
         with open(a.json, "w") as f:
