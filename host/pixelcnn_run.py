@@ -78,11 +78,8 @@ class ConvDevice:
         got = (self.reg(E.REG_LOAD_WORDS) - before) & 0xFFFFFFFF
         if got != words:
             raise RuntimeError(f"engine loaded {got} words, expected {words}")
-        self.reg(E.REG_NLAYERS, len(spec["layers"]))
-        self.reg(E.REG_WIDTH, width)
-        self.reg(E.REG_HEIGHT, height)
-        self.reg(E.REG_CHANNELS, channels or spec["layers"][0]["in"])
-        self.reg(E.REG_LEVELS, spec["levels"])
+        for reg, value in E.run_registers(spec, width, height, channels):
+            self.reg(reg, value)
         self.spec, self.width, self.height = spec, width, height
 
     def counters(self):

@@ -30,11 +30,8 @@ class TB(EngineTB):
         await self.drain_input()
         while not (await self.read(E.REG_STATUS)) & 1:
             pass
-        await self.write(E.REG_NLAYERS, len(spec["layers"]))
-        await self.write(E.REG_WIDTH, width)
-        await self.write(E.REG_HEIGHT, height)
-        await self.write(E.REG_CHANNELS, channels or spec["layers"][0]["in"])
-        await self.write(E.REG_LEVELS, spec["levels"])
+        for reg, value in E.run_registers(spec, width, height, channels):
+            await self.write(reg, value)
 
     async def take(self, n):
         while len(self.from_dut) < n:
