@@ -56,7 +56,7 @@ def test_fit_error_names_layer_and_limit():
     with pytest.raises(prog.EngineFitError, match="width 24 exceeds"):
         prog.check_fits(spec, prog.EngineParams(max_width=16), 24, 24)
     with pytest.raises(prog.EngineFitError, match="weights need"):
-        prog.check_fits(spec, prog.EngineParams(lanes=4), 24, 24)
+        prog.check_fits(spec, prog.EngineParams(lanes=4, weight_depth=2048), 24, 24)
     prog.check_fits(spec, prog.EngineParams(), 24, 24)  # the default engine runs the faces model
 
 
