@@ -273,11 +273,16 @@ class ConvEngine(Engine):
                 with m.If((mode == MODE_IDLE) | ctrl_we):
                     m.next = "IDLE"
                 with m.Elif((col == 0) & ~row_done & has_row_phase):
-                    m.d.sync += [ch.eq(0), layer.eq(0)]
-                    with m.If(cond_n == 0):
-                        m.next = "ROW_OPS"
+                    # likelihood: not before the row's first byte is here (a run may end after any
+                    # image, and a mode change must find the sequencer idle)
+                    with m.If((mode == MODE_SAMPLE) | inq.r_rdy):
+                        m.d.sync += [ch.eq(0), layer.eq(0)]
+                        with m.If(cond_n == 0):
+                            m.next = "ROW_OPS"
+                        with m.Else():
+                            m.next = "COND_WAIT"
                     with m.Else():
-                        m.next = "COND_WAIT"
+                        m.d.comb += waiting.eq(1)
                 with m.Elif(~space):
                     m.d.comb += waiting.eq(1)
                 with m.Elif(first_ch < channels):
