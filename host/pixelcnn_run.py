@@ -1,7 +1,8 @@
 """PixelCNN likelihood and on-chip sampling on the convolution engine (``hw.pixelcnn``).
 
 ``python host/run.py --model pixelcnn --dataset digits [--backend verilator|amaranth|serial]
-[--samples N] [--json OUT]``: loads the committed integer export, checks it fits the engine, streams the
+[--samples N] [--json OUT]``: loads the committed integer export (``pixelcnn``: the Gated PixelCNN,
+vertical and horizontal stacks without a blind spot; ``masked-pixelcnn``: the plain masked-conv net), checks it fits the engine, streams the
 test set through the engine (likelihood mode: the engine returns every pixel's logits; bits/dim is
 computed from them exactly as ``models.pixelcnn.integer.bits_per_dim`` does from the NumPy reference
 logits), generates N images on chip (sample mode) into a PNG grid, and reports hardware cycle
@@ -78,11 +79,8 @@ class ConvDevice:
         got = (self.reg(E.REG_LOAD_WORDS) - before) & 0xFFFFFFFF
         if got != words:
             raise RuntimeError(f"engine loaded {got} words, expected {words}")
-        self.reg(E.REG_NLAYERS, len(spec["layers"]))
-        self.reg(E.REG_WIDTH, width)
-        self.reg(E.REG_HEIGHT, height)
-        self.reg(E.REG_CHANNELS, channels or spec["layers"][0]["in"])
-        self.reg(E.REG_LEVELS, spec["levels"])
+        for reg, value in E.run_registers(spec, width, height, channels):
+            self.reg(reg, value)
         self.spec, self.width, self.height = spec, width, height
 
     def counters(self):
@@ -90,31 +88,30 @@ class ConvDevice:
                 "mac_beats": self.reg(E.REG_MAC_BEATS), "pixels": self.reg(E.REG_PIXELS),
                 "images": self.reg(E.REG_IMAGES)}
 
-    def likelihood_logits(self, x, progress=None):
+    def likelihood_logits(self, x, progress=None, cond=None):
         """x: int images (N, C, H, W) -> the last layer's outputs (N, Cout, H, W) from the engine,
-        and the hardware counters of the run."""
+        and the hardware counters of the run. ``cond``: int8 conditioning map (N, CC, H, W) of an op
+        graph with ``cond_channels`` (streamed per row ahead of the row's pixels)."""
         x = np.asarray(x, np.int64)
         n, C, H, W = x.shape
-        nout = self.spec["layers"][-1]["out"]
-        px = x.transpose(0, 2, 3, 1).reshape(-1, C)  # raster order, channels per pixel
+        nout = prog.engine_ops(self.spec)[0][-1]["cout"]
+        stream = prog.input_stream(self.spec, x, cond)
+        row_in = len(stream) // (n * H)
         cap_out = (self.params.out_fifo - self.params.max_outputs) // nout
-        chunk = max(1, min(self.params.in_fifo // (2 * C), cap_out // 2, H * W))
+        rows = max(1, min(self.params.in_fifo // (2 * row_in), cap_out // (2 * W), H))
         self.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
         out = bytearray()
-        starts = list(range(0, len(px), chunk))
+        starts = list(range(0, n * H, rows))
         sent = 0
-        for k, s in enumerate(starts):
-            if k == 0:
-                self.dev.send(px[s:s + chunk].astype(np.uint8).tobytes(), timeout=self.timeout)
-                sent = 1
-            if sent < len(starts):  # keep one chunk queued ahead
-                s2 = starts[sent]
-                self.dev.send(px[s2:s2 + chunk].astype(np.uint8).tobytes(), timeout=self.timeout)
+        for k, r in enumerate(starts):
+            while sent < min(len(starts), k + 2):  # keep one chunk queued ahead
+                r2 = starts[sent]
+                self.dev.send(stream[r2 * row_in:(r2 + rows) * row_in], timeout=self.timeout)
                 sent += 1
-            m = len(px[s:s + chunk])
-            out += self.dev.recv(m * nout, timeout=self.timeout)
+            m = min(rows, n * H - r)
+            out += self.dev.recv(m * W * nout, timeout=self.timeout)
             if progress:
-                progress(min(len(px), s + m) / len(px))
+                progress((r + m) / (n * H))
         cnt = self.counters()
         self.reg(E.REG_CTRL, E.MODE_IDLE)
         logits = np.frombuffer(bytes(out), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
@@ -126,7 +123,8 @@ class ConvDevice:
         """Generate n images on chip (channel 0 sampled; ``cond`` (n, C-1, H, W) feeds the other input
         channels). Returns int64 (n, 1, H, W) and the counters."""
         spec, H, W = self.spec, self.height, self.width
-        C = spec["layers"][0]["in"]
+        graph = "ops" in spec
+        C = 1 if graph else spec["layers"][0]["in"]
         mult = mult or S.logit_mult(spec["logit_scale"])
         self.reg(E.REG_SEED, seed)
         self.reg(E.REG_LOGIT_MULT, mult)
@@ -134,7 +132,10 @@ class ConvDevice:
         self.reg(E.REG_CTRL, E.MODE_SAMPLE | 0x100)
         out = bytearray()
         for k in range(n):
-            if C > 1:
+            if graph and spec.get("cond_channels"):  # the conditioning map, row by row
+                self.dev.send(prog.input_stream(spec, np.zeros((1, 1, H, W), np.int64), cond[k:k + 1], sample=True),
+                              timeout=self.timeout)
+            elif C > 1:
                 cb = np.asarray(cond[k], np.int64).transpose(1, 2, 0).reshape(-1)
                 self.dev.send(cb.astype(np.uint8).tobytes(), timeout=self.timeout)
             out += self.dev.recv(H * W, timeout=self.timeout)
@@ -151,7 +152,11 @@ def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, 
     cycles_per_image = lik_cnt["cycles_active"] / max(1, n_lik_images)
     useful = prog.useful_macs_per_pixel(spec)
     r = {
+        "architecture": spec.get("architecture", "masked"),
         "lanes": params.lanes,
+        "height": H, "width": W,
+        "cycles_per_pixel": cyc_px_lik,
+        "mac_lower_bound_cycles_per_pixel": prog.useful_macs_per_pixel(spec) / params.lanes,
         "cycles_per_image": cycles_per_image,
         "cycles_per_pixel_likelihood": cyc_px_lik,
         "mac_beats_per_pixel": lik_cnt["mac_beats"] / max(1, px_lik),
@@ -190,8 +195,9 @@ def run_pixelcnn(args):
 
     design = default_design()
     params = prog.EngineParams(**design.engine_args)
+    kind = "stream" if args.model == "masked-pixelcnn" else "gated"  # pixelcnn: the gated model
     try:
-        spec = load_export(committed_export_path(args.dataset) if not str(args.dataset).endswith(".npz")
+        spec = load_export(committed_export_path(args.dataset, kind) if not str(args.dataset).endswith(".npz")
                            else args.dataset, max_channels=params.max_channels)
     except ExportError as exc:
         raise SystemExit(f"error: {exc}")
@@ -222,7 +228,7 @@ def run_pixelcnn(args):
         if n_samples else None
     rep = cycle_report(spec, params, lik_cnt, len(test), smp_cnt, n_samples, H, W)
     result = {
-        "model": args.model, "dataset": args.dataset, "backend": args.backend,
+        "model": args.model, "dataset": args.dataset, "backend": args.backend, "channels": C,
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": spec["float_bits_per_dim"],
         "bpd_equal": bpd == bpd_ref, "logits_equal": exact,
@@ -240,15 +246,16 @@ def run_pixelcnn(args):
 
 
 def print_result(r):
-    print(f"{r['model']} on {r['dataset']} ({r['backend']}): {r['test_images']} of {r['test_images_total']} "
-          f"test images")
+    print(f"{r['model']} ({r['architecture']}) on {r['dataset']} ({r['backend']}): {r['test_images']} of "
+          f"{r['test_images_total']} test images")
     print(f"  bits/dim engine      : {r['bpd']:.12f}")
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  ({'identical' if r['bpd_equal'] else 'DIFFERENT'}"
           f", logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
     if r.get("bpd_float") is not None and not math.isnan(r["bpd_float"]):
         print(f"  bits/dim float model : {r['bpd_float']:.4f}")
     print(f"  cycles per image (likelihood): {r['cycles_per_image']:,.0f}  "
-          f"({r['cycles_per_pixel_likelihood']:,.1f} per pixel, {r['lanes']} MAC lanes)")
+          f"({r['cycles_per_pixel_likelihood']:,.1f} per pixel, {r['lanes']} MAC lanes; MAC lower bound "
+          f"{r['mac_lower_bound_cycles_per_pixel']:,.1f} per pixel)")
     print(f"  MAC utilization      : {100 * r['mac_utilization']:.1f}% of lane-cycles do useful MACs "
           f"(lane occupancy of issued beats {100 * r['lane_occupancy']:.1f}%)")
     if r.get("cycles_per_sampled_pixel"):
@@ -260,12 +267,13 @@ def print_result(r):
 
 
 def main(args) -> int:
-    if args.model == "pixelcnn":
+    own = args.model in ("pixelcnn", "masked-pixelcnn")
+    if own:
         r = run_pixelcnn(args)
     else:
         from host import pixelcnn_aux
         r = pixelcnn_aux.run(args)
-    (pixelcnn_aux_print if args.model != "pixelcnn" else print_result)(r)
+    (print_result if own else pixelcnn_aux_print)(r)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(r, indent=2, default=float) + "\n")

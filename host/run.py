@@ -19,7 +19,7 @@ from hw.design import Design  # noqa: E402
 
 ACTIONS = ("train", "info", "echo")
 LINEAR_MODELS = ["linreg"]
-PIXELCNN_MODELS = ["pixelcnn", "gray-pixelcnn", "pyramid-pixelcnn"]
+PIXELCNN_MODELS = ["pixelcnn", "gray-pixelcnn", "pyramid-pixelcnn", "masked-pixelcnn"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds to wait for each reply (default: 5.0)")
     job = p.add_argument_group("training")
     job.add_argument("--model", default="linreg", choices=LINEAR_MODELS + PIXELCNN_MODELS, metavar="MODEL",
-                     help="linreg: ZipML least squares on the SGD engine; pixelcnn, gray-pixelcnn, "
-                          "pyramid-pixelcnn: likelihood and sampling on the convolution engine (default: linreg)")
+                     help="linreg: ZipML least squares on the SGD engine; pixelcnn (gated, no blind spot), "
+                          "gray-pixelcnn, pyramid-pixelcnn, masked-pixelcnn (plain masked convs): likelihood "
+                          "and sampling on the convolution engine (default: linreg)")
     job.add_argument("--dataset", default=None, metavar="NAME_OR_PATH",
                      help="a bundled dataset name or a file (default: synthetic100 for linreg, digits for "
                           "the PixelCNN models)")

@@ -7,8 +7,8 @@ from hw.pixelcnn.engine import ConvEngine
 
 from harness import SIMULATORS, require_simulator, run_cocotb
 
-PARAMS = dict(lanes=8, max_channels=32, max_width=8, max_layers=8, weight_depth=4096, bias_depth=256,
-              in_fifo=64, out_fifo=1024)
+PARAMS = dict(lanes=8, max_channels=32, max_width=8, max_layers=16, weight_depth=16384, bias_depth=1024,
+              in_fifo=64, out_fifo=1024, max_maps=16)
 
 
 @pytest.mark.parametrize("simulator", SIMULATORS)

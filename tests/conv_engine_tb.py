@@ -37,11 +37,8 @@ class EngineSim:
         imgs = prog.pack(spec, self.e.cfg, width, height)
         self.send(prog.load_stream(imgs, self.e.cfg))
         self.ops.append(("poll", E.REG_STATUS, 1, 1))
-        self.reg(E.REG_NLAYERS, len(spec["layers"]))
-        self.reg(E.REG_WIDTH, width)
-        self.reg(E.REG_HEIGHT, height)
-        self.reg(E.REG_CHANNELS, channels or spec["layers"][0]["in"])
-        self.reg(E.REG_LEVELS, spec["levels"])
+        for reg, value in E.run_registers(spec, width, height, channels):
+            self.reg(reg, value)
 
     def run(self, max_cycles=2_000_000, vcd=None):
         e = self.e

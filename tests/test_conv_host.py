@@ -56,7 +56,7 @@ def test_fit_error_names_layer_and_limit():
     with pytest.raises(prog.EngineFitError, match="width 24 exceeds"):
         prog.check_fits(spec, prog.EngineParams(max_width=16), 24, 24)
     with pytest.raises(prog.EngineFitError, match="weights need"):
-        prog.check_fits(spec, prog.EngineParams(lanes=4), 24, 24)
+        prog.check_fits(spec, prog.EngineParams(lanes=4, weight_depth=2048), 24, 24)
     prog.check_fits(spec, prog.EngineParams(), 24, 24)  # the default engine runs the faces model
 
 
@@ -76,3 +76,20 @@ def test_aux_exports_fit_and_condition(kind):
         assert np.array_equal(cin[:, 1], np.kron(a[:, 0], np.ones((2, 2), np.int64)))
         assert not cin[:, 3, 6:].any()
     assert prog.logits_any(cond, cin).shape == (3, 17, 8, 8)
+
+
+@pytest.mark.slow  # includes the default design's Verilator build on first use (cached afterwards)
+def test_cli_gated_pixelcnn_verilator(tmp_path):
+    """``host/run.py --model pixelcnn`` runs the gated export on the Verilator backend: one test image
+    scored with logits identical to the NumPy reference, one sample identical to the twin."""
+    import json
+
+    from host import run
+    out = tmp_path / "o.json"
+    rc = run.main(["--model", "pixelcnn", "--dataset", "digits", "--limit", "1", "--samples", "1",
+                   "--json", str(out), "--plot", str(tmp_path / "s.png"), "--no-progress"])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["architecture"] == "gated" and r["test_images"] == 1
+    assert r["bpd"] == r["bpd_integer_reference"] and r["logits_equal"] and r["samples_equal_twin"]
+    assert r["counters_likelihood"]["pixels"] == 64
+    assert r["mac_lower_bound_cycles_per_pixel"] <= r["cycles_per_pixel"] < 1.2 * r["mac_lower_bound_cycles_per_pixel"]

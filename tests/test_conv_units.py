@@ -124,7 +124,7 @@ def test_requant_saturation_and_residual():
         for layer in range(2):
             for i in range(256):
                 ctx.set(dut.lut_we, 1)
-                ctx.set(dut.lut_waddr, layer * 256 + i)
+                ctx.set(dut.lut_waddr, layer * 512 + i)  # two tables per op; plain ops use the first
                 ctx.set(dut.lut_wdata, int(lut[layer, i]) & 0xFF)
                 await ctx.tick()
         ctx.set(dut.lut_we, 0)

@@ -1,5 +1,13 @@
 """ConvEngine: a whole integer PixelCNN on chip, pixel by pixel in raster order.
 
+The network is a list of *ops* (``program.engine_ops``): a plain masked-conv export runs one op per
+layer; a Gated PixelCNN runs its vertical stack as row-phase ops (once per row, every column, before
+the row's first pixel: the vertical stack at row i sees only rows < i of the image, and the next
+layer's vertical and horizontal convs read it one column ahead) and its horizontal stack, links and
+heads as pixel ops. An op reads any feature maps of the line buffers through its tap list
+(map, dy, dx, channels) and writes one map; gated ops pair their accumulators (tanh and sigmoid tables,
+requantised product). A conditioning map (COND register) is streamed in per row, before the row phase.
+
 Schedule (per pixel p, layers in order): for each layer, for each group of ``lanes`` output channels,
 one MAC beat per (tap, input channel) of the layer's nonzero-tap list (taps masked out are not in the
 list, so they cost nothing); the finished group goes to the serial requantiser (bias, multiplier,
@@ -24,8 +32,8 @@ from . import program as prog
 from .units import LineBuffer, MacArray, Requant, Sampler, clog2
 
 LayerConfig = data.StructLayout({
-    "cin": 8, "cout": 16, "groups": 8, "ntaps": 8, "wbase": 16, "bbase": 16,
-    "mult": 32, "shift": 8, "flags": 8, "pad": 8,
+    "cout": 16, "groups": 8, "ntaps": 8, "wbase": 16, "bbase": 16,
+    "mult": 32, "shift": 8, "flags": 8, "out_map": 8, "gshift": 8, "gmult": 16, "pad": 48,
 })
 assert LayerConfig.size == 8 * prog.CONFIG_BYTES
 
@@ -42,6 +50,9 @@ REG_LEVELS = 6      # levels sampled (logits 0..LEVELS-1 of the last layer)
 REG_SEED = 7        # w: sampler RNG state (nonzero); r: current state
 REG_LOGIT_MULT = 8  # sampler: score = logit * LOGIT_MULT + gumbel
 REG_NIMAGES = 9     # sample mode: images to generate
+REG_NROW = 10       # ops 0..NROW-1 run in the row phase (before each row's first pixel, every column)
+REG_COND = 11       # conditioning bytes per pixel (bits 7:0), streamed per row before its row phase,
+#                     into map bits 15:8 (raw int8, no input table)
 REG_CYC_ACTIVE = 16  # r: cycles spent computing (not waiting for input bytes or output space)
 REG_MAC_BEATS = 17   # r: MAC beats issued (each = `lanes` multiplies)
 REG_PIXELS = 18      # r: pixels finished
@@ -56,14 +67,23 @@ REG_LOAD_WORDS = 25  # r: words written by load packets since reset
 REGISTERS = {k: v for k, v in globals().items() if k.startswith("REG_")}
 
 
+def run_registers(spec, width, height, channels=None):
+    """(register, value) pairs that set up a run of ``spec`` on a ``width`` x ``height`` image
+    (after its memories are loaded); ``channels`` overrides the input bytes per pixel."""
+    g = prog.geometry(spec)
+    return [(REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
+            (REG_CHANNELS, channels or g["channels"]), (REG_LEVELS, spec["levels"]),
+            (REG_COND, g["cond_channels"] | (g["cond_map"] << 8))]
+
+
 class ConvEngine(Engine):
     engine_id = "CONV"
 
-    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=8, weight_depth=2048,
-                 bias_depth=512, in_fifo=512, out_fifo=4096):
+    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=16, weight_depth=8192,
+                 bias_depth=1024, in_fifo=512, out_fifo=4096, max_maps=16):
         self.cfg = prog.EngineParams(lanes=lanes, max_channels=max_channels, max_width=max_width,
                                      max_layers=max_layers, weight_depth=weight_depth, bias_depth=bias_depth,
-                                     in_fifo=in_fifo, out_fifo=out_fifo)
+                                     in_fifo=in_fifo, out_fifo=out_fifo, max_maps=max_maps)
         super().__init__(self.cfg.as_dict())
 
     def elaborate(self, platform):
@@ -71,18 +91,20 @@ class ConvEngine(Engine):
         c = self.cfg
         P = c.lanes
         lbits, wbits, cbits = clog2(c.max_layers), clog2(c.max_width), clog2(c.max_channels)
+        mbits = clog2(c.max_maps)
 
         m.submodules.inq = inq = fifo.SyncFIFOBuffered(width=8, depth=c.in_fifo)
         m.submodules.outq = outq = fifo.SyncFIFOBuffered(width=8, depth=c.out_fifo)
         m.d.comb += [inq.w_data.eq(self.i.payload), inq.w_en.eq(self.i.valid), self.i.ready.eq(inq.w_rdy),
                      self.o.payload.eq(outq.r_data), self.o.valid.eq(outq.r_rdy), outq.r_en.eq(self.o.ready)]
 
-        m.submodules.lb = lb = LineBuffer(c.max_layers, c.max_width, c.max_channels)
+        m.submodules.lb = lb = LineBuffer(c.max_maps, c.max_width, c.max_channels)
         m.submodules.mac = mac = MacArray(P)
         m.submodules.rq = rq = Requant(P, c.max_layers, c.bias_depth, c.max_channels)
         m.submodules.smp = smp = Sampler()
         m.submodules.wmem = wmem = memory.Memory(shape=unsigned(8 * P), depth=c.weight_depth, init=[])
-        m.submodules.tmem = tmem = memory.Memory(shape=unsigned(6), depth=c.max_layers * prog.MAX_TAPS, init=[])
+        m.submodules.tmem = tmem = memory.Memory(shape=unsigned(8 * prog.TAP_BYTES), depth=c.max_layers * prog.MAX_TAPS,
+                                                 init=[])
         m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
         m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=256, init=[])
         wrd, wwr = wmem.read_port(), wmem.write_port()
@@ -100,12 +122,15 @@ class ConvEngine(Engine):
         levels = Signal(9)
         lmult = Signal(16)
         nimages = Signal(32)
+        nrow = Signal(lbits + 1)
+        cond_n = Signal(8)
+        cond_map = Signal(mbits)
         cyc_active, cyc_wait, beats, pixels, images = (Signal(32, name=n) for n in
                                                        ("cyc_active", "cyc_wait", "beats", "pixels", "images"))
         ctrl_we = self.reg_we & (self.reg_addr == REG_CTRL)
 
         # --- load path (mode 0): packets ``target, count u16 LE, count words`` on ``i`` -> memory
-        word_bytes = Array([1, P, 4, 1, 1, prog.CONFIG_BYTES, 1, 1])
+        word_bytes = Array([1, P, 4, 1, prog.TAP_BYTES, prog.CONFIG_BYTES, 1, 1])
         wbuf = Signal(8 * max(P, prog.CONFIG_BYTES, 4))
         kbyte = Signal(8)
         laddr = Signal(16)
@@ -118,7 +143,7 @@ class ConvEngine(Engine):
             wwr.addr.eq(laddr), wwr.data.eq(wbuf), wwr.en.eq(pend & (pend_sel == prog.T_WEIGHTS)),
             rq.bias_waddr.eq(laddr), rq.bias_wdata.eq(wbuf[:32]), rq.bias_we.eq(pend & (pend_sel == prog.T_BIAS)),
             rq.lut_waddr.eq(laddr), rq.lut_wdata.eq(wbuf[:8]), rq.lut_we.eq(pend & (pend_sel == prog.T_LUT)),
-            twr.addr.eq(laddr), twr.data.eq(wbuf[:6]), twr.en.eq(pend & (pend_sel == prog.T_TAPS)),
+            twr.addr.eq(laddr), twr.data.eq(wbuf[:8 * prog.TAP_BYTES]), twr.en.eq(pend & (pend_sel == prog.T_TAPS)),
             cwr.addr.eq(laddr), cwr.data.eq(wbuf[:LayerConfig.size]), cwr.en.eq(pend & (pend_sel == prog.T_CONFIG)),
             iwr.addr.eq(laddr), iwr.data.eq(wbuf[:8]), iwr.en.eq(pend & (pend_sel == prog.T_INLUT)),
         ]
@@ -147,11 +172,13 @@ class ConvEngine(Engine):
         row = Signal(16)
         col = Signal(wbits + 1)
         slot = Signal(2)
-        layer = Signal(lbits + 1)
+        layer = Signal(lbits + 1)   # the op being computed
         og = Signal(8)
         tap = Signal(8)
         ch = Signal(cbits + 1)
         wptr = Signal(range(c.weight_depth + 1))
+        rowmode = Signal()          # computing the row phase (row-phase ops over every column)
+        row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
         m.d.comb += crd.addr.eq(layer)
         last_layer = Signal()
@@ -163,22 +190,27 @@ class ConvEngine(Engine):
         m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], layer[:lbits]))]
         tap_dy = trd.data[:3].as_signed()
         tap_dx = trd.data[3:6].as_signed()
+        tap_res = trd.data[6]
+        tap_src = trd.data[8:8 + mbits]
+        tap_nch = trd.data[16:24]
 
         # MAC beat issue (combinational strobe `issue` in state MAC), one cycle to the memories' data
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
-        beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == cfg.cin)
-        issued, i_first, i_last, i_centre = Signal(), Signal(), Signal(), Signal()
+        beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == tap_nch)
+        issued, i_first, i_last, i_res, i_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         i_ch = Signal(cbits)
         m.d.comb += [
-            lb.rd_en.eq(issue), lb.rd_layer.eq(layer), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
+            lb.rd_en.eq(issue), lb.rd_layer.eq(tap_src), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
             wrd.addr.eq(wptr), wrd.en.eq(issue),
         ]
         m.d.sync += [issued.eq(issue), i_first.eq(beat_first), i_last.eq(beat_last), i_ch.eq(ch),
-                     i_centre.eq((tap_dy == 0) & (tap_dx == 0) & (og == 0))]
+                     i_res.eq(tap_res & (og == 0)), i_relu.eq(cfg.flags[2])]
+        act = Signal(signed(8))
+        m.d.comb += act.eq(Mux(i_relu & lb.rd_data[7], 0, lb.rd_data))
         m.d.comb += [mac.in_valid.eq(issued), mac.in_first.eq(i_first), mac.in_last.eq(i_last),
-                     mac.in_a.eq(lb.rd_data), mac.in_w.eq(wrd.data)]
-        with m.If(issued & i_centre):
+                     mac.in_a.eq(act), mac.in_w.eq(wrd.data)]
+        with m.If(issued & i_res):  # residual values: the flagged tap's map at the centre, unrectified
             m.d.sync += centre[i_ch].eq(lb.rd_data)
 
         # requantiser: started by each finished group
@@ -188,13 +220,14 @@ class ConvEngine(Engine):
             rq.start.eq(mac.out_valid), rq.count.eq(Mux(remaining > P, P, remaining)),
             rq.base.eq(rq_og * P), rq.acc.eq(mac.out_acc), rq.centre.eq(centre),
             rq.bbase.eq(cfg.bbase), rq.mult.eq(cfg.mult), rq.shift.eq(cfg.shift), rq.residual.eq(cfg.flags[0]),
+            rq.gated.eq(cfg.flags[1]), rq.gmult.eq(cfg.gmult), rq.gshift.eq(cfg.gshift), rq.out_map.eq(cfg.out_map),
             rq.layer.eq(layer),
         ]
         with m.If(mac.out_valid):
             m.d.sync += rq_og.eq(rq_og + 1)
-        # The next layer starts while the requantiser still drains the previous one (it latched that
-        # layer's parameters); beats that read the new layer's map at the current pixel (the centre
-        # tap, written by that drain) and group ends (a new requant start) wait for the drain.
+        # The next op starts while the requantiser still drains the previous one (it latched that
+        # op's parameters); beats at the centre tap (any map at the current pixel may be the one that
+        # drain writes) and group ends (a new requant start) wait for the drain.
         prev_pending = Signal()
         m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != layer[:lbits]))
         can_last = ~(rq.reading | mac.last_pending | prev_pending)
@@ -202,14 +235,14 @@ class ConvEngine(Engine):
         mac_idle = ~(issued | mac.busy)
         beat_centre = (tap_dy == 0) & (tap_dx == 0)
 
-        # requantiser outputs: next layer's line buffer, or the output stream / sampler
-        in_wr_en, in_wr_c, in_wr_data = Signal(), Signal(cbits), Signal(signed(8))
+        # requantiser outputs: their map in the line buffers, or the output stream / sampler
+        in_wr_en, in_wr_c, in_wr_data, in_wr_map = Signal(), Signal(cbits), Signal(signed(8)), Signal(mbits)
         out_last = Signal()
         m.d.comb += out_last.eq(rq.cur_layer + 1 == nlayers)
         to_next = rq.out_valid & ~out_last
         m.d.comb += [
             lb.wr_en.eq(to_next | in_wr_en),
-            lb.wr_layer.eq(Mux(to_next, rq.cur_layer + 1, 0)),
+            lb.wr_layer.eq(Mux(to_next, rq.cur_map, in_wr_map)),
             lb.wr_c.eq(Mux(to_next, rq.out_o, in_wr_c)),
             lb.wr_data.eq(Mux(to_next, rq.out_data, in_wr_data)),
         ]
@@ -227,6 +260,7 @@ class ConvEngine(Engine):
         m.d.comb += space.eq(outq.level <= c.out_fifo - c.max_outputs)
         waiting = Signal()
         first_ch = Mux(mode == MODE_SAMPLE, 1, 0)
+        has_row_phase = (nrow != 0) | (cond_n != 0)
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -235,15 +269,49 @@ class ConvEngine(Engine):
                 with m.If((mode != MODE_IDLE) & ~ctrl_we):
                     m.next = "PIX_START"
             with m.State("PIX_START"):
-                m.d.sync += layer.eq(0)
+                m.d.sync += layer.eq(nrow)
                 with m.If((mode == MODE_IDLE) | ctrl_we):
                     m.next = "IDLE"
+                with m.Elif((col == 0) & ~row_done & has_row_phase):
+                    # likelihood: not before the row's first byte is here (a run may end after any
+                    # image, and a mode change must find the sequencer idle)
+                    with m.If((mode == MODE_SAMPLE) | inq.r_rdy):
+                        m.d.sync += [ch.eq(0), layer.eq(0)]
+                        with m.If(cond_n == 0):
+                            m.next = "ROW_OPS"
+                        with m.Else():
+                            m.next = "COND_WAIT"
+                    with m.Else():
+                        m.d.comb += waiting.eq(1)
                 with m.Elif(~space):
                     m.d.comb += waiting.eq(1)
                 with m.Elif(first_ch < channels):
                     m.d.sync += ch.eq(first_ch)
                     m.next = "IN_WAIT"
                 with m.Else():
+                    m.next = "LAYER_START"
+            # row phase, 1: the row's conditioning bytes (raw int8) into the conditioning map
+            with m.State("COND_WAIT"):
+                m.d.comb += [inq.r_en.eq(1), waiting.eq(~inq.r_rdy),
+                             in_wr_en.eq(inq.r_rdy), in_wr_map.eq(cond_map), in_wr_c.eq(ch),
+                             in_wr_data.eq(inq.r_data)]
+                with m.If(ctrl_we | (mode == MODE_IDLE)):
+                    m.d.comb += [inq.r_en.eq(0), in_wr_en.eq(0)]
+                    m.next = "IDLE"
+                with m.Elif(inq.r_rdy):
+                    m.d.sync += ch.eq(ch + 1)
+                    with m.If(ch + 1 == cond_n):
+                        m.d.sync += [ch.eq(0), col.eq(col + 1)]
+                        with m.If(col + 1 == width):
+                            m.d.sync += col.eq(0)
+                            m.next = "ROW_OPS"
+            # row phase, 2: ops 0..NROW-1, each over every column of the row
+            with m.State("ROW_OPS"):
+                with m.If(layer == nrow):
+                    m.d.sync += [row_done.eq(1), col.eq(0)]
+                    m.next = "PIX_START"
+                with m.Else():
+                    m.d.sync += rowmode.eq(1)
                     m.next = "LAYER_START"
             with m.State("IN_WAIT"):
                 m.d.comb += [ird.addr.eq(inq.r_data), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
@@ -253,7 +321,7 @@ class ConvEngine(Engine):
                 with m.Elif(inq.r_rdy):
                     m.next = "IN_WRITE"
             with m.State("IN_WRITE"):
-                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(ch), in_wr_data.eq(ird.data)]
+                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(ch), in_wr_data.eq(ird.data), in_wr_map.eq(0)]
                 m.d.sync += ch.eq(ch + 1)
                 with m.If(ch + 1 == channels):
                     m.next = "LAYER_START"
@@ -267,7 +335,7 @@ class ConvEngine(Engine):
                 with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
-                    with m.If(ch + 1 == cfg.cin):
+                    with m.If(ch + 1 == tap_nch):
                         m.d.sync += ch.eq(0)
                         with m.If(tap + 1 == cfg.ntaps):
                             m.d.sync += [tap.eq(0), og.eq(og + 1)]
@@ -278,7 +346,15 @@ class ConvEngine(Engine):
                     with m.Else():
                         m.d.sync += ch.eq(ch + 1)
             with m.State("LAYER_END"):
-                with m.If(last_layer):
+                with m.If(rowmode):  # a row-phase op: drain, then the next column, then the next op
+                    with m.If(all_idle):
+                        m.next = "LAYER_START"
+                        with m.If(col + 1 == width):
+                            m.d.sync += [col.eq(0), layer.eq(layer + 1), rowmode.eq(0)]
+                            m.next = "ROW_OPS"
+                        with m.Else():
+                            m.d.sync += col.eq(col + 1)
+                with m.Elif(last_layer):
                     with m.If(all_idle):
                         m.next = "PIX_END"
                 with m.Elif(mac_idle):
@@ -291,13 +367,14 @@ class ConvEngine(Engine):
                 with m.Else():
                     m.next = "ADVANCE"
             with m.State("SAMPLE_WRITE"):
-                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(0), in_wr_data.eq(ird.data), sample_push.eq(1)]
+                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(0), in_wr_data.eq(ird.data), in_wr_map.eq(0),
+                             sample_push.eq(1)]
                 m.next = "ADVANCE"
             with m.State("ADVANCE"):
                 m.d.sync += pixels.eq(pixels + 1)
                 m.next = "PIX_START"
                 with m.If(col + 1 == width):
-                    m.d.sync += [col.eq(0), row.eq(row + 1), slot.eq(Mux(slot == 2, 0, slot + 1))]
+                    m.d.sync += [col.eq(0), row.eq(row + 1), slot.eq(Mux(slot == 2, 0, slot + 1)), row_done.eq(0)]
                     with m.If(row + 1 == height):
                         m.d.sync += [row.eq(0), slot.eq(0), images.eq(images + 1)]
                         with m.If((mode == MODE_SAMPLE) & (images + 1 >= nimages)):
@@ -318,7 +395,8 @@ class ConvEngine(Engine):
         with m.If(self.reg_we):
             with m.Switch(self.reg_addr):
                 with m.Case(REG_CTRL):
-                    m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), slot.eq(0), images.eq(0)]
+                    m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), slot.eq(0), images.eq(0),
+                                 row_done.eq(0), rowmode.eq(0)]
                     with m.If(self.reg_wdata[8]):
                         m.d.sync += [cyc_active.eq(0), cyc_wait.eq(0), beats.eq(0), pixels.eq(0)]
                 with m.Case(REG_NLAYERS):
@@ -335,6 +413,10 @@ class ConvEngine(Engine):
                     m.d.sync += lmult.eq(self.reg_wdata)
                 with m.Case(REG_NIMAGES):
                     m.d.sync += nimages.eq(self.reg_wdata)
+                with m.Case(REG_NROW):
+                    m.d.sync += nrow.eq(self.reg_wdata)
+                with m.Case(REG_COND):
+                    m.d.sync += [cond_n.eq(self.reg_wdata[:8]), cond_map.eq(self.reg_wdata[8:16])]
 
         # --- register reads (data the cycle after reg_re)
         params = P | (c.max_channels << 8) | (c.max_width << 16) | (c.max_layers << 24)
@@ -343,7 +425,8 @@ class ConvEngine(Engine):
                 for addr, sig in ((REG_CTRL, mode), (REG_LOAD_SEL, load_sel), (REG_NLAYERS, nlayers),
                                   (REG_WIDTH, width), (REG_HEIGHT, height), (REG_CHANNELS, channels),
                                   (REG_LEVELS, levels), (REG_SEED, smp.state), (REG_LOGIT_MULT, lmult),
-                                  (REG_NIMAGES, nimages), (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
+                                  (REG_NIMAGES, nimages), (REG_NROW, nrow),
+                                  (REG_COND, Cat(cond_n, cond_map)), (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
                                   (REG_PIXELS, pixels), (REG_IMAGES, images), (REG_PARAMS, params),
                                   (REG_DEPTHS, c.weight_depth | (c.bias_depth << 16)), (REG_LOAD_ADDR, laddr),
                                   (REG_CYC_WAIT, cyc_wait), (REG_LOAD_WORDS, load_words),

@@ -2,21 +2,27 @@
 
 Shared by ``host.pixelcnn_run``, the tests and the benchmark. Pure Python/NumPy (no gateware).
 
-Layer execution on the engine (per pixel, layers in order): output channels in groups of ``lanes``;
-for each group, every (tap, input channel) pair of the layer's nonzero-tap list is one MAC beat
-(``lanes`` multiplies in parallel, one activation broadcast); masked-out taps are not in the list.
+Both export formats run as one list of engine *ops*: a plain masked-conv export (``layers``) becomes
+one op per layer (map l -> map l+1), a gated op graph (``ops``, ``models.pixelcnn.integer``) keeps its
+ops and names its maps by index. Op execution (per pixel, ops in order; row-phase ops once per row for
+every column before the row's first pixel): accumulators in groups of ``lanes``; for each group, every
+(tap, input channel) pair of the op's tap list (taps over several maps) is one MAC beat (``lanes``
+multiplies in parallel, one activation broadcast); masked-out taps are not in the list.
 """
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.pixelcnn.integer import layer_forward
+from models.pixelcnn.integer import graph_forward, layer_forward
 
 # load targets (register LOAD_SEL) and their word widths in bytes (weights: lanes bytes)
 T_WEIGHTS, T_BIAS, T_LUT, T_TAPS, T_CONFIG, T_INLUT = 1, 2, 3, 4, 5, 6
-CONFIG_BYTES = 16
-MAX_TAPS = 32  # tap-list slots per layer
+CONFIG_BYTES = 24
+TAP_BYTES = 3      # dy | dx << 3 | residual << 6, source map, channels
+LUT_PER_OP = 512   # two 256-entry tables per op (gated: tanh, sigmoid)
+MAX_TAPS = 32  # tap-list slots per op
 MAX_ROWS_BACK = 2  # line buffers hold 3 rows: kernels up to 5x5 (masks A/B), any 1x1
+FLAG_RESIDUAL, FLAG_GATED, FLAG_RELU_IN = 1, 2, 4
 
 
 class EngineFitError(ValueError):
@@ -28,15 +34,16 @@ class EngineParams:
     lanes: int = 16           # P: parallel multiply-accumulates (output channels per group)
     max_channels: int = 32    # feature-map channels (layer inputs); power of two
     max_width: int = 32       # image width; power of two
-    max_layers: int = 8       # power of two
-    weight_depth: int = 2048  # weight words of `lanes` bytes
-    bias_depth: int = 512     # int32 biases (all layers)
+    max_layers: int = 16      # ops (layers); power of two
+    weight_depth: int = 8192  # weight words of `lanes` bytes
+    bias_depth: int = 1024    # int32 biases (all ops)
     in_fifo: int = 512
     out_fifo: int = 4096
     max_outputs: int = 256    # output channels of one layer (logits: channels * levels)
+    max_maps: int = 16        # feature maps in the line buffers; power of two
 
     def __post_init__(self):
-        for k in ("max_channels", "max_width", "max_layers"):
+        for k in ("max_channels", "max_width", "max_layers", "max_maps"):
             v = getattr(self, k)
             if v < 2 or v & (v - 1):
                 raise ValueError(f"{k} must be a power of two >= 2, got {v}")
@@ -76,9 +83,11 @@ def input_codes(spec, x):
     return lut[np.asarray(x, np.int64)]
 
 
-def logits_any(spec, x, trace=False):
+def logits_any(spec, x, trace=False, cond=None):
     """Integer forward pass returning the last layer's raw map (N, Cout, H, W) (any input channels;
-    equals ``integer.forward_int`` reshaped for the standard export)."""
+    equals ``integer.forward_int`` reshaped for the standard export; op graphs: ``graph_forward``)."""
+    if "ops" in spec:
+        return graph_forward(spec, x, cond, trace)
     a = input_codes(spec, x)
     maps = [a]
     for layer in spec["layers"]:
@@ -87,8 +96,8 @@ def logits_any(spec, x, trace=False):
     return (a, maps) if trace else a
 
 
-def check_fits(spec, params: EngineParams, width=None, height=None):
-    """Raise EngineFitError with a clear message if ``spec`` cannot run on an engine with ``params``."""
+def _check_layers(spec, params: EngineParams, width=None, height=None):
+    """Fit checks of a plain masked-conv export (``layers``)."""
     p = params
     layers = spec["layers"]
     width = spec.get("width") if width is None else width
@@ -144,52 +153,195 @@ def check_fits(spec, params: EngineParams, width=None, height=None):
         raise EngineFitError(f"biases need {bwords} entries, the engine has {p.bias_depth}")
 
 
+
+def engine_ops(spec):
+    """Either export format -> (ops, number of maps, number of leading row-phase ops, cond map index).
+
+    An engine op is a dict: ``row`` (row phase), ``gated``, ``out`` (map index; the last op's outputs
+    leave the engine), ``cout`` (accumulators; gated ops interleave them as pairs a_m, b_m so that a
+    pair is adjacent in the serial requantiser), ``taps`` [(map, dy, dx, channels, residual)] with
+    ``tap_weights`` [(cout, channels) int arrays], ``bias``, ``mult``, ``shift``, ``gmult``, ``gshift``,
+    ``lut`` (512 int8: two tables), ``relu_in``, ``residual`` (a tap flagged residual supplies the
+    values added at the centre: the op's own input, or a zero-weight tap over another map)."""
+    ops = []
+    if "ops" not in spec:
+        layers = spec["layers"]
+        for li, l in enumerate(layers):
+            c = l["kernel"] // 2
+            w = np.asarray(l["weight"], np.int64)
+            taps = [(li, dy, dx, l["in"], bool(l["residual"]) and dy == 0 and dx == 0) for dy, dx in layer_taps(l)]
+            ops.append(dict(name=f"layer{li}", row=False, gated=False, out=li + 1, cout=l["out"], taps=taps,
+                            tap_weights=[w[:, :, dy + c, dx + c] for _, dy, dx, _, _ in taps],
+                            bias=np.asarray(l["bias"], np.int64), mult=int(l["multiplier"]), shift=int(l["shift"]),
+                            gmult=0, gshift=0, relu_in=False, residual=bool(l["residual"]),
+                            lut=np.concatenate([np.asarray(l["lut"], np.int64), np.zeros(256, np.int64)])))
+        return ops, len(layers), 0, None
+    idx = {"x": 0}
+    if spec.get("cond_channels"):
+        idx["cond"] = 1
+    chans = {"x": spec["channels"], "cond": spec.get("cond_channels", 0)}
+    for op in spec["ops"]:
+        gated = op["kind"] == "gated"
+        cout = len(op["bias"])
+        perm = np.arange(cout)
+        if gated:
+            perm = np.stack([np.arange(cout // 2), cout // 2 + np.arange(cout // 2)], 1).reshape(-1)
+        taps, tw = [], []
+        for inp in op["inputs"]:
+            if inp["map"] not in idx:
+                raise EngineFitError(f"op {op['name']}: map {inp['map']!r} is read before any op writes it")
+            w = np.asarray(inp["weight"], np.int64)[perm]
+            for t, (dy, dx) in enumerate(np.asarray(inp["taps"]).reshape(-1, 2)):
+                taps.append([idx[inp["map"]], int(dy), int(dx), w.shape[1], False])
+                tw.append(w[:, :, t])
+        if op.get("residual"):
+            r = idx[op["residual"]]
+            hit = [t for t in taps if t[0] == r and t[1] == 0 and t[2] == 0]
+            if hit:
+                hit[0][4] = True
+            else:
+                taps.append([r, 0, 0, cout, True])
+                tw.append(np.zeros((cout, cout), np.int64))
+        lut = np.asarray(op["lut"], np.int64).reshape(-1)
+        if op is not spec["ops"][-1] and op["out"] not in idx:
+            idx[op["out"]] = len(idx)
+            chans[op["out"]] = cout // 2 if gated else cout
+        ops.append(dict(name=op["name"], row=op["phase"] == "row", gated=gated,
+                        out=idx.get(op["out"], 0), cout=cout, taps=[tuple(t) for t in taps], tap_weights=tw,
+                        bias=np.asarray(op["bias"], np.int64)[perm], mult=int(op["multiplier"]),
+                        shift=int(op["shift"]), gmult=int(op["gate_multiplier"]), gshift=int(op["gate_shift"]),
+                        relu_in=bool(op.get("relu_in")), residual=bool(op.get("residual")),
+                        lut=np.concatenate([lut, np.zeros(LUT_PER_OP - len(lut), np.int64)])))
+    nrow = 0
+    while nrow < len(ops) and ops[nrow]["row"]:
+        nrow += 1
+    if any(o["row"] for o in ops[nrow:]):
+        raise EngineFitError("row-phase ops must come before all pixel ops")
+    return ops, len(idx), nrow, idx.get("cond")
+
+
+def _check_ops(spec, params: EngineParams, width=None):
+    """Fit checks of an op graph (gated export)."""
+    p = params
+    ops, nmaps, nrow, _ = engine_ops(spec)
+    rowmaps = {0} | {o["out"] for o in ops[:nrow]}  # x is complete in earlier rows only
+    rowmaps.discard(0)
+    if len(ops) > p.max_layers:
+        raise EngineFitError(f"{len(ops)} ops, the engine holds at most {p.max_layers}")
+    if nmaps > p.max_maps:
+        raise EngineFitError(f"{nmaps} feature maps, the engine's line buffers hold {p.max_maps}")
+    if width is not None and not 1 <= width <= p.max_width:
+        raise EngineFitError(f"image width {width} exceeds the engine's line buffers ({p.max_width})")
+    if nrow == len(ops) or ops[-1]["gated"]:
+        raise EngineFitError("the last op must be a plain pixel-phase conv (the logits)")
+    if spec.get("cond_channels", 0) > p.max_channels:
+        raise EngineFitError(f"{spec['cond_channels']} conditioning channels exceed the engine's {p.max_channels}")
+    for i, o in enumerate(ops):
+        w = f"op {i} ({o['name']}): "
+        last = i == len(ops) - 1
+        nout = o["cout"] // 2 if o["gated"] else o["cout"]
+        if o["cout"] > p.max_outputs or (not last and nout > p.max_channels):
+            raise EngineFitError(f"{w}{nout} output channels exceed the engine's "
+                                 f"{p.max_outputs if last else p.max_channels}")
+        if o["gated"] and (p.lanes % 2 or not (1 <= o["gmult"] < 2 ** 16 and 1 <= o["gshift"] <= 31)):
+            raise EngineFitError(f"{w}a gated op needs an even number of lanes ({p.lanes}) and a gate "
+                                 "multiplier < 2**16, shift <= 31")
+        if len(o["taps"]) > MAX_TAPS:
+            raise EngineFitError(f"{w}{len(o['taps'])} taps exceed {MAX_TAPS}")
+        if not (1 <= o["mult"] < 2 ** 31 and 1 <= o["shift"] <= 62):
+            raise EngineFitError(f"{w}multiplier/shift out of range")
+        for src, dy, dx, nch, res in o["taps"]:
+            if nch > p.max_channels:
+                raise EngineFitError(f"{w}{nch} input channels exceed the engine's {p.max_channels}")
+            if not (-MAX_ROWS_BACK <= dy <= 0 and -2 <= dx <= 2):
+                raise EngineFitError(f"{w}tap ({dy}, {dx}) outside the line buffers (rows -2..0, columns -2..2)")
+            row_ready = src in rowmaps or (src == 1 and spec.get("cond_channels"))
+            if o["row"] and dy == 0 and not row_ready:
+                raise EngineFitError(f"{w}a row-phase op reads map {src} in the current row before it exists")
+            if not o["row"] and dy == 0 and dx > 0 and not row_ready:
+                raise EngineFitError(f"{w}tap ({dy}, {dx}) reads a future pixel of map {src}")
+    wwords = sum(-(-o["cout"] // p.lanes) * sum(t[3] for t in o["taps"]) for o in ops)
+    bwords = sum(o["cout"] for o in ops)
+    if wwords > p.weight_depth:
+        raise EngineFitError(f"weights need {wwords} words of {p.lanes} bytes, the engine has {p.weight_depth}")
+    if bwords > p.bias_depth:
+        raise EngineFitError(f"biases need {bwords} entries, the engine has {p.bias_depth}")
+
+
+def check_fits(spec, params: EngineParams, width=None, height=None):
+    """Raise EngineFitError with a clear message if ``spec`` cannot run on an engine with ``params``."""
+    if height is not None and height < 1:
+        raise EngineFitError("image height must be positive")
+    if len(spec["input_lut"]) > 256:
+        raise EngineFitError(f"{len(spec['input_lut'])} levels, the input table holds 256")
+    if "ops" in spec:
+        _check_ops(spec, params, width)
+    else:
+        _check_layers(spec, params, width, height)
+        if len(spec["layers"]) > params.max_maps:
+            raise EngineFitError(f"{len(spec['layers'])} layers need as many maps, the engine holds {params.max_maps}")
+
+
 def pack(spec, params: EngineParams, width=None, height=None):
     """Memory images (bytes per load target) for ``spec``; checks the fit first."""
     check_fits(spec, params, width, height)
     P = params.lanes
+    ops, _, _, _ = engine_ops(spec)
     wbytes, bbytes, lbytes = bytearray(), bytearray(), bytearray()
-    taps_img = bytearray(params.max_layers * MAX_TAPS)
+    taps_img = bytearray(params.max_layers * MAX_TAPS * TAP_BYTES)
     cfg = bytearray()
     wbase = bbase = 0
-    for li, l in enumerate(spec["layers"]):
-        taps = layer_taps(l)
-        k, ci, co = l["kernel"], l["in"], l["out"]
-        c = k // 2
-        wt = np.asarray(l["weight"], np.int64)
+    for i, o in enumerate(ops):
+        co = o["cout"]
         groups = -(-co // P)
         for g in range(groups):
-            for dy, dx in taps:
-                for ch in range(ci):
+            n = min(P, co - g * P)
+            for w in o["tap_weights"]:
+                for ch in range(w.shape[1]):
                     lane = np.zeros(P, np.int64)
-                    n = min(P, co - g * P)
-                    lane[:n] = wt[g * P:g * P + n, ch, dy + c, dx + c]
+                    lane[:n] = w[g * P:g * P + n, ch]
                     wbytes += (lane & 0xFF).astype(np.uint8).tobytes()
-        for t, (dy, dx) in enumerate(taps):
-            taps_img[li * MAX_TAPS + t] = ((dy & 7) | ((dx & 7) << 3))
-        bbytes += np.asarray(l["bias"], "<i4").tobytes()
-        lbytes += (np.asarray(l["lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
-        cfg += bytes([ci]) + co.to_bytes(2, "little") + bytes([groups, len(taps)])
+        for t, (src, dy, dx, nch, res) in enumerate(o["taps"]):
+            a = (i * MAX_TAPS + t) * TAP_BYTES
+            taps_img[a:a + 3] = bytes([(dy & 7) | ((dx & 7) << 3) | (int(res) << 6), src, nch])
+        bbytes += np.asarray(o["bias"], "<i4").tobytes()
+        lbytes += (o["lut"] & 0xFF).astype(np.uint8).tobytes()
+        flags = FLAG_RESIDUAL * o["residual"] | FLAG_GATED * o["gated"] | FLAG_RELU_IN * o["relu_in"]
+        cfg += co.to_bytes(2, "little") + bytes([groups, len(o["taps"])])
         cfg += wbase.to_bytes(2, "little") + bbase.to_bytes(2, "little")
-        cfg += int(l["multiplier"]).to_bytes(4, "little") + bytes([l["shift"], int(bool(l["residual"])), 0])
-        wbase += groups * len(taps) * ci
+        cfg += o["mult"].to_bytes(4, "little") + bytes([o["shift"], flags, o["out"], o["gshift"]])
+        cfg += o["gmult"].to_bytes(2, "little") + bytes(CONFIG_BYTES - 18)
+        wbase += groups * sum(t[3] for t in o["taps"])
         bbase += co
-    lbytes += bytes(256 * (params.max_layers - len(spec["layers"])))
     inlut = (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
     return {T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
             T_CONFIG: bytes(cfg), T_INLUT: inlut}
 
 
+def geometry(spec):
+    """Register values a run needs besides the image size: ops, row-phase ops, input channels per pixel,
+    conditioning channels per pixel (streamed per row) and their map."""
+    ops, _, nrow, cond_map = engine_ops(spec)
+    chans = spec["channels"] if "ops" in spec else spec["layers"][0]["in"]
+    return dict(nops=len(ops), nrow=nrow, channels=chans, cond_channels=spec.get("cond_channels", 0) if "ops" in spec else 0,
+                cond_map=cond_map or 0)
+
+
 def useful_macs_per_pixel(spec):
-    return sum(len(layer_taps(l)) * l["in"] * l["out"] for l in spec["layers"])
+    """Multiplies per pixel by weights that are not forced to zero (zero-weight residual reads excluded)."""
+    return sum(o["cout"] * t[3] for o in engine_ops(spec)[0] for t, w in zip(o["taps"], o["tap_weights"])
+               if not (t[4] and not np.any(w)))
 
 
 def dense_macs_per_pixel(spec):
+    if "ops" in spec:  # every input as a full square kernel of its tap extent
+        return sum(len(op["bias"]) * inp["weight"].shape[1] * (2 * int(np.abs(inp["taps"]).max(initial=0)) + 1) ** 2
+                   for op in spec["ops"] for inp in op["inputs"])
     return sum(l["kernel"] ** 2 * l["in"] * l["out"] for l in spec["layers"])
 
 
 def mac_beats_per_pixel(spec, lanes):
-    return sum(-(-l["out"] // lanes) * len(layer_taps(l)) * l["in"] for l in spec["layers"])
+    return sum(-(-o["cout"] // lanes) * sum(t[3] for t in o["taps"]) for o in engine_ops(spec)[0])
 
 
 def random_spec(rng, layers=(("A", 5, 1, 8, False), ("B", 3, 8, 8, True), ("B", 1, 8, 6, False)), levels=6,
@@ -212,8 +364,64 @@ def random_spec(rng, layers=(("A", 5, 1, 8, False), ("B", 3, 8, 8, True), ("B", 
     return dict(channels=channels, levels=levels, input_lut=inlut, logit_scale=0.05, layers=spec_layers)
 
 
+V0_TAPS = ((-1, -1), (-1, 0), (-1, 1))                    # 3x3 vertical, first layer: rows above
+V_TAPS = V0_TAPS + ((0, -1), (0, 0), (0, 1))              # later layers: rows above and this row
+HA_TAPS, HB_TAPS = ((0, -1),), ((0, -1), (0, 0))          # 1x3 horizontal, first / later layers
+
+
+def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels=0, wmax=40, bias_max=2000,
+                      shift=(15, 19), gate_shift=(17, 21)):
+    """A random integer Gated PixelCNN op graph with the structure ``export.quantize_gated`` writes
+    (k = 3; vertical ops in the row phase, the link folded into the horizontal op), for tests."""
+    ch, C = hidden, 1
+
+    def inp(m, taps, cin, cout):
+        return dict(map=m, taps=np.asarray(taps, np.int32), weight=rng.integers(-wmax, wmax + 1, (cout, cin, len(taps))).astype(np.int8))
+
+    def op(name, kind, phase, out, inputs, cout, residual="", relu_in=False):
+        cond = [inp("cond", [(0, 0)], cond_channels, cout)] if cond_channels and kind == "gated" else []
+        return dict(name=name, kind=kind, phase=phase, out=out, inputs=inputs + cond, residual=residual,
+                    relu_in=relu_in, bias=rng.integers(-bias_max, bias_max + 1, cout).astype(np.int32),
+                    multiplier=int(rng.integers(1 << 14, 1 << 15)), shift=int(rng.integers(*shift)),
+                    lut=rng.integers(-128, 128, (2, 256) if kind == "gated" else 256).astype(np.int8),
+                    gate_multiplier=int(rng.integers(1 << 14, 1 << 15)) if kind == "gated" else 0,
+                    gate_shift=int(rng.integers(*gate_shift)) if kind == "gated" else 0)
+    vops, pops = [], []
+    for l in range(n_layers):
+        v_in, cin, vt = ("x", C, V0_TAPS) if l == 0 else (f"v{l - 1}", ch, V_TAPS)
+        if l < n_layers - 1:
+            vops.append(op(f"V{l}", "gated", "row", f"v{l}", [inp(v_in, vt, cin, 2 * ch)], 2 * ch))
+        hin = [inp("x", V0_TAPS + HA_TAPS, C, 2 * ch)] if l == 0 else \
+            [inp(f"h{l - 1}", HB_TAPS, ch, 2 * ch), inp(v_in, vt, ch, 2 * ch)]
+        pops.append(op(f"H{l}", "gated", "pixel", "g", hin, 2 * ch))
+        pops.append(op(f"Hout{l}", "conv", "pixel", f"h{l}", [inp("g", [(0, 0)], ch, ch)], ch,
+                       residual="" if l == 0 else f"h{l - 1}"))
+    pops.append(op("head1", "conv", "pixel", "head", [inp(f"h{n_layers - 1}", [(0, 0)], ch, head)], head, relu_in=True))
+    pops.append(op("head2", "conv", "pixel", "logits", [inp("head", [(0, 0)], head, C * levels)], C * levels))
+    inlut = np.floor((2 * np.arange(levels) / (levels - 1) - 1) * 127 + 0.5).astype(np.int8)
+    return dict(format="zippix-pixelcnn-gated-int8", architecture="gated", channels=C, levels=levels,
+                input_lut=inlut, logit_scale=0.05, cond_channels=cond_channels, ops=vops + pops)
+
+
+def input_stream(spec, x, cond=None, sample=False):
+    """Bytes a run streams in: per row, the conditioning map's bytes of the row (pixel-major, int8; op
+    graphs with ``cond_channels``), then (likelihood) the row's pixels' input bytes (``x``: (N, C, H, W)
+    levels; sample mode: channels 1.. of ``x`` only, the sampled channel 0 is the engine's)."""
+    x = np.asarray(x, np.int64)
+    n, C, H, W = x.shape
+    cc = spec.get("cond_channels", 0) if "ops" in spec else 0
+    px = x[:, 1:] if sample else x
+    out = bytearray()
+    for k in range(n):
+        for i in range(H):
+            if cc:
+                out += (np.asarray(cond[k, :, i], np.int64).T.reshape(-1) & 0xFF).astype(np.uint8).tobytes()
+            out += px[k, :, i].T.reshape(-1).astype(np.uint8).tobytes()
+    return bytes(out)
+
+
 def word_bytes(target, params: EngineParams):
-    return {T_WEIGHTS: params.lanes, T_BIAS: 4, T_CONFIG: CONFIG_BYTES}.get(target, 1)
+    return {T_WEIGHTS: params.lanes, T_BIAS: 4, T_CONFIG: CONFIG_BYTES, T_TAPS: TAP_BYTES}.get(target, 1)
 
 
 def load_stream(images, params: EngineParams):

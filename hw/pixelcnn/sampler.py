@@ -70,15 +70,17 @@ def sample_images_twin(spec, n, height, width, seed, mult, cond=None):
     from .program import logits_any
     L = spec["levels"]
     tw = SamplerTwin(seed, mult)
-    C = spec["layers"][0]["in"]
+    graph = "ops" in spec  # op graphs take ``cond`` as their int8 conditioning map
+    C = 1 if graph else spec["layers"][0]["in"]
     out = np.zeros((n, 1, height, width), np.int64)
     for k in range(n):
         x = np.zeros((1, C, height, width), np.int64)
         if C > 1:
             x[0, 1:] = cond[k]
+        kw = {"cond": cond[k:k + 1]} if graph and spec.get("cond_channels") else {}
         for i in range(height):
             for j in range(width):
-                lg = logits_any(spec, x)[0, :L, i, j]
+                lg = logits_any(spec, x, **kw)[0, :L, i, j]
                 x[0, 0, i, j] = tw.draw(lg)
         out[k, 0] = x[0, 0]
     return out

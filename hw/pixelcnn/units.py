@@ -112,17 +112,21 @@ class MacArray(wiring.Component):
 
 
 class Requant(wiring.Component):
-    """Serial requantiser: for k < count, channel o = base + k of a finished group,
+    """Serial requantiser: for k < count, accumulator o = base + k of a finished group,
 
         sum = acc[k] + bias[bbase + o]                         (int32 wrap)
         y   = clamp((sum * mult + 2**(shift-1)) >> shift, -128, 127)
-        z   = lut[layer][y + 128];  out = sat8(z + centre[o]) if residual else z
+        z   = lut[layer][half][y + 128]                        half = o & 1 if gated else 0
+        plain: out[o] = sat8(z + centre[o]) if residual else z
+        gated: pairs (a, b) = accumulators (2m, 2m+1):
+               out[m] = clamp((z_a * z_b * gmult + 2**(gshift-1)) >> gshift, -128, 127)
 
-    one output per cycle (``out_valid``, ``out_o``, ``out_data``) after a 4-cycle latency. ``start``
-    latches ``count``/``base`` and the layer's parameters (``bbase``, ``mult``, ``shift``,
-    ``residual``, ``layer`` -> ``cur_layer``), so the sequencer may move on to the next layer while the
-    last group drains; ``acc`` must hold until ``reading`` drops, and parameters may only change
-    (a new ``start`` with another layer) once ``busy`` has dropped. Bias and LUT memories live here.
+    one output per cycle (plain) or per pair (gated) (``out_valid``, ``out_o``, ``out_data``) after a
+    6-cycle latency. ``start`` latches ``count``/``base`` and the op's parameters (``bbase``, ``mult``,
+    ``shift``, ``residual``, ``gated``, ``gmult``, ``gshift``, ``layer`` -> ``cur_layer``, ``out_map``
+    -> ``cur_map``), so the sequencer may move on to the next op while the last group drains; ``acc``
+    must hold until ``reading`` drops, and parameters may only change (a new ``start`` with another
+    op) once ``busy`` has dropped. Bias and LUT memories live here. Twin: ``integer.op_forward``.
     """
 
     def __init__(self, lanes=16, max_layers=8, bias_depth=512, max_channels=32):
@@ -133,16 +137,17 @@ class Requant(wiring.Component):
             "acc": In(data.ArrayLayout(signed(32), lanes)),
             "centre": In(data.ArrayLayout(signed(8), max_channels)),
             "bbase": In(16), "mult": In(32), "shift": In(8), "residual": In(1), "layer": In(lbits),
+            "gated": In(1), "gmult": In(16), "gshift": In(5), "out_map": In(8),
             "bias_we": In(1), "bias_waddr": In(range(bias_depth)), "bias_wdata": In(32),
-            "lut_we": In(1), "lut_waddr": In(lbits + 8), "lut_wdata": In(8),
+            "lut_we": In(1), "lut_waddr": In(lbits + 9), "lut_wdata": In(8),
             "out_valid": Out(1), "out_o": Out(16), "out_data": Out(signed(8)), "cur_layer": Out(lbits),
-            "reading": Out(1), "busy": Out(1),
+            "cur_map": Out(8), "reading": Out(1), "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.bias = bias = memory.Memory(shape=signed(32), depth=self.bias_depth, init=[])
-        m.submodules.lut = lut = memory.Memory(shape=signed(8), depth=self.max_layers * 256, init=[])
+        m.submodules.lut = lut = memory.Memory(shape=signed(8), depth=self.max_layers * 512, init=[])
         brd, bwr = bias.read_port(), bias.write_port()
         lrd, lwr = lut.read_port(), lut.write_port()
         m.d.comb += [bwr.en.eq(self.bias_we), bwr.addr.eq(self.bias_waddr), bwr.data.eq(self.bias_wdata),
@@ -153,17 +158,19 @@ class Requant(wiring.Component):
         count = Signal(range(self.lanes + 1))
         base = Signal(16)
         bbase, mult, shift, residual = Signal(16), Signal(32), Signal(8), Signal()
+        gated, gmult, gshift = Signal(), Signal(16), Signal(5)
         with m.If(self.start):
             m.d.sync += [active.eq(self.count != 0), k.eq(0), count.eq(self.count), base.eq(self.base),
                          bbase.eq(self.bbase), mult.eq(self.mult), shift.eq(self.shift),
-                         residual.eq(self.residual), self.cur_layer.eq(self.layer)]
+                         residual.eq(self.residual), self.cur_layer.eq(self.layer), gated.eq(self.gated),
+                         gmult.eq(self.gmult), gshift.eq(self.gshift), self.cur_map.eq(self.out_map)]
         # S0: select accumulator, read bias, pick residual
         o0 = Signal(16)
         m.d.comb += [o0.eq(base + k), brd.addr.eq(bbase + o0), brd.en.eq(1)]
-        v1, v2, v3, v4 = Signal(), Signal(), Signal(), Signal()
+        v1, v2, v3, v4, v5, v6 = (Signal(name=f"v{i}") for i in range(1, 7))
         acc1, sum2 = Signal(signed(32)), Signal(signed(32))
         prod3 = Signal(signed(66))
-        o1, o2, o3, o4 = (Signal(16, name=f"o{i}") for i in range(1, 5))
+        o1, o2, o3, o4, o5, o6 = (Signal(16, name=f"o{i}") for i in range(1, 7))
         r1, r2, r3, r4 = (Signal(signed(8), name=f"r{i}") for i in range(1, 5))
         m.d.sync += v1.eq(active)
         with m.If(active):
@@ -175,7 +182,7 @@ class Requant(wiring.Component):
         m.d.sync += [v2.eq(v1), sum2.eq(acc1 + brd.data), o2.eq(o1), r2.eq(r1)]
         # S2: multiply
         m.d.sync += [v3.eq(v2), prod3.eq(sum2 * Cat(mult, Const(0, 1)).as_signed()), o3.eq(o2), r3.eq(r2)]
-        # S3: round, shift, saturate, LUT address
+        # S3: round, shift, saturate, LUT address (gated: table 1 for the sigmoid half)
         shm1 = Signal(6)
         m.d.comb += shm1.eq(shift - 1)
         rnd = Signal(66)
@@ -184,15 +191,29 @@ class Requant(wiring.Component):
         m.d.comb += t.eq((prod3 + rnd.as_signed()) >> shift[:6])
         y = Signal(signed(8))
         m.d.comb += y.eq(_sat8(t))
-        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, self.cur_layer)), lrd.en.eq(1)]
+        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, gated & o3[0], self.cur_layer)), lrd.en.eq(1)]
         m.d.sync += [v4.eq(v3), o4.eq(o3), r4.eq(r3)]
-        # S4: LUT data, residual
+        # S4: LUT data; plain: residual; gated: hold the tanh half, multiply by the sigmoid half
         z = lrd.data
+        za = Signal(signed(8))
+        d5 = Signal(signed(8))
+        p5 = Signal(signed(17))
+        with m.If(v4 & gated & ~o4[0]):
+            m.d.sync += za.eq(z)
+        m.d.sync += [v5.eq(v4 & (~gated | o4[0])), o5.eq(Mux(gated, o4 >> 1, o4)),
+                     d5.eq(Mux(residual, _sat8(z + r4), z)), p5.eq(za * z)]
+        # S5: gate product * gmult, rounded and shifted (33-bit signed product)
+        gsm1 = Signal(5)
+        grnd = Signal(34)
+        q = Signal(signed(34))
+        m.d.comb += [gsm1.eq(gshift - 1), grnd.eq(Const(1, 34) << gsm1),
+                     q.eq(p5 * Cat(gmult, Const(0, 1)).as_signed() + grnd.as_signed())]
+        d6 = Signal(signed(8))
+        m.d.sync += [v6.eq(v5), o6.eq(o5), d6.eq(Mux(gated, _sat8(q >> gshift), d5))]
         m.d.comb += [
-            self.out_valid.eq(v4), self.out_o.eq(o4),
-            self.out_data.eq(Mux(residual, _sat8(z + r4), z)),
+            self.out_valid.eq(v6), self.out_o.eq(o6), self.out_data.eq(d6),
             self.reading.eq(active | self.start),
-            self.busy.eq(active | self.start | v1 | v2 | v3 | v4),
+            self.busy.eq(active | self.start | v1 | v2 | v3 | v4 | v5 | v6),
         ]
         return m
 

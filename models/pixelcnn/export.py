@@ -212,6 +212,8 @@ def load_export(path, max_channels=None, kernels=None):
     except Exception as e:
         raise ExportError(f"{path!r} is not a readable .npz: {e}") from None
     fmt = _need(z, "format", "str")
+    if fmt == GRAPH_FORMAT:
+        return load_graph_export(z)
     if fmt != FORMAT:
         raise ExportError(f"format is {fmt!r}, expected {FORMAT!r}")
     ver = _need(z, "version", np.int32)
@@ -313,15 +315,277 @@ def main(argv=None):
           f"integer {ib:.4f} (integer - float {ib - fb:+.4f})")
 
 
-def committed_export_path(dataset="digits"):
-    """Path of the committed int8 export for ``dataset`` (digits or faces)."""
+def committed_export_path(dataset="digits", kind="stream"):
+    """Path of the committed int8 export for ``dataset``: ``kind`` 'stream' (plain masked net: digits,
+    faces) or 'gated' (Gated PixelCNN: digits)."""
     import os
-    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", f"stream_{dataset}_int8.npz")
+    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", f"{kind}_{dataset}_int8.npz")
     if not os.path.exists(p):
-        raise ExportError(f"no committed integer export for dataset {dataset!r} (have digits, faces)")
+        have = "digits" if kind == "gated" else "digits, faces"
+        raise ExportError(f"no committed {kind} integer export for dataset {dataset!r} (have {have})")
     return p
 
 
 if __name__ == "__main__":
     main()
 
+
+
+# --- Gated PixelCNN (vertical + horizontal stacks, no blind spot) -> int8 op graph
+#
+# Per gated layer l (k x k, ``models.GatedPixelCNN``) three ops (``integer`` op graphs):
+#   V_l  (row phase, gated):  vertical conv over v_{l-1} (layer 0: x, mask V0) [+ cond 1x1] -> map v_l
+#   H_l  (pixel, gated):      horizontal 1 x k conv over h_{l-1} (layer 0: x, mask HA) + the
+#                             vertical->horizontal 1x1 link applied to the vertical pre-activation,
+#                             folded into the same accumulator: v2h(V(v) + cv) = (W_v2h W_V)(v) +
+#                             W_v2h cv + ..., a k x k conv over v_{l-1} with the vertical mask (exact in
+#                             float: nothing nonlinear between V and the link) [+ cond 1x1] -> map g
+#   Hout_l (pixel, conv):     1x1 over g, identity table to the stream scale, + h_{l-1} (l > 0) -> h_l
+# then head1 (1x1 over relu(h_{L-1}), ReLU) and head2 (1x1 -> logits). The last layer's v is unused
+# and not computed. Scales: post-training calibration (high percentiles of the float activations);
+# every input of an op gets its own weight scale onto one accumulator scale.
+
+GRAPH_FORMAT = "zippix-pixelcnn-gated-int8"
+GRAPH_VERSION = 1
+GATE_SCALE = 1.0 / 127.0  # tanh / sigmoid table outputs
+
+
+@torch.no_grad()
+def gated_activations(model, x, cond=None):
+    """Float intermediates of a GatedPixelCNN in the export's op order (float64 tensors)."""
+    from .layers import gate
+    model = model.double().eval()
+    v = h = model.scale(torch.as_tensor(np.asarray(x)))
+    cond = None if cond is None else torch.as_tensor(np.asarray(cond, np.float64))
+    layers = []
+    for layer in model.layers:
+        vp, hp = layer.v(v), layer.h(h)
+        if layer.cond is not None:
+            cv, chh = layer.cond(cond).chunk(2, dim=1)
+            vp, hp = vp + cv, hp + chh
+        hp = hp + layer.v2h(vp)
+        g = gate(hp)
+        hout = layer.h_out(g)
+        h = hout if layer.first else hout + h
+        v = gate(vp)
+        layers.append(dict(vp=vp, v=v, hp=hp, g=g, hout=hout, h=h))
+    z1 = model.head1(F.relu(h))
+    return dict(layers=layers, z1=z1, logits=model.head2(F.relu(z1)))
+
+
+def calibrate_gated(model, calib, cond=None, percentile=99.99, stream_percentile=99.9, max_pre=8.0):
+    """Activation scales (value per int8 step) of every map of the gated export from calibration
+    images: gate pre-activations clipped at ``max_pre`` (tanh/sigmoid are flat beyond), one scale for
+    the whole residual stream h."""
+    a = gated_activations(model, calib, cond)
+
+    def pct(t, p=percentile):
+        return max(float(np.percentile(np.abs(t.numpy()), p)), 1e-8) / 127.0
+    per = [dict(vp=min(pct(l["vp"]), max_pre / 127), v=pct(l["v"]), hp=min(pct(l["hp"]), max_pre / 127),
+                g=pct(l["g"]), hout=pct(l["hout"])) for l in a["layers"]]
+    s_h = max(pct(l["h"], stream_percentile) for l in a["layers"])
+    return {"layers": per, "h": s_h, "z1": pct(F.relu(a["z1"])), "logits": pct(a["logits"]),
+            "percentile": percentile, "stream_percentile": stream_percentile}
+
+
+def _mask_taps(mask):
+    """(dy, dx) of the kernel positions a (k, k) boolean mask keeps, raster order."""
+    k = mask.shape[-1]
+    return [(ky - k // 2, kx - k // 2) for ky in range(k) for kx in range(k) if mask[ky, kx]]
+
+
+def _quant_op(name, kind, phase, out, inputs, bias, s_z, s_out=None, act="none", s_gate=None,
+              residual="", relu_in=False):
+    """Float op -> integer op dict. ``inputs``: list of (map, float weight (O, C, k, k), keep mask
+    (k, k), input scale); inputs on the same map are merged (weights summed, taps united)."""
+    merged = {}
+    for m, w, keep, s in inputs:
+        if m in merged:
+            w0, k0, s0 = merged[m]
+            assert s0 == s and w0.shape == w.shape
+            merged[m] = (w0 + w, k0 | keep, s)
+        else:
+            merged[m] = (np.asarray(w, np.float64), np.asarray(keep, bool), s)
+    s_acc = max(max(float(np.abs(w).max()) * s for w, _, s in merged.values()), 1e-12) / 127.0
+    ins = []
+    for m, (w, keep, s) in merged.items():
+        taps = _mask_taps(keep)
+        c = w.shape[-1] // 2
+        wt = np.stack([w[:, :, dy + c, dx + c] for dy, dx in taps], axis=-1)
+        ins.append(dict(map=m, taps=np.asarray(taps, np.int32).reshape(-1, 2),
+                        weight=np.clip(np.round(wt * s / s_acc), -127, 127).astype(np.int8)))
+    b = np.clip(np.round(np.asarray(bias, np.float64) / s_acc), integer.INT32_MIN, integer.INT32_MAX)
+    mult, shift = quantize_multiplier(s_acc / s_z)
+    op = dict(name=name, kind=kind, phase=phase, out=out, inputs=ins, bias=b.astype(np.int32),
+              multiplier=mult, shift=shift, residual=residual, relu_in=bool(relu_in),
+              gate_multiplier=0, gate_shift=0, scale_acc=s_acc, scale_z=s_z)
+    if kind == "gated":
+        op["lut"] = np.stack([_act_lut("tanh", s_z, GATE_SCALE), _act_lut("sigmoid", s_z, GATE_SCALE)])
+        op["gate_multiplier"], op["gate_shift"] = quantize_multiplier(GATE_SCALE * GATE_SCALE / s_gate)
+        op["scale_out"] = s_gate
+    else:
+        op["lut"] = _act_lut(act, s_z, s_out)
+        op["scale_out"] = s_out
+    return op
+
+
+@torch.no_grad()
+def quantize_gated(model, scales, meta=None, cond_scale=None):
+    """GatedPixelCNN (float) + ``calibrate_gated`` scales -> integer op-graph spec."""
+    model = model.double().eval()
+    L = len(model.layers)
+    s_x = 1.0 / 127.0
+    ops_v, ops_px = [], []
+    for l, layer in enumerate(model.layers):
+        sc = scales["layers"][l]
+        v_in, s_vin = ("x", s_x) if l == 0 else (f"v{l - 1}", scales["layers"][l - 1]["v"])
+        h_in, s_hin = ("x", s_x) if l == 0 else (f"h{l - 1}", scales["h"])
+        wv, bv = layer.v.masked_weight().numpy(), layer.v.bias.numpy()
+        keep_v = layer.v.mask.numpy().any(axis=(0, 1))
+        link = layer.v2h.weight.numpy()[:, :, 0, 0]
+        wc = np.einsum("om,mckl->ockl", link, wv)
+        bh = layer.h.bias.numpy() + layer.v2h.bias.numpy() + link @ bv
+        v_inputs = [(v_in, wv, keep_v, s_vin)]
+        h_inputs = [(h_in, layer.h.masked_weight().numpy(), layer.h.mask.numpy().any(axis=(0, 1)), s_hin),
+                    (v_in, wc, keep_v, s_vin)]
+        if layer.cond is not None:
+            if cond_scale is None:
+                raise ExportError("a conditioned model needs the conditioning map's int8 scale")
+            n2 = 2 * layer.ch
+            wcond = layer.cond.weight.numpy()
+            ones = np.ones((1, 1), bool)
+            v_inputs.append(("cond", wcond[:n2], ones, cond_scale))
+            h_inputs.append(("cond", wcond[n2:] + np.einsum("om,mckl->ockl", link, wcond[:n2]), ones, cond_scale))
+            bv = bv + layer.cond.bias.numpy()[:n2]
+            bh = bh + layer.cond.bias.numpy()[n2:] + link @ layer.cond.bias.numpy()[:n2]
+        if l < L - 1:  # the last layer's vertical output feeds nothing
+            ops_v.append(_quant_op(f"V{l}", "gated", "row", f"v{l}", v_inputs, bv, sc["vp"], s_gate=sc["v"]))
+        ops_px.append(_quant_op(f"H{l}", "gated", "pixel", "g", h_inputs, bh, sc["hp"], s_gate=sc["g"]))
+        ops_px.append(_quant_op(f"Hout{l}", "conv", "pixel", f"h{l}",
+                                [("g", layer.h_out.masked_weight().numpy(), np.ones((1, 1), bool), sc["g"])],
+                                layer.h_out.bias.numpy(), sc["hout"], scales["h"], "none",
+                                residual="" if l == 0 else f"h{l - 1}"))
+    ops_px.append(_quant_op("head1", "conv", "pixel", "head",
+                            [(f"h{L - 1}", model.head1.masked_weight().numpy(), np.ones((1, 1), bool), scales["h"])],
+                            model.head1.bias.numpy(), scales["z1"], scales["z1"], "relu", relu_in=True))
+    ops_px.append(_quant_op("head2", "conv", "pixel", "logits",
+                            [("head", model.head2.masked_weight().numpy(), np.ones((1, 1), bool), scales["z1"])],
+                            model.head2.bias.numpy(), scales["logits"], scales["logits"], "none"))
+    spec = dict(format=GRAPH_FORMAT, version=GRAPH_VERSION, architecture="gated", channels=model.channels,
+                levels=model.levels, input_lut=_input_lut(model.levels), input_scale=s_x,
+                logit_scale=scales["logits"], cond_channels=model.cond_ch, ops=ops_v + ops_px)
+    spec.update(meta or {})
+    return spec
+
+
+def _input_lut(levels):
+    from .models import input_lut
+    return input_lut(levels).numpy().astype(np.int8)
+
+
+OP_INT_KEYS = ("multiplier", "shift", "gate_multiplier", "gate_shift")
+OP_STR_KEYS = ("name", "kind", "phase", "out", "residual")
+
+
+def save_graph_export(path, spec):
+    """Write an op-graph spec as a flat .npz (no pickles)."""
+    d = {"format": np.str_(GRAPH_FORMAT), "version": np.int32(GRAPH_VERSION),
+         "architecture": np.str_(spec.get("architecture", "gated"))}
+    for k in ("channels", "levels", "height", "width", "cond_channels"):
+        d[k] = np.int32(spec.get(k, 0))
+    d["input_lut"] = np.asarray(spec["input_lut"], np.int8)
+    for k in ("input_scale", "logit_scale", "float_bits_per_dim", "int_bits_per_dim"):
+        d[k] = np.float64(spec.get(k, np.nan))
+    d["dataset"] = np.str_(spec.get("dataset", ""))
+    d["n_ops"] = np.int32(len(spec["ops"]))
+    for i, op in enumerate(spec["ops"]):
+        p = f"op{i}_"
+        for k in OP_STR_KEYS:
+            d[p + k] = np.str_(op.get(k, ""))
+        for k in OP_INT_KEYS:
+            d[p + k] = np.int32(op[k])
+        d[p + "relu_in"] = np.bool_(op.get("relu_in", False))
+        d[p + "bias"] = np.asarray(op["bias"], np.int32)
+        d[p + "lut"] = np.asarray(op["lut"], np.int8)
+        d[p + "n_inputs"] = np.int32(len(op["inputs"]))
+        for k, inp in enumerate(op["inputs"]):
+            q = f"{p}in{k}_"
+            d[q + "map"] = np.str_(inp["map"])
+            d[q + "taps"] = np.asarray(inp["taps"], np.int32).reshape(-1, 2)
+            d[q + "weight"] = np.asarray(inp["weight"], np.int8)
+    np.savez_compressed(path, **d)
+
+
+def load_graph_export(z, what=""):
+    """Validate the arrays ``z`` of an op-graph export -> spec dict (ExportError on any mismatch)."""
+    spec = {"format": GRAPH_FORMAT, "version": _need(z, "version", np.int32),
+            "architecture": _need(z, "architecture", "str")}
+    if spec["version"] != GRAPH_VERSION:
+        raise ExportError(f"gated export version {spec['version']} is not supported (reader: {GRAPH_VERSION})")
+    for k in ("channels", "levels", "height", "width", "cond_channels", "n_ops"):
+        spec[k] = int(_need(z, k, np.int32))
+    C, L = spec["channels"], spec["levels"]
+    spec["input_lut"] = _need(z, "input_lut", np.int8, (L,))
+    for k in ("input_scale", "logit_scale", "float_bits_per_dim", "int_bits_per_dim"):
+        spec[k] = float(_need(z, k, np.float64))
+    spec["dataset"] = _need(z, "dataset", "str")
+    chans = {"x": C}
+    if spec["cond_channels"]:
+        chans["cond"] = spec["cond_channels"]
+    ops = []
+    for i in range(spec["n_ops"]):
+        p, w = f"op{i}_", f"op {i}: "
+        op = {k: _need(z, p + k, "str", what=w) for k in OP_STR_KEYS}
+        for k in OP_INT_KEYS:
+            op[k] = int(_need(z, p + k, np.int32, what=w))
+        op["relu_in"] = bool(_need(z, p + "relu_in", np.bool_, what=w))
+        op["bias"] = _need(z, p + "bias", np.int32, what=w)
+        if op["kind"] not in ("conv", "gated") or op["phase"] not in ("row", "pixel"):
+            raise ExportError(f"{w}kind {op['kind']!r} / phase {op['phase']!r} unknown (conv|gated, row|pixel)")
+        nacc = len(op["bias"])
+        gated = op["kind"] == "gated"
+        op["lut"] = _need(z, p + "lut", np.int8, (2, 256) if gated else (256,), w)
+        if gated and (nacc % 2 or not (1 <= op["gate_multiplier"] < 2 ** 16 and 1 <= op["gate_shift"] <= 31)):
+            raise ExportError(f"{w}gated op needs an even accumulator count and gate multiplier/shift in range")
+        if not (1 <= op["multiplier"] < 2 ** 31 and 1 <= op["shift"] <= 62):
+            raise ExportError(f"{w}multiplier {op['multiplier']} / shift {op['shift']} out of range")
+        op["inputs"] = []
+        for k in range(int(_need(z, p + "n_inputs", np.int32, what=w))):
+            q = f"{p}in{k}_"
+            m = _need(z, q + "map", "str", what=w)
+            if m not in chans:
+                raise ExportError(f"{w}input map {m!r} is not written by an earlier op")
+            taps = _need(z, q + "taps", np.int32, what=w)
+            if taps.ndim != 2 or taps.shape[1] != 2 or np.abs(taps).max(initial=0) > 2:
+                raise ExportError(f"{w}taps of {m!r} must be (T, 2) offsets in -2..2")
+            wt = _need(z, q + "weight", np.int8, (nacc, chans[m], len(taps)), w)
+            op["inputs"].append(dict(map=m, taps=taps, weight=wt))
+        if op["residual"] and chans.get(op["residual"]) != nacc:
+            raise ExportError(f"{w}residual map {op['residual']!r} must exist with {nacc} channels")
+        chans[op["out"]] = nacc // 2 if gated else nacc
+        ops.append(op)
+    if not ops or chans[ops[-1]["out"]] != C * L:
+        raise ExportError(f"the last op must output channels*levels = {C * L} logits")
+    spec["ops"] = ops
+    return spec
+
+
+def export_gated_checkpoint(ckpt, out, calib_n=500, log=print):
+    """Checkpoint of a trained unconditional GatedPixelCNN -> calibrated int8 op graph (.npz).
+    Returns (spec, float bpd, integer bpd)."""
+    from . import data
+    from .train import evaluate, load_checkpoint
+    model, ck = load_checkpoint(ckpt)
+    if type(model).__name__ != "GatedPixelCNN" or model.cond_ch:
+        raise ExportError("export_gated_checkpoint takes an unconditional 'pixelcnn' (GatedPixelCNN) checkpoint")
+    ds = data.load(ck["meta"]["dataset"])
+    calib = ds.train[np.random.RandomState(0).permutation(len(ds.train))[:calib_n]]
+    fb, _ = evaluate(model.double(), ds.test)
+    scales = calibrate_gated(model, calib)
+    spec = quantize_gated(model, scales, dict(dataset=ds.name, height=ds.shape[1], width=ds.shape[2],
+                                              float_bits_per_dim=fb))
+    spec["int_bits_per_dim"] = integer.evaluate_int(spec, ds.test)
+    save_graph_export(out, spec)
+    spec = load_export(out)
+    log(f"{out}: {len(spec['ops'])} ops; bits/dim float {fb:.4f}, integer {spec['int_bits_per_dim']:.4f}")
+    return spec, fb, spec["int_bits_per_dim"]

@@ -102,6 +102,11 @@ def forward_int(spec, x, trace=False):
     C, L = spec["channels"], spec["levels"]
     if x.shape[1] != C or x.min() < 0 or x.max() >= L:
         raise ValueError(f"image must be (N,{C},H,W) with values in 0..{L - 1}")
+    if "ops" in spec:  # op graph (gated PixelCNN)
+        a, gm = graph_forward(spec, x, trace=True)
+        n, _, h, w = a.shape
+        logits = a.reshape(n, C, L, h, w)
+        return (logits, gm) if trace else logits
     a = np.asarray(spec["input_lut"], np.int64)[x]
     maps = [a]
     for layer in spec["layers"]:
@@ -172,3 +177,84 @@ def stream_forward_int(spec, x):
                 bufs[li + 1][:, :, pad + i, pad + j] = z
     out = bufs[-1][:, :, pad:pad + h, pad:pad + w]
     return out.reshape(n, C, L, h, w)
+
+
+# --- op graphs (the gated PixelCNN export): named int8 maps, multi-input convs, gated requantisation
+#
+# A graph spec has ``ops`` instead of ``layers``. Each op reads one or more named int8 maps ("x": the
+# input-LUT codes of the image, "cond": a conditioning map, the rest written by earlier ops) through
+# its own tap list per input, and writes one map (the last op's map is the logits)::
+#
+#     acc[o] = bias[o] + sum_inputs sum_{c, (dy,dx)} w[o, c, t] * m[c, i+dy, j+dx]   (0 outside; relu(m)
+#                                                                                     if relu_in)
+#     conv : z = lut[requant(acc) + 128];  out = sat8(z + res[o]) if residual (res: a map at (i, j))
+#     gated: acc has 2*ch rows [a | b]: t = lut[0][requant(acc_a)+128], s = lut[1][requant(acc_b)+128]
+#            out[o] = clamp((t*s*gate_multiplier + 2**(gate_shift-1)) >> gate_shift, -128, 127)
+#
+# The gated unit is tanh(a) * sigmoid(b) of the Gated PixelCNN (arXiv 1606.05328 eq. 2) with both
+# functions as 256-entry tables and the product requantised like any accumulator.
+
+def gate_int(t, s, gate_multiplier, gate_shift):
+    """Requantised product of the two int8 gate halves (t = tanh table output, s = sigmoid)."""
+    p = np.asarray(t, np.int64) * np.asarray(s, np.int64)
+    return np.clip(round_half_up_shift(p * np.int64(gate_multiplier), gate_shift), INT8_MIN, INT8_MAX)
+
+
+def shifted(m, dy, dx):
+    """m[..., i+dy, j+dx] with zeros outside the image (N, C, H, W)."""
+    n, c, h, w = m.shape
+    out = np.zeros_like(m)
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[:, :, yd, xd] = m[:, :, ys, xs]
+    return out
+
+
+def op_accumulate(op, maps):
+    """int64 accumulators (N, Cacc, H, W) of one op (int32 overflow is an error)."""
+    acc = None
+    for inp in op["inputs"]:
+        m = np.asarray(maps[inp["map"]], np.int64)
+        if op.get("relu_in"):
+            m = np.maximum(m, 0)
+        w = np.asarray(inp["weight"], np.int64)  # (Cacc, C, T)
+        for t, (dy, dx) in enumerate(inp["taps"]):
+            part = np.einsum("oc,nchw->nohw", w[:, :, t], shifted(m, int(dy), int(dx)))
+            acc = part if acc is None else acc + part
+    acc = acc + np.asarray(op["bias"], np.int64)[None, :, None, None]
+    if acc.min() < INT32_MIN or acc.max() > INT32_MAX:
+        raise OverflowError(f"op {op.get('name', '?')}: int32 accumulator overflow")
+    return acc
+
+
+def op_forward(op, maps):
+    """One op's output map (N, Cout, H, W) from the maps so far (see the section comment)."""
+    acc = op_accumulate(op, maps)
+    lut = np.asarray(op["lut"], np.int64)
+    if op["kind"] == "gated":
+        ch = acc.shape[1] // 2
+        t = lut[0][requantize(acc[:, :ch], op["multiplier"], op["shift"]) + 128]
+        s = lut[1][requantize(acc[:, ch:], op["multiplier"], op["shift"]) + 128]
+        return gate_int(t, s, op["gate_multiplier"], op["gate_shift"])
+    z = lut.reshape(-1)[requantize(acc, op["multiplier"], op["shift"]) + 128]
+    if op.get("residual"):
+        z = saturate8(z + np.asarray(maps[op["residual"]], np.int64))
+    return z
+
+
+def graph_forward(spec, x, cond=None, trace=False):
+    """Integer forward pass of a graph spec over integer images x (N, C, H, W) of levels; ``cond``:
+    int8 conditioning map (N, cond_channels, H, W) when the spec has one. Returns the last op's map
+    (N, C*L, H, W) int64 (and the dict of all maps if trace)."""
+    x = np.asarray(x, np.int64)
+    if x.ndim == 3:
+        x = x[None]
+    maps = {"x": np.asarray(spec["input_lut"], np.int64)[x]}
+    if spec.get("cond_channels"):
+        if cond is None:
+            raise ValueError(f"this model needs a conditioning map with {spec['cond_channels']} channels")
+        maps["cond"] = np.asarray(cond, np.int64)
+    out = None
+    for op in spec["ops"]:
+        out = maps[op["out"]] = op_forward(op, maps)
+    return (out, maps) if trace else out
