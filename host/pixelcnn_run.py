@@ -83,25 +83,55 @@ def grid_paths(args):
     return [png, png.with_name(png.stem + "_aux.png")]
 
 
+_REPO = Path(__file__).resolve().parent.parent
+# the committed exports (file names as models.pixelcnn.export / aux_export write them), found without torch
+EXPORT_GLOBS = {"pixelcnn": (_REPO / "models" / "pixelcnn" / "weights", "stream_", "_int8.npz"),
+                "gray-pixelcnn": (_REPO / "hw" / "pixelcnn" / "weights", "gray4_", "_cond_int8.npz"),
+                "pyramid-pixelcnn": (_REPO / "hw" / "pixelcnn" / "weights", "pyramid2_", "_cond_int8.npz")}
+
+
+def export_datasets(model: str) -> list[str]:
+    """Datasets with a committed export for ``model``."""
+    folder, head, tail = EXPORT_GLOBS[model]
+    return sorted(p.name[len(head):-len(tail)] for p in folder.glob(f"{head}*{tail}"))
+
+
 def check_args(args) -> None:
     """``python host/run.py``'s checks for the PixelCNN models, before any device work: sampler seed, the
     export/data/engine fit (kept in ``args.job``), the sample grid's path(s).  Raises UsageError."""
     from host import cli_checks as C
     if args.seed is not None and not 0 < args.seed < 2 ** 32:
         raise C.UsageError(f"--seed {args.seed}: the on-chip sampler needs a nonzero 32-bit seed (1..{2**32 - 1})")
+    if args.samples == 0 and args.plot is not None:
+        raise C.UsageError("--plot names the sample grid, but --samples 0 generates no samples")
+    have = export_datasets(args.model)
+    if not str(args.dataset).endswith(".npz") and args.dataset not in have:
+        raise C.UsageError(f"--dataset {args.dataset}: no committed {args.model} export for it; choose "
+                           f"{', '.join(have)} or give an export .npz")
     if args.model == "pixelcnn":
         args.job = load_job(args)
     else:
         from host import pixelcnn_aux
         args.job = pixelcnn_aux.load_job(args)
-    n_samples = run_sizes(args, [])[1]
-    if n_samples == 0 and args.plot is not None:
-        raise C.UsageError("--plot names the sample grid, but --samples 0 generates no samples")
-    if n_samples:
+    if run_sizes(args, [])[1]:
         outs = {"--plot" + ("" if i == 0 else " (auxiliary view)"): C.check_output(p, "--plot",
                                                                                   suffixes=C.PLOT_SUFFIXES)
                 for i, p in enumerate(grid_paths(args))}
         C.check_distinct({"--json": args.json, **outs})
+
+
+def _tile(images, levels, ncol):
+    """(N, C, H, W) ints -> one (rows*(H+1)+1, ncol*(W+1)+1, 3) image in [0, 1] with 1-pixel white borders
+    (as ``models.pixelcnn.sample.grid``, without importing torch)."""
+    x = np.asarray(images, np.float64) / (levels - 1)
+    n, C, H, W = x.shape
+    x = np.repeat(x, 3, axis=1) if C == 1 else x
+    rows = -(-n // ncol)
+    out = np.ones((rows * (H + 1) + 1, ncol * (W + 1) + 1, 3))
+    for t in range(n):
+        r, c = divmod(t, ncol)
+        out[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[t].transpose(1, 2, 0)
+    return out
 
 
 def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
@@ -110,10 +140,9 @@ def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from models.pixelcnn.sample import grid
     n = len(samples)
     ncol = max(1, min(ncol, n))
-    a, b = grid(samples, levels, ncol), grid(test_images, levels, ncol)
+    a, b = _tile(samples, levels, ncol), _tile(test_images, levels, ncol)
     panel_w = 4.8
     panel_h = max(1.2, panel_w * a.shape[0] / a.shape[1])
     fig, axes = plt.subplots(1, 2, figsize=(2 * panel_w + 0.6, panel_h + 1.0), dpi=110)

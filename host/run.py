@@ -24,13 +24,13 @@ PIXELCNN_MODELS = list(C.PIXELCNN_MODELS)
 
 
 def _dataset_help() -> str:
+    from host.pixelcnn_run import export_datasets
     from models.zipml.datasets import BUNDLED, DOWNLOADABLE, SYNTHETIC
-    weights = Path(__file__).resolve().parent.parent / "models" / "pixelcnn" / "weights"
-    pixel = sorted(p.name[len("stream_"):-len("_int8.npz")] for p in weights.glob("stream_*_int8.npz"))
+    pixel = "; ".join(f"{m}: {', '.join(export_datasets(m)) or 'none'}" for m in PIXELCNN_MODELS)
     return (f"a dataset name or a file. linreg: {', '.join(BUNDLED + SYNTHETIC)} (bundled); "
             f"{', '.join(DOWNLOADABLE)} (LIBSVM, downloaded to the cache); a LIBSVM/svmlight file or an .npz "
-            f"with X and y. PixelCNN models: {', '.join(pixel) or 'none'} (gray/pyramid: digits), or an "
-            f"export .npz (default: synthetic100 for linreg, digits for the PixelCNN models)")
+            f"with X and y. {pixel}; or an export .npz (default: synthetic100 for linreg, digits for the "
+            f"PixelCNN models)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,9 +129,13 @@ def cmd_echo(args) -> int:
         chunk = 256
         t0, c0 = time.perf_counter(), dev.cycles()
         back = bytearray()
-        for start in range(0, len(data), chunk):
-            dev.send(data[start:start + chunk])
-            back += dev.recv(len(data[start:start + chunk]))
+        from tqdm import tqdm
+        with tqdm(total=len(data), unit="B", unit_scale=True, desc=f"echo ({args.backend})",
+                  disable=args.no_progress) as bar:
+            for start in range(0, len(data), chunk):
+                dev.send(data[start:start + chunk])
+                back += dev.recv(len(data[start:start + chunk]))
+                bar.update(len(data[start:start + chunk]))
         seconds, cycles = time.perf_counter() - t0, dev.cycles() - c0
         bad = sum(a ^ key != b for a, b in zip(data, back))
         print(f"echo: {len(data)} bytes each way in {seconds:.2f} s ({2 * len(data) / seconds:,.0f} B/s), "

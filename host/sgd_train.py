@@ -211,6 +211,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     from models.zipml.quantize import quantize_codes
     from models.zipml.sgd import auto_step, least_squares_loss, linear_sgd
     from models.zipml.datasets import prepare_linear
+    from tqdm import tqdm
 
     ds, signed = check_request(dataset, bits, epochs, model)        # no device work before this passes
     if decay_every < 0:
@@ -272,7 +273,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     if rng_state is not None:
         rng.bit_generator.state = rng_state
     x, x_gold = x0.copy(), x0.copy()
-    loss, cycles, stalls, beats_e, secs, match = [], [], [], [], [], True
+    loss, cycles, stalls, beats_e, secs = [], [], [], [], []
     start_loss = float(least_squares_loss(A, y, x0 / 2.0**23))
     saturated = False
     t_start = time.perf_counter()
@@ -280,43 +281,36 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
         te = time.perf_counter()
         shift = step_shift_at(step_shift, e, decay_every)
         drv.w(E.REG_STEP_SHIFT, shift)
-        bar = None
-        if progress:  # one bar per epoch, moving inside it (samples loaded over the link, or run)
-            from tqdm import tqdm
-            bar = tqdm(total=n, unit="sample", desc=f"{ds.name} Q{bits} epoch {e + 1}/{first_epoch + epochs}",
-                       leave=True, dynamic_ncols=True)
-        if bits == 32:
-            q1 = q2 = encode_32bit(A, signed)
-        else:
-            q1 = quantize_codes(A, bits, signed=signed, rng=rng)
-            q2 = quantize_codes(A, bits, signed=signed, rng=rng)
-        c = s = bt = 0
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            link = drv.loads_over_link
-            drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, bus), beats_per_sample=R,
-                           on_samples=bar.update if bar and link else None)
-            cnt = drv.run(hi - lo, on_samples=bar.update if bar and not link else None)
-            c, s, bt = c + cnt["cycles"], s + cnt["stalls"], bt + cnt["beats"]
-            saturated |= cnt["t_saturated"] or cnt["x_saturated"]
-            if verify:
-                x_gold = engine_run(x_gold, q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, signed=signed,
-                                    step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin).x
-        x = drv.read_model(d)
-        if verify and not np.array_equal(x, x_gold):
-            match = False
-            if bar:
-                bar.close()
-            raise GoldenMismatch(f"epoch {e + 1}: the device's model differs from the bit-exact golden in "
-                                 f"{int(np.sum(x != x_gold))} of {d} words")
-        loss.append(least_squares_loss(A, y, x / 2.0**23))
+        # one bar per epoch, moving inside it (samples loaded over the link, or run from a backdoor-loaded store)
+        with tqdm(total=n, unit="sample", desc=f"{ds.name} Q{bits} epoch {e + 1}/{first_epoch + epochs}",
+                  leave=True, dynamic_ncols=True, disable=not progress) as bar:
+            if bits == 32:
+                q1 = q2 = encode_32bit(A, signed)
+            else:
+                q1 = quantize_codes(A, bits, signed=signed, rng=rng)
+                q2 = quantize_codes(A, bits, signed=signed, rng=rng)
+            c = s = bt = 0
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                link = drv.loads_over_link
+                drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, bus), beats_per_sample=R,
+                               on_samples=bar.update if link else None)
+                cnt = drv.run(hi - lo, on_samples=None if link else bar.update)
+                c, s, bt = c + cnt["cycles"], s + cnt["stalls"], bt + cnt["beats"]
+                saturated |= cnt["t_saturated"] or cnt["x_saturated"]
+                if verify:
+                    x_gold = engine_run(x_gold, q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, signed=signed,
+                                        step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin).x
+            x = drv.read_model(d)
+            if verify and not np.array_equal(x, x_gold):
+                raise GoldenMismatch(f"epoch {e + 1}: the device's model differs from the bit-exact golden in "
+                                     f"{int(np.sum(x != x_gold))} of {d} words")
+            loss.append(least_squares_loss(A, y, x / 2.0**23))
+            bar.set_postfix(loss=f"{loss[-1]:.6f}", cycles=c)
         cycles.append(c)
         stalls.append(s)
         beats_e.append(bt)
         secs.append(time.perf_counter() - te)
-        if bar:
-            bar.set_postfix(loss=f"{loss[-1]:.6f}", cycles=c)
-            bar.close()
     batch = batch_mask + 1 if not batch_mask & (batch_mask + 1) else 1  # the float reference's minibatch
     fp = linear_sgd(A, y, mode="full", epochs=epochs, step=2.0**-step_shift, batch_size=batch, rng=seed,
                     x0=x0 / 2.0**23,
@@ -335,7 +329,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
         "store_chunks_per_epoch": -(-n // chunk), "signed": signed, "seed": seed,
         "step_shift": step_shift, "decay_every": decay_every, "batch_mask": batch_mask,
         "staleness_samples": delay, "pipe_latency_cycles": p["pipe_latency"],
-        "golden_match": match if verify else None, "saturated": saturated, "grad_rounding": grad_rounding,
+        "golden_match": True if verify else None, "saturated": saturated, "grad_rounding": grad_rounding,
         "model_q23": [int(v) for v in x],
         "engine_params": dict(p), "rng_state": rng.bit_generator.state,
         "link_sample_bytes_per_epoch": sample_bytes, "link_wire_bytes_per_epoch": wire,
@@ -346,14 +340,23 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
 
 
 def plot_loss(result: dict, path) -> Path:
-    """PNG of the hardware model's loss and the full-precision reference's loss at every whole epoch, from the
+    """PNG of :func:`loss_figure`."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = loss_figure(result)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_figure(result: dict):
+    """The hardware model's loss and the full-precision reference's loss at every whole epoch, from the
     starting model (epoch 0, or the epoch a resumed model had reached) on."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     first = result.get("first_epoch", 0)
     ep = np.arange(first, first + len(result["loss_per_epoch"]) + 1)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -370,9 +373,7 @@ def plot_loss(result: dict, path) -> Path:
                  f"{result['bus_bits']}-bit bus")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def check_args(args) -> None:
