@@ -325,8 +325,6 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                              f"({PROGRAMMER_HINTS[spec.programmer]}){override}. The bitstream builds "
                              f"without it: drop --program (make bitstream BOARD={board}).")
 
-    platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
-    clk_hz = platform.default_clk_frequency
     build_dir = Path(build_root) / board
     key = build_key(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
     if program and not rebuild:
@@ -335,8 +333,10 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
             log(f"reusing {report['bitstream']} (built {report.get('built_at', '?')} from the same design and "
                 f"hw/ sources; --rebuild to build again)")
             from amaranth.build.run import LocalBuildProducts
-            _program(platform, LocalBuildProducts(str(build_dir)), board, log)
+            _program(spec.make_platform(), LocalBuildProducts(str(build_dir)), board, log)
             return report
+    platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
+    clk_hz = platform.default_clk_frequency
 
     stale = [f"{BITSTREAM_NAME}.pnr.json", "report.json", *LOGS, *(out for _, out in STAGES[spec.family])]
     for name in stale:  # the stage watcher and a reuse must not see a previous build's files
