@@ -287,15 +287,21 @@ def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, 
 
 
 def _progress(enabled, label):
+    """A ``progress(fraction)`` callback drawing a tqdm bar; a new bar for each pass that reaches 1."""
     if not enabled:
         return None
-    state = {"t": 0.0}
+    from tqdm import tqdm
+    state = {"bar": None}
 
     def cb(frac):
-        now = time.monotonic()
-        if now - state["t"] > 1.0 or frac >= 1:
-            state["t"] = now
-            print(f"\r{label}: {100 * frac:5.1f}%", end="\n" if frac >= 1 else "", file=sys.stderr, flush=True)
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=1000, desc=label, leave=True, dynamic_ncols=True,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        bar = state["bar"]
+        bar.update(int(1000 * min(frac, 1.0)) - bar.n)
+        if frac >= 1:
+            bar.close()
+            state["bar"] = None
     return cb
 
 

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "(format in host/model_file.py; default: none)")
     job.add_argument("--load-model", type=Path, default=None, metavar="NPZ",
                      help="linreg: start from a model saved with --save-model: training continues its step "
-                          "schedule and random stream; --epochs 0 only evaluates it (default: none)")
+                          "schedule and random stream (its --bits, --step, --decay, --batch and --seed unless "
+                          "given); --epochs 0 only evaluates it (default: none)")
     job.add_argument("--json", type=Path, default=None, metavar="OUT",
                      help="write the results as JSON here (default: none)")
     job.add_argument("--plot", type=Path, metavar="PNG", default=None,
