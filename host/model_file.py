@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 FORMAT, VERSION = "zippix-linear-model", 1
+REQUIRED = ("dataset", "features", "bits", "epochs", "seed", "step_shift", "decay_every", "batch", "rng_state",
+            "scaling")
 
 
 class ModelFileError(ValueError):
@@ -62,6 +64,9 @@ def load(path) -> tuple[np.ndarray, dict]:
         raise ModelFileError(f"{path}: not a zippix model file (format {found!r})")
     if meta.get("version") != VERSION:
         raise ModelFileError(f"{path}: model file version {meta.get('version')}, this host reads version {VERSION}")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise ModelFileError(f"{path}: metadata lacks {', '.join(missing)}")
     if q.ndim != 1 or len(q) != meta.get("features"):
         raise ModelFileError(f"{path}: model has shape {q.shape} but its metadata says {meta.get('features')} "
                              f"features")

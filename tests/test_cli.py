@@ -146,13 +146,15 @@ def test_load_model_errors(tmp_path, capsys, no_device):
     other = tmp_path / "other.npz"
     np.savez(other, X=np.zeros((2, 2)), y=np.zeros(2))
     assert_usage_error(["--load-model", other], capsys, "not a zippix model file")
+    meta = {"dataset": "diabetes", "features": 3, "bits": 4, "epochs": 2, "seed": 0, "step_shift": 7,
+            "decay_every": 2, "batch": 1, "rng_state": {}, "scaling": {}}
     m = tmp_path / "m.npz"
-    model_file.save(m, [1, 2, 3], {"features": 3, "bits": 4, "epochs": 2, "seed": 0, "step_shift": 7,
-                                   "decay_every": 2, "batch": 1})
+    model_file.save(m, [1, 2, 3], {k: v for k, v in meta.items() if k != "rng_state"})
+    assert_usage_error(["--load-model", m], capsys, "metadata lacks rng_state")
+    model_file.save(m, [1, 2, 3], meta)
     assert_usage_error(["--dataset", "diabetes", "--load-model", m], capsys, "3 words", "10 features")
     m11 = tmp_path / "m11.npz"
-    model_file.save(m11, np.zeros(11), {"features": 11, "bits": 4, "epochs": 2, "seed": 0, "step_shift": 7,
-                                        "decay_every": 2, "batch": 1})
+    model_file.save(m11, np.zeros(11), {**meta, "features": 11})
     assert_usage_error(["--dataset", "diabetes", "--load-model", m11, "--epochs", "0", "--plot", "x.png"],
                        capsys, "--plot", "evaluates")
 
@@ -220,7 +222,8 @@ def test_model_file_round_trip_and_scaling(tmp_path):
     X = np.array([[0.0, 10.0], [2.0, 30.0], [4.0, 20.0]])
     y = np.array([1.0, 3.0, 2.0])
     scaling = model_file.scaling_of(X, y, signed=False, task="regression")
-    model_file.save(path, q, {"features": 3, "bits": 4, "scaling": scaling, "rng_state": {"state": 2**100}})
+    model_file.save(path, q, {"dataset": "t", "features": 3, "bits": 4, "epochs": 1, "seed": 0, "step_shift": 7,
+                              "decay_every": 2, "batch": 1, "scaling": scaling, "rng_state": {"state": 2**100}})
     q2, meta = model_file.load(path)
     assert np.array_equal(q2, q) and meta["version"] == model_file.VERSION and meta["rng_state"]["state"] == 2**100
     with np.load(path) as z:  # usable without this code: the float model next to the words
