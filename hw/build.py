@@ -297,6 +297,8 @@ def _run_with_progress(execute, build_dir: Path, family: str, *, progress: bool,
                 bar.set_description_str(stages[min(done, len(stages) - 1)][0] if done < len(stages) else "built")
         if finished:
             break
+        if bar:
+            bar.refresh()  # the elapsed time moves while a stage runs
         worker.join(0.5)
     if bar:
         bar.close()
