@@ -36,6 +36,7 @@ def cli(*argv):
     return run.main(["--backend", "amaranth", "--no-progress"] + [str(a) for a in argv])
 
 
+@pytest.mark.slow  # three Amaranth runs: ~15 s idle, 32 s on a loaded machine
 def test_save_load_continues_training_bit_exactly_and_evaluates(small_engine, tmp_path, capsys):
     d = tmp_path
     assert cli("--dataset", small_engine, "--epochs", 1, "--seed", 5, "--step", "2^-5", "--decay", 1,
