@@ -1,5 +1,5 @@
 # zippix: every target creates/refreshes the virtual environment it needs.
-# Variables: VENV (default .venv), BOARD (bitstream/program), PYTHON (host interpreter, default python3).
+# Variables: VENV (default .venv), BOARD (bitstream/program), VERBOSE=1 (tool logs), PYTHON (default python3).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,7 +14,8 @@ help:
 	@echo "make test                   run the whole test suite (what CI runs)"
 	@echo "make sim                    run the cocotb gateware suites only"
 	@echo "make bitstream BOARD=NAME   build a bitstream + JSON report into build/NAME/"
-	@echo "make program BOARD=NAME     build and program a board"
+	@echo "make program BOARD=NAME     program a board (reuses build/NAME/ if built from the same sources)"
+	@echo "                            VERBOSE=1: the tools' logs while building"
 	@echo "make bench                  run all benchmarks, JSON + PNG into $(BENCH_OUT)/"
 	@echo "make clean                  remove build outputs (keeps the venv; 'make distclean' removes it)"
 
@@ -35,10 +36,10 @@ sim: venv
 	$(PY) -m pytest -q sim
 
 bitstream: venv
-	$(PY) -m hw.build --board "$(BOARD)"
+	$(PY) -m hw.build --board "$(BOARD)" $(if $(VERBOSE),--verbose)
 
 program: venv
-	$(PY) -m hw.build --board "$(BOARD)" --program
+	$(PY) -m hw.build --board "$(BOARD)" --program $(if $(VERBOSE),--verbose)
 
 bench: venv
 	@mkdir -p $(BENCH_OUT)

@@ -231,11 +231,11 @@ def under_torchrun() -> bool:
 def wanted(args) -> bool:
     """Does this ``host/run.py train`` invocation run data-parallel?  Under torchrun, with ``--workers N > 1``, or
     with any data-parallel flag (one rank then gives the single-device result, plus checkpoints)."""
-    return (under_torchrun() or args.workers > 1 or args.sync_every != 1 or args.sync_bits != 32
+    return (under_torchrun() or args.workers != 1 or args.sync_every != 1 or args.sync_bits != 32
             or args.checkpoint is not None or args.scale_step)
 
 
-def check_args(args, world: int | None = None) -> str | None:
+def usage_problem(args, world: int | None = None) -> str | None:
     """Everything about the data-parallel flags that needs no device; an error message or None."""
     if args.model != "linreg":
         return f"data-parallel runs train --model linreg only, not {args.model}"
@@ -256,6 +256,25 @@ def check_args(args, world: int | None = None) -> str | None:
     return None
 
 
+NOT_DATA_PARALLEL = ("step", "decay", "batch", "save_model", "load_model")  # single-device flags only
+
+
+def check_args(args) -> None:
+    """``python host/run.py``'s checks for a data-parallel run, before any rank starts: the data-parallel
+    flags, the single-device flags it does not take, then the single-device checks (dataset, plot path).
+    Raises ``host.cli_checks.UsageError``."""
+    from host import sgd_train
+    from host.cli_checks import UsageError, flag
+    err = usage_problem(args, int(os.environ["WORLD_SIZE"]) if under_torchrun() else None)
+    if err is not None:
+        raise UsageError(err)
+    given = sorted(set(NOT_DATA_PARALLEL) & getattr(args, "given", set()))
+    if given:
+        raise UsageError(f"{flag(given[0])} does not apply to data-parallel runs (they use the single-device "
+                         f"default schedule)")
+    sgd_train.check_args(args)
+
+
 def launch(args) -> int:
     """``--workers N`` without torchrun: start N local ranks with torchrun (gloo on 127.0.0.1, a free port)."""
     script = Path(__file__).resolve().parent / "run.py"
@@ -272,7 +291,7 @@ def _port_for(args, rank):
 def main(args) -> int:
     """Entry point from ``host/run.py`` when :func:`wanted`."""
     world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else None
-    err = check_args(args, world)
+    err = usage_problem(args, world)
     if err is None:
         from host.sgd_train import TrainError, check_request
         try:
@@ -353,7 +372,8 @@ def run_rank(args, rank: int, world: int) -> dict:
     from hw.sgd.layout import beats_per_sample, pack_samples, staleness
     from models.zipml.sgd import least_squares_loss, linear_sgd
 
-    decay_every, batch_mask, seed = 2, 0, 0  # host.sgd_train.train's defaults, the single-device schedule
+    decay_every, batch_mask = 2, 0  # host.sgd_train.train's defaults, the single-device schedule
+    seed = getattr(args, "seed", None) or 0
     epochs, sync_bits = args.epochs, args.sync_bits
     sh = Shard(args.dataset, args.bits, rank, world, seed=seed, scale_step=args.scale_step)
     n, d = sh.n, sh.d

@@ -9,7 +9,6 @@ Both models share the code; only ``models.pixelcnn.aux_export.aux_*`` differ.
 """
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -18,7 +17,6 @@ from hw.pixelcnn import program as prog
 from hw.pixelcnn import sampler as S
 
 GRAY_LEVELS = 4
-SEED_PRIOR, SEED_COND = 0x2545F491, 0x9E3779B9
 
 
 def _bits(spec, logits, target):
@@ -27,32 +25,45 @@ def _bits(spec, logits, target):
     return bits_per_image(logits.reshape(n, 1, spec["levels"], H, W), target, spec["logit_scale"])
 
 
-def run(args):
-    from host.backends import open_device
+def load_job(args):
+    """The two stages' exports, the data and the engine fit, before any device work; raises
+    ``host.cli_checks.UsageError`` naming the problem."""
+    from host.cli_checks import UsageError
     from models.pixelcnn import aux_export as A
     from models.pixelcnn import data
     from models.pixelcnn.export import ExportError
 
     kind = {"gray-pixelcnn": "gray", "pyramid-pixelcnn": "pyramid"}.get(args.model)
     if kind is None:
-        raise SystemExit(f"error: {args.model} is not an auxiliary-variable model")
+        raise UsageError(f"{args.model} is not an auxiliary-variable model")
     try:
         prior_path, cond_path = A.aux_paths(kind, args.dataset)
         prior, cond = A.load_aux(prior_path), A.load_aux(cond_path)
-    except ExportError as exc:
-        raise SystemExit(f"error: {exc}")
-    ds = data.load(args.dataset)
+        ds = data.load(args.dataset)
+    except (ExportError, KeyError, ValueError, OSError) as exc:
+        raise UsageError(f"--dataset {args.dataset}: {exc}") from None
     L, H, W = ds.levels, ds.shape[1], ds.shape[2]
     design = R.default_design()
     params = prog.EngineParams(**design.engine_args)
-    AL = A.aux_levels(kind, L)
     Ha, Wa = A.aux_view(kind, ds.test[:1], L).shape[2:]
     for name, spec, w, h in (("prior", prior, Wa, Ha), ("conditional", cond, W, H)):
         try:
             prog.check_fits(spec, params, w, h)
         except prog.EngineFitError as exc:
-            raise SystemExit(f"error: the {name} stage does not fit the engine: {exc}")
+            raise UsageError(f"the {name} stage does not fit the engine: {exc}") from None
+    return kind, prior, cond, ds, design, params
 
+
+def run(args):
+    """Both stages on the engine; returns ``(result, grids)`` like ``host.pixelcnn_run.run_pixelcnn``."""
+    from host.backends import open_device
+    from models.pixelcnn import aux_export as A
+
+    kind, prior, cond, ds, design, params = getattr(args, "job", None) or load_job(args)
+    L, H, W = ds.levels, ds.shape[1], ds.shape[2]
+    AL = A.aux_levels(kind, L)
+    Ha, Wa = A.aux_view(kind, ds.test[:1], L).shape[2:]
+    seed_prior, seed_cond = R.sample_seeds(args)
     test, n_samples = R.run_sizes(args, ds.test)
     g = A.aux_view(kind, test, L)
     cin = A.aux_cond_input(kind, test, L)
@@ -65,19 +76,19 @@ def run(args):
         cd = R.ConvDevice(dev)
         cd.program(prior, Wa, Ha)
         lg_p, cnt_p = cd.likelihood_logits(g, prog_cb)
-        gs, scnt_p = cd.sample(n_samples, seed=SEED_PRIOR) if n_samples else (None, None)
+        gs, scnt_p = cd.sample(n_samples, seed=seed_prior) if n_samples else (None, None)
         cd.program(cond, W, H, channels=cond["layers"][0]["in"])
         lg_c, cnt_c = cd.likelihood_logits(cin, prog_cb)
         if n_samples:
             cc = A.aux_cond_channels(kind, gs, L, H, W)
-            xs, scnt_c = cd.sample(n_samples, seed=SEED_COND, cond=cc)
+            xs, scnt_c = cd.sample(n_samples, seed=seed_cond, cond=cc)
     bits = _bits(prior, lg_p, g) + _bits(cond, lg_c, test)
     bpd = float(bits.sum() / test.size)
     exact = bool(np.array_equal(lg_p, prog.logits_any(prior, g)) and np.array_equal(lg_c, prog.logits_any(cond, cin)))
     twin_ok = None
     if n_samples:
-        g_tw = S.sample_images_twin(prior, n_samples, Ha, Wa, SEED_PRIOR, S.logit_mult(prior["logit_scale"]))
-        x_tw = S.sample_images_twin(cond, n_samples, H, W, SEED_COND, S.logit_mult(cond["logit_scale"]),
+        g_tw = S.sample_images_twin(prior, n_samples, Ha, Wa, seed_prior, S.logit_mult(prior["logit_scale"]))
+        x_tw = S.sample_images_twin(cond, n_samples, H, W, seed_cond, S.logit_mult(cond["logit_scale"]),
                                     cond=A.aux_cond_channels(kind, g_tw, L, H, W))
         twin_ok = bool(np.array_equal(gs, g_tw) and np.array_equal(xs, x_tw))
     rep_p = R.cycle_report(prior, params, cnt_p, len(test), scnt_p, n_samples, Ha, Wa)
@@ -106,15 +117,13 @@ def run(args):
         result.update(cycles_per_sampled_image=cyc_smp, cycles_per_sampled_pixel=cyc_smp / (H * W),
                       naive_cycles_per_sampled_pixel=result["naive_cycles_per_sampled_image"] / (H * W),
                       naive_over_onchip=result["naive_cycles_per_sampled_image"] / cyc_smp)
-        png = args.plot or Path("results") / f"conv_{args.model}_{args.dataset}_{args.backend}.png"
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        from models.pixelcnn.sample import save_grid
-        save_grid(png, xs, ds.test[:n_samples], L)
-        gpng = Path(png).with_name(Path(png).stem + "_aux.png")
-        save_grid(gpng, gs, A.aux_view(kind, ds.test[:n_samples], L), AL)
-        result.update(png=str(png), png_gray=str(gpng))
+        png, gpng = R.grid_paths(args)
+        title = f"{args.model} on {args.dataset}, {args.backend}: {bpd:.4f} bits/dim"
+        grids = [(png, xs, ds.test[:n_samples], L, title),
+                 (gpng, gs, A.aux_view(kind, ds.test[:n_samples], L), AL, title + " (auxiliary view a)")]
+        result.update(png=str(png), png_gray=str(gpng), sample_seeds=[seed_prior, seed_cond])
     result["wall_s"] = time.time() - t0
-    return result
+    return result, (grids if n_samples else [])
 
 
 def print_result(r):

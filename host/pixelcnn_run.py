@@ -8,7 +8,9 @@ computed from them exactly as ``models.pixelcnn.integer.bits_per_dim`` does from
 logits), generates N images on chip (sample mode) into a PNG grid, and reports hardware cycle
 counters. ``--model gray-pixelcnn`` chains two stages on the engine (see ``host.pixelcnn_aux``).
 
-``ConvDevice`` is the scriptable API (used by the benchmark and the tests).
+``ConvDevice`` is the scriptable API (used by the benchmark and the tests). ``check_args`` is the CLI's
+check of the export, the data, the engine fit and the output paths before any device work; ``main`` writes
+the JSON, then the sample grid, and exits 3 when the engine differs from the integer reference or its twin.
 """
 import json
 import math
@@ -26,21 +28,139 @@ from hw.pixelcnn import sampler as S
 # the amaranth backend simulates ~2-3k engine cycles/s: default to a subset there
 AMARANTH_DEFAULT_LIMIT = 2
 AMARANTH_DEFAULT_SAMPLES = 2
+DEFAULT_SAMPLES = 16
 DEFAULT_SEED = 0x2545F491
 
 
 def run_sizes(args, test_images):
-    """Test images to score and images to sample: everything asked for, but on the slow amaranth backend
-    a small subset unless ``--limit`` says otherwise."""
+    """Test images to score and images to sample: everything asked for; where ``--limit`` / ``--samples`` were
+    not given (None), all test images and 16 samples, but on the slow amaranth backend a small subset."""
+    amaranth = args.backend == "amaranth"
     limit = getattr(args, "limit", None)
-    if limit is None and args.backend == "amaranth":
+    if limit is None and amaranth:
         limit = AMARANTH_DEFAULT_LIMIT
     n_samples = args.samples
-    if args.backend == "amaranth" and n_samples > AMARANTH_DEFAULT_SAMPLES and getattr(args, "limit", None) is None:
-        print(f"note: amaranth backend simulates ~2k cycles/s; generating {AMARANTH_DEFAULT_SAMPLES} "
-              f"images instead of {n_samples}", file=sys.stderr)
-        n_samples = AMARANTH_DEFAULT_SAMPLES
+    if n_samples is None:
+        n_samples = AMARANTH_DEFAULT_SAMPLES if amaranth else DEFAULT_SAMPLES
     return (test_images[:limit] if limit else test_images), n_samples
+
+
+def sample_seeds(args):
+    """The sampler seeds: ``--seed`` (1..2^32-1) or the default; the auxiliary models' second stage gets
+    a different nonzero seed derived from it."""
+    seed = getattr(args, "seed", None)
+    seed = DEFAULT_SEED if seed is None else seed
+    second = (seed ^ 0x9E3779B9 ^ DEFAULT_SEED) or 1  # the default seed gives the committed 0x9E3779B9
+    return seed, second
+
+
+def load_job(args):
+    """Everything the run needs that can fail on a bad request, before any device work: the export, the data
+    and the engine fit.  Raises ``host.cli_checks.UsageError`` naming the problem."""
+    from host.cli_checks import UsageError
+    from models.pixelcnn import data
+    from models.pixelcnn.export import ExportError, committed_export_path, load_export
+    design = default_design()
+    params = prog.EngineParams(**design.engine_args)
+    kind = "stream" if args.model == "masked-pixelcnn" else "gated"  # pixelcnn: the gated model
+    try:
+        spec = load_export(committed_export_path(args.dataset, kind) if not str(args.dataset).endswith(".npz")
+                           else args.dataset, max_channels=params.max_channels)
+        ds = data.load(spec["dataset"] or args.dataset)
+    except (ExportError, KeyError, ValueError, OSError) as exc:
+        raise UsageError(f"--dataset {args.dataset}: {exc}") from None
+    H, W = ds.shape[1], ds.shape[2]
+    try:
+        prog.check_fits(spec, params, W, H)
+    except prog.EngineFitError as exc:
+        raise UsageError(f"the export does not fit the engine: {exc}") from None
+    return design, params, spec, ds
+
+
+def grid_paths(args):
+    """The sample grid PNG(s) this run writes: ``--plot`` or the default under results/."""
+    png = Path(args.plot) if args.plot else Path("results") / f"conv_{args.model}_{Path(str(args.dataset)).stem}_{args.backend}.png"
+    if args.model in OWN_MODELS:
+        return [png]
+    return [png, png.with_name(png.stem + "_aux.png")]
+
+
+_REPO = Path(__file__).resolve().parent.parent
+# the committed exports (file names as models.pixelcnn.export / aux_export write them), found without torch
+OWN_MODELS = ("pixelcnn", "masked-pixelcnn")  # run here; the auxiliary-variable models in host.pixelcnn_aux
+EXPORT_GLOBS = {"pixelcnn": (_REPO / "models" / "pixelcnn" / "weights", "gated_", "_int8.npz"),
+                "masked-pixelcnn": (_REPO / "models" / "pixelcnn" / "weights", "stream_", "_int8.npz"),
+                "gray-pixelcnn": (_REPO / "hw" / "pixelcnn" / "weights", "gray4_", "_cond_int8.npz"),
+                "pyramid-pixelcnn": (_REPO / "hw" / "pixelcnn" / "weights", "pyramid2_", "_cond_int8.npz")}
+
+
+def export_datasets(model: str) -> list[str]:
+    """Datasets with a committed export for ``model``."""
+    folder, head, tail = EXPORT_GLOBS[model]
+    return sorted(p.name[len(head):-len(tail)] for p in folder.glob(f"{head}*{tail}"))
+
+
+def check_args(args) -> None:
+    """``python host/run.py``'s checks for the PixelCNN models, before any device work: sampler seed, the
+    export/data/engine fit (kept in ``args.job``), the sample grid's path(s).  Raises UsageError."""
+    from host import cli_checks as C
+    if args.seed is not None and not 0 < args.seed < 2 ** 32:
+        raise C.UsageError(f"--seed {args.seed}: the on-chip sampler needs a nonzero 32-bit seed (1..{2**32 - 1})")
+    if args.samples == 0 and args.plot is not None:
+        raise C.UsageError("--plot names the sample grid, but --samples 0 generates no samples")
+    have = export_datasets(args.model)
+    if not str(args.dataset).endswith(".npz") and args.dataset not in have:
+        raise C.UsageError(f"--dataset {args.dataset}: no committed {args.model} export for it; choose "
+                           f"{', '.join(have)} or give an export .npz")
+    if args.model in OWN_MODELS:
+        args.job = load_job(args)
+    else:
+        from host import pixelcnn_aux
+        args.job = pixelcnn_aux.load_job(args)
+    if run_sizes(args, [])[1]:
+        outs = {"--plot" + ("" if i == 0 else " (auxiliary view)"): C.check_output(p, "--plot",
+                                                                                  suffixes=C.PLOT_SUFFIXES)
+                for i, p in enumerate(grid_paths(args))}
+        C.check_distinct({"--json": args.json, **outs})
+
+
+def _tile(images, levels, ncol):
+    """(N, C, H, W) ints -> one (rows*(H+1)+1, ncol*(W+1)+1, 3) image in [0, 1] with 1-pixel white borders
+    (as ``models.pixelcnn.sample.grid``, without importing torch)."""
+    x = np.asarray(images, np.float64) / (levels - 1)
+    n, C, H, W = x.shape
+    x = np.repeat(x, 3, axis=1) if C == 1 else x
+    rows = -(-n // ncol)
+    out = np.ones((rows * (H + 1) + 1, ncol * (W + 1) + 1, 3))
+    for t in range(n):
+        r, c = divmod(t, ncol)
+        out[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[t].transpose(1, 2, 0)
+    return out
+
+
+def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
+    """PNG: the engine's samples (left) next to as many test images (right), each panel titled, nearest-
+    neighbour upscaled to at least ~1000 px wide; returns the path."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(samples)
+    ncol = max(1, min(ncol, n))
+    a, b = _tile(samples, levels, ncol), _tile(test_images, levels, ncol)
+    panel_w = 4.8
+    panel_h = max(1.2, panel_w * a.shape[0] / a.shape[1])
+    fig, axes = plt.subplots(1, 2, figsize=(2 * panel_w + 0.6, panel_h + 1.0), dpi=110)
+    for ax, img, label in ((axes[0], a, f"generated on the engine ({n})"),
+                           (axes[1], b, f"test images ({len(test_images)})")):
+        ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def default_design(**engine_args) -> Design:
@@ -175,40 +295,34 @@ def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, 
 
 
 def _progress(enabled, label):
+    """A ``progress(fraction)`` callback drawing a tqdm bar; a new bar for each pass that reaches 1."""
     if not enabled:
         return None
-    state = {"t": 0.0}
+    from tqdm import tqdm
+    state = {"bar": None}
 
     def cb(frac):
-        now = time.monotonic()
-        if now - state["t"] > 1.0 or frac >= 1:
-            state["t"] = now
-            print(f"\r{label}: {100 * frac:5.1f}%", end="\n" if frac >= 1 else "", file=sys.stderr, flush=True)
+        if state["bar"] is None:
+            state["bar"] = tqdm(total=1000, desc=label, leave=True, dynamic_ncols=True,
+                                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}")
+        bar = state["bar"]
+        bar.update(int(1000 * min(frac, 1.0)) - bar.n)
+        if frac >= 1:
+            bar.close()
+            state["bar"] = None
     return cb
 
 
 def run_pixelcnn(args):
+    """Likelihood and sampling of the baseline PixelCNN on the engine; returns ``(result, grids)`` where
+    ``grids`` lists the sample grids to write (``save_sample_grid`` arguments)."""
     from host.backends import open_device
-    from models.pixelcnn import data
-    from models.pixelcnn.export import ExportError, committed_export_path, load_export
     from models.pixelcnn.integer import bits_per_dim, forward_int
 
-    design = default_design()
-    params = prog.EngineParams(**design.engine_args)
-    kind = "stream" if args.model == "masked-pixelcnn" else "gated"  # pixelcnn: the gated model
-    try:
-        spec = load_export(committed_export_path(args.dataset, kind) if not str(args.dataset).endswith(".npz")
-                           else args.dataset, max_channels=params.max_channels)
-    except ExportError as exc:
-        raise SystemExit(f"error: {exc}")
-    ds = data.load(spec["dataset"] or args.dataset)
+    design, params, spec, ds = getattr(args, "job", None) or load_job(args)
     H, W = ds.shape[1], ds.shape[2]
-    try:
-        prog.check_fits(spec, params, W, H)
-    except prog.EngineFitError as exc:
-        raise SystemExit(f"error: the export does not fit the engine: {exc}")
-
     test, n_samples = run_sizes(args, ds.test)
+    seed = sample_seeds(args)[0]
     progress = not getattr(args, "no_progress", False)
 
     t0 = time.time()
@@ -223,8 +337,9 @@ def run_pixelcnn(args):
         logits = lg.reshape(len(test), C, L, H, W)
         bpd = bits_per_dim(logits, test, spec["logit_scale"])
         exact = bool(np.array_equal(logits, ref_logits))
-        smp, smp_cnt = cd.sample(n_samples, progress=_progress(progress, "sampling")) if n_samples else (None, None)
-    twin = S.sample_images_twin(spec, n_samples, H, W, DEFAULT_SEED, S.logit_mult(spec["logit_scale"])) \
+        smp, smp_cnt = cd.sample(n_samples, seed=seed, progress=_progress(progress, "sampling")) \
+            if n_samples else (None, None)
+    twin = S.sample_images_twin(spec, n_samples, H, W, seed, S.logit_mult(spec["logit_scale"])) \
         if n_samples else None
     rep = cycle_report(spec, params, lik_cnt, len(test), smp_cnt, n_samples, H, W)
     result = {
@@ -232,17 +347,18 @@ def run_pixelcnn(args):
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": spec["float_bits_per_dim"],
         "bpd_equal": bpd == bpd_ref, "logits_equal": exact,
-        "samples": int(n_samples), "samples_equal_twin": bool(np.array_equal(smp, twin)) if n_samples else None,
+        "samples": int(n_samples), "sample_seed": seed,
+        "samples_equal_twin": bool(np.array_equal(smp, twin)) if n_samples else None,
         **rep, "counters_likelihood": lik_cnt, "counters_sampling": smp_cnt,
         "engine_params": params.as_dict(), "wall_s": time.time() - t0,
     }
+    grids = []
     if n_samples:
-        png = args.plot or Path("results") / f"conv_{args.model}_{args.dataset}_{args.backend}.png"
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        from models.pixelcnn.sample import save_grid
-        save_grid(png, smp, ds.test[:n_samples], ds.levels)
+        png = grid_paths(args)[0]
         result["png"] = str(png)
-    return result
+        grids.append((png, smp, ds.test[:n_samples], ds.levels,
+                      f"{args.model} on {args.dataset}, {args.backend}: {bpd:.4f} bits/dim"))
+    return result, grids
 
 
 def print_result(r):
@@ -267,20 +383,24 @@ def print_result(r):
 
 
 def main(args) -> int:
-    own = args.model in ("pixelcnn", "masked-pixelcnn")
-    if own:
-        r = run_pixelcnn(args)
+    """Entry point for ``python host/run.py --model pixelcnn|masked-pixelcnn|gray-pixelcnn|pyramid-pixelcnn`` (after
+    ``check_args``): 0, or 3 when the engine differs from the integer reference or the sampler's twin."""
+    from host.cli_checks import EXIT_MISMATCH, EXIT_OK
+    if args.model in OWN_MODELS:
+        r, grids = run_pixelcnn(args)
+        print_result(r)
     else:
         from host import pixelcnn_aux
-        r = pixelcnn_aux.run(args)
-    (print_result if own else pixelcnn_aux_print)(r)
-    if args.json:
+        r, grids = pixelcnn_aux.run(args)
+        pixelcnn_aux.print_result(r)
+    if args.json:  # the results first: a figure that fails must not lose them
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(r, indent=2, default=float) + "\n")
+        print(f"  results              : {args.json}")
+    for path, *grid_args in grids:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        save_sample_grid(path, *grid_args)
     ok = r.get("bpd_equal", True) and r.get("samples_equal_twin") in (True, None)
-    return 0 if ok else 1
-
-
-def pixelcnn_aux_print(r):
-    from host import pixelcnn_aux
-    pixelcnn_aux.print_result(r)
+    if not ok:
+        print("error: the engine's result differs from the bit-exact reference (exit 3)", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_MISMATCH

