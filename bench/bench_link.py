@@ -25,8 +25,8 @@ from host.device import Device  # noqa: E402
 from host.framing import crc16  # noqa: E402
 
 
-def open_path(backend: str, path: str, window: int) -> Device:
-    core = Design("echo").make_core()
+def open_path(backend: str, path: str, window: int, fifo: int) -> Device:
+    core = Design("echo", engine_args={"depth": fifo}).make_core()
     if backend == "verilator":
         from host.backends.verilator_sim import VerilatorTransport, build_simulator
         transport = VerilatorTransport(build_simulator(core), legacy=path == "old")
@@ -36,9 +36,9 @@ def open_path(backend: str, path: str, window: int) -> Device:
     return Device(transport, timeout=30, name=backend, window=1 if path == "old" else window)
 
 
-def measure(backend: str, path: str, total: int, block: int, window: int, n_latency: int) -> dict:
+def measure(backend: str, path: str, total: int, block: int, window: int, n_latency: int, fifo: int) -> dict:
     data = random.Random(0).randbytes(total)
-    with open_path(backend, path, window) as dev:
+    with open_path(backend, path, window, fifo) as dev:
         dev.info()
         dev.send(b"warm")
         dev.recv(4)
@@ -83,15 +83,19 @@ def main(argv=None):
                    help="bytes each way through the (slower) Amaranth simulator (default: 6000)")
     p.add_argument("--block", type=int, default=4096,
                    help="bytes per send()/recv() call: several frames each (default: 4096)")
+    p.add_argument("--fifo", type=int, default=4096,
+                   help="echo engine FIFO depth, at least --block (default: 4096)")
     p.add_argument("--window", type=int, default=8, help="WRITE_BULK frames in flight, new path (default: 8)")
     p.add_argument("--latency-requests", type=int, default=300,
                    help="READ_REG round trips timed per path (default: 300)")
     args = p.parse_args(argv)
+    if args.fifo < args.block:
+        p.error(f"--fifo {args.fifo} must hold a whole --block {args.block}: the echo engine stops taking input when full")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     for backend, total in [("verilator", args.bytes), ("amaranth", args.amaranth_bytes)]:
         n_lat = args.latency_requests if backend == "verilator" else max(20, args.latency_requests // 10)
-        results[backend] = {path: measure(backend, path, total, args.block, args.window, n_lat)
+        results[backend] = {path: measure(backend, path, total, args.block, args.window, n_lat, args.fifo)
                             for path in ("old", "new")}
         r = results[backend]
         r["new_over_old_link_bytes_per_s"] = r["new"]["link_bytes_per_s"] / r["old"]["link_bytes_per_s"]
@@ -99,7 +103,8 @@ def main(argv=None):
               f" kB/s ({r['new_over_old_link_bytes_per_s']:.1f}x); median latency old "
               f"{r['old']['latency_median_ms']:.2f} ms, new {r['new']['latency_median_ms']:.2f} ms", flush=True)
     report = {
-        "workload": f"echo engine, send()+recv() of {args.block}-byte blocks (full frames), then READ_REG round trips",
+        "workload": f"echo engine ({args.fifo}-byte FIFO), send()+recv() of {args.block}-byte blocks in 512-byte "
+                    "frames, then READ_REG round trips",
         "old_path": "stop-and-wait; Verilator through pyserial socket:// (Nagle on)",
         "new_path": f"{args.window} WRITE_BULK frames in flight; Verilator through a socket with TCP_NODELAY",
         "backends": results,

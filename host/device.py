@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from hw import protocol as P
@@ -78,6 +79,7 @@ class Device:
         self._sent_at = {}  # seq -> when a request was first sent
         self._seq = 0
         self._splitter = FrameSplitter()
+        self._frames = deque()  # complete reply frames read but not looked at yet
         self._max_frame = None
         self._claimed = False
         self._in_pos = None  # the device's WRITE_BULK stream position, when known for sure
@@ -97,13 +99,17 @@ class Device:
         self.close()
 
     # --- raw transactions
-    def _issue(self, cmd: int, args: bytes) -> tuple[int, bytes]:
-        """Send a new request; returns its sequence number and its body."""
+    def _issue(self, cmd: int, args: bytes, out: list | None = None) -> tuple[int, bytes]:
+        """Send a new request (or append its frame to ``out``, to be written with others in one go);
+        returns its sequence number and its body."""
         if cmd in P.STATE_CHANGING and not self._claimed:
             self._claim()
         self._seq = (self._seq + 1) & 0xFF
         request = bytes([self._seq, cmd]) + args
-        self.transport.write(encode_frame(request))
+        if out is None:
+            self.transport.write(encode_frame(request))
+        else:
+            out.append(encode_frame(request))
         self._sent_at[self._seq] = time.monotonic()
         return self._seq, request
 
@@ -118,9 +124,13 @@ class Device:
         if self._quiescent is not None:
             wait = deadline
         quiet_until = min(deadline, time.monotonic() + wait)
+        chunk = b""
         while True:
-            chunk = self.transport.read(max(0.0, quiet_until - time.monotonic()))
-            for wire in self._splitter.feed(chunk):
+            if not self._frames:
+                chunk = self.transport.read(max(0.0, quiet_until - time.monotonic()))
+                self._frames.extend(self._splitter.feed(chunk))
+            while self._frames:  # frames that came in one chunk are kept for the next call
+                wire = self._frames.popleft()
                 try:
                     body = decode_frame(wire)
                 except FrameError:
@@ -238,12 +248,16 @@ class Device:
         progress_at = time.monotonic()
         while acked < len(data):
             current = sum(1 for v in inflight.values() if v[2] == epoch)
+            frames = []
             while sent < len(data) and current < self.window:
                 piece = data[sent:sent + chunk]
-                seq, request = self._issue(P.CMD_WRITE_BULK, ((base + sent) & POS_MASK).to_bytes(4, "little") + piece)
+                pos = ((base + sent) & POS_MASK).to_bytes(4, "little")
+                seq, request = self._issue(P.CMD_WRITE_BULK, pos + piece, frames)
                 sent += len(piece)
                 inflight[seq] = (request, sent, epoch)
                 current += 1
+            if frames:
+                self.transport.write(b"".join(frames))
             # the time limit is applied when the device answers short or not at all (a slow simulation
             # that is still working is not a stalled engine)
             reply = self._await({s: v[0] for s, v in inflight.items()}, self._wait,

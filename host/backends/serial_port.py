@@ -64,17 +64,14 @@ class SocketTransport:
             raise LinkError(f"cannot open serial port {url!r}: {exc}") from None
         if nodelay:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
+        self.sock.settimeout(None)  # blocking: reads wait in select() first, so recv() never blocks
         self.name = url
 
     def write(self, data: bytes):
         try:
-            self.sock.setblocking(True)
             self.sock.sendall(data)
         except OSError as exc:
             raise LinkError(f"{self.name}: write failed: {exc}") from None
-        finally:
-            self.sock.setblocking(False)
 
     def read(self, timeout: float) -> bytes:
         try:

@@ -11,8 +11,8 @@
 //
 // The clock runs in batches of up to BATCH cycles between socket polls while there is input, output,
 // or the design reports `busy`; when everything is idle the bridge sleeps in poll() until the host sends
-// more bytes, so an idle simulation costs no CPU. Replies are sent as soon as the design goes idle or a
-// frame delimiter leaves it. The cycle count is printed on exit ("CYCLES <n>").
+// more bytes, so an idle simulation costs no CPU. Replies are sent as soon as a frame delimiter leaves the
+// design with no further request waiting, or the design goes idle. The cycle count is printed on exit ("CYCLES <n>").
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -200,7 +200,9 @@ int main(int argc, char **argv) {
             cycles++;
             if (quiet > 4) break;
         }
-        if (flush || out.size() >= 4096) {  // a whole reply: on its way now, not after the next batch
+        // whole replies go out at once when no further request is waiting (several pipelined requests are
+        // answered in one send), or when they pile up
+        if ((flush && in.empty()) || out.size() >= 4096) {
             size_t sent = 0;
             while (sent < out.size()) {
                 ssize_t n = send(client, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
