@@ -34,6 +34,7 @@ class Link:
         Clock(dut.clk, 10, unit="ns").start()
         dut.rst.value = 1
         dut.rx__valid.value = 0
+        dut.rx__payload.value = 0  # every input driven from time 0: a 4-state simulator shows X otherwise
         dut.tx__ready.value = 0
         for _ in range(3):
             await RisingEdge(dut.clk)
