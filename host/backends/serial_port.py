@@ -17,6 +17,11 @@ from ..device import LinkError
 POLL_S = 0.05
 
 
+def line_retry_s(baud: int) -> float:
+    """First wait for a missing reply on a serial line: a few full-frame times (10 bits a byte)."""
+    return max(0.05, 3 * 10 * 520 / baud)
+
+
 class SerialTransport:
     def __init__(self, url: str, baud: int = 115200):
         try:
@@ -25,8 +30,7 @@ class SerialTransport:
             raise LinkError(f"cannot open serial port {url!r}: {exc}") from None
         self.name = url
         self.baud = baud
-        # a missing reply is looked for again after a few full-frame times on the line (10 bits a byte)
-        self.retry_s = max(0.05, 3 * 10 * 520 / baud)
+        self.retry_s = line_retry_s(baud)
 
     def write(self, data: bytes):
         try:
@@ -52,9 +56,9 @@ class SerialTransport:
 class SocketTransport:
     """``socket://host:port``: whole chunks per read, TCP_NODELAY on (``nodelay=False`` only for comparisons)."""
 
-    retry_s = 0.05
-
-    def __init__(self, url: str, *, nodelay: bool = True, connect_timeout: float = 5.0):
+    def __init__(self, url: str, *, nodelay: bool = True, connect_timeout: float = 5.0, baud: int | None = None):
+        """``baud``: the bit rate of a serial line behind the socket (a board on a TCP bridge, the board-top
+        simulation), which sets the first wait for a missing reply; None for a byte-stream simulator."""
         parts = urlsplit(url)
         if parts.scheme != "socket" or not parts.hostname or not parts.port:
             raise LinkError(f"cannot open {url!r}: expected socket://HOST:PORT")
@@ -66,6 +70,7 @@ class SocketTransport:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(None)  # blocking: reads wait in select() first, so recv() never blocks
         self.name = url
+        self.retry_s = 0.05 if baud is None else line_retry_s(baud)
 
     def write(self, data: bytes):
         try:
@@ -90,4 +95,4 @@ class SocketTransport:
 
 
 def open_transport(url: str, baud: int = 115200):
-    return SocketTransport(url) if url.startswith("socket://") else SerialTransport(url, baud)
+    return SocketTransport(url, baud=baud) if url.startswith("socket://") else SerialTransport(url, baud)

@@ -1,7 +1,8 @@
 // zippix Verilator bridge: a design's byte streams on a TCP socket (loopback only).
 //
-// Usage: Vzippix_top [--port N]   (0 = any free port; the chosen port is printed as "PORT <n>")
-// One client at a time; the simulation ends when the client disconnects.
+// Usage: Vzippix_top [--port N] [--serve]   (0 = any free port; the chosen port is printed as "PORT <n>")
+// One client at a time; the simulation ends when the client disconnects, or with --serve waits for the next
+// client with the design's state kept, as a board keeps its state between two programs that open its port.
 //
 // Two models are built from this file:
 //  * the link core (default): bytes go straight into its rx stream and come out of its tx stream;
@@ -112,15 +113,14 @@ struct LineUart {
 
 int main(int argc, char **argv) {
     int port = 0;
-    for (int i = 1; i + 1 < argc; i++)
-        if (!std::strcmp(argv[i], "--port")) port = std::atoi(argv[i + 1]);
+    bool serve = false;
+    for (int i = 1; i < argc; i++) {
+        if (!std::strcmp(argv[i], "--port") && i + 1 < argc) port = std::atoi(argv[i + 1]);
+        if (!std::strcmp(argv[i], "--serve")) serve = true;
+    }
     Verilated::commandArgs(1, argv);
 
     int server = listen_on(port);
-    int client = accept(server, nullptr, nullptr);
-    if (client < 0) { std::perror("zippix bridge: accept"); return 2; }
-    int one = 1;
-    setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 
     auto *top = new Vzippix_top;
     top->clk = 0;
@@ -140,8 +140,22 @@ int main(int argc, char **argv) {
     std::vector<unsigned char> out;
     unsigned char buf[65536];
     unsigned long long cycles = 0, quiet = 0;
-    bool open = true;
-    while (open) {
+    int client = -1;
+    bool open = false;
+    for (;;) {
+    if (!open) {  // (next) client
+        if (client >= 0) {
+            close(client);
+            if (!serve) break;
+        }
+        client = accept(server, nullptr, nullptr);
+        if (client < 0) { std::perror("zippix bridge: accept"); return 2; }
+        int one = 1;
+        setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        in.clear();
+        out.clear();
+        open = true;
+    }
         bool idle = in.empty() && quiet > 4;
         if (!out.empty() && idle) {  // the design has finished answering: send what it said
             size_t sent = 0;
@@ -152,11 +166,12 @@ int main(int argc, char **argv) {
             }
             out.clear();
         }
+        if (!open) continue;
         pollfd p{client, POLLIN, 0};
         int ready = poll(&p, 1, idle ? 200 : 0);
         if (ready > 0) {
             ssize_t n = recv(client, buf, sizeof buf, 0);
-            if (n <= 0) break;
+            if (n <= 0) { open = false; continue; }
             in.insert(in.end(), buf, buf + n);
             quiet = 0;
         } else if (idle) {
@@ -214,7 +229,6 @@ int main(int argc, char **argv) {
     }
     top->final();
     delete top;
-    close(client);
     close(server);
     std::fprintf(stderr, "CYCLES %llu\n", cycles);
     return 0;

@@ -31,10 +31,11 @@ class SimulatorBuildError(RuntimeError):
     pass
 
 
-def design_key(core) -> str:
+def design_key(core, uart_divisor: int | None = None) -> str:
     """Hash of everything that determines the compiled simulator."""
     h = hashlib.sha256()
     h.update(core.info_blob)
+    h.update(f"uart_divisor={uart_divisor}".encode())
     hw_root = Path(hw_export.__file__).parent
     for src in sorted(hw_root.rglob("*.py")):
         h.update(src.relative_to(hw_root).as_posix().encode())
@@ -46,25 +47,39 @@ def design_key(core) -> str:
 
 
 def build_simulator(core, *, quiet: bool = True) -> Path:
-    """Return the path of the compiled simulator for ``core``, building it if needed."""
+    """Return the path of the compiled simulator for ``core`` (a ``LinkCore``), building it if needed."""
+    return _build(core, (core, core.engine), quiet=quiet)
+
+
+def build_board_simulator(sim, *, quiet: bool = True) -> Path:
+    """The same for ``hw.board.BoardSim``: the board top with the bridge playing the far end of its UART."""
+    top = sim.top
+    return _build(sim, (sim, top, top.core, top.core.engine, top.uart_rx, top.uart_tx), quiet=quiet,
+                  uart_divisor=top.divisor)
+
+
+def _build(component, parts, *, quiet: bool, uart_divisor: int | None = None) -> Path:
     root = cache_dir() / "verilator"
-    final = root / design_key(core)
+    key = design_key(component, uart_divisor)
+    final = root / key
     exe = final / EXE_NAME
     if exe.exists():
-        for unused in (core, core.engine):  # cached: deliberately not elaborated again
+        for unused in parts:  # cached: deliberately not elaborated again
             unused._MustUse__silence = True
         return exe
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
+    with open(root / f".lock-{key}", "w") as lock:  # one lock per design: unrelated builds run side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
         if exe.exists():  # built by another process while we waited
             return exe
         work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
         try:
-            verilog = export_verilog(core, work / f"{TOP_NAME}.v")
+            verilog = export_verilog(component, work / f"{TOP_NAME}.v")
             cmd = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build", "-j", "2",
                    "-O2", "-Wno-fatal", "-Wno-WIDTH", "--top-module", TOP_NAME,
                    "--Mdir", str(work / "obj"), "-o", EXE_NAME, str(verilog), str(BRIDGE_CPP)]
+            if uart_divisor is not None:
+                cmd += ["-CFLAGS", f"-DZIPPIX_UART_DIVISOR={uart_divisor}"]
             if not quiet:
                 print("building Verilator model (first use of this design; cached afterwards)...", flush=True)
             returncode, output = run_tool(cmd)
@@ -121,8 +136,8 @@ def start_simulator(args: list[str]) -> tuple[subprocess.Popen, int]:
 class VerilatorTransport:
     """A running simulator process, reached through a TCP socket on loopback."""
 
-    retry_s = SocketTransport.retry_s
-    timeout_hint = "the Verilator model stopped answering; see its messages above, or rerun with --verbose"
+    retry_s = 0.05
+    timeout_hint = "the simulated design did not answer: stuck, or the timeout too short for it"
 
     def __init__(self, exe: Path, *, legacy: bool = False):
         """``legacy=True`` opens the socket the old way (pyserial, Nagle on), for side-by-side benchmarks."""
