@@ -143,19 +143,19 @@ int main(int argc, char **argv) {
     int client = -1;
     bool open = false;
     for (;;) {
-    if (!open) {  // (next) client
-        if (client >= 0) {
-            close(client);
-            if (!serve) break;
+        if (!open) {  // (next) client
+            if (client >= 0) {
+                close(client);
+                if (!serve) break;
+            }
+            client = accept(server, nullptr, nullptr);
+            if (client < 0) { std::perror("zippix bridge: accept"); return 2; }
+            int one = 1;
+            setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            in.clear();
+            out.clear();
+            open = true;
         }
-        client = accept(server, nullptr, nullptr);
-        if (client < 0) { std::perror("zippix bridge: accept"); return 2; }
-        int one = 1;
-        setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        in.clear();
-        out.clear();
-        open = true;
-    }
         bool idle = in.empty() && quiet > 4;
         if (!out.empty() && idle) {  // the design has finished answering: send what it said
             size_t sent = 0;
