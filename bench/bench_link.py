@@ -62,6 +62,25 @@ def measure(backend: str, path: str, total: int, block: int, window: int, n_late
             "latency_requests": n_latency, "window": 1 if path == "old" else window, "resends": resends}
 
 
+def under_faults(rounds: int, rate: float, reply_rate: float) -> dict:
+    """The fault-injection workload of ``tests/test_link_faults.py`` on Verilator (new path), timed."""
+    from host.backends import open_device
+    from host.faulty_line import FaultyLine, fault_workload
+    rng = random.Random("bench-faults")
+    dev = open_device("verilator", timeout=30.0)
+    line = FaultyLine(dev.transport, rng, rate=rate, reply_rate=reply_rate)
+    dev.transport = line
+    t = time.perf_counter()
+    with dev:
+        r = fault_workload(dev, line, rng, rounds)
+    wall = time.perf_counter() - t
+    lat = sorted(r.pop("latency_ms"))
+    return {**r, "rounds": rounds, "request_fault_rate": rate, "reply_chunk_fault_rate": reply_rate,
+            "faults_injected": line.injected, "resends": dev.resends, "wall_s": wall,
+            "lost_bytes": max(0, r["sent"] - r["taken"]), "duplicated_bytes": max(0, r["taken"] - r["sent"]) + r["left"],
+            "operation_latency_median_ms": statistics.median(lat), "operation_latency_p95_ms": lat[int(0.95 * len(lat))]}
+
+
 def crc_times(n: int = 4096, reps: int = 20) -> dict:
     from crc import Calculator, Crc16
     data = random.Random(1).randbytes(n)
@@ -88,6 +107,8 @@ def main(argv=None):
     p.add_argument("--window", type=int, default=8, help="WRITE_BULK frames in flight, new path (default: 8)")
     p.add_argument("--latency-requests", type=int, default=300,
                    help="READ_REG round trips timed per path (default: 300)")
+    p.add_argument("--fault-rounds", type=int, default=200,
+                   help="rounds of the fault-injection workload on Verilator, 6 operations each (default: 200)")
     args = p.parse_args(argv)
     if args.fifo < args.block:
         p.error(f"--fifo {args.fifo} must hold a whole --block {args.block}: the echo engine stops taking input when full")
@@ -109,7 +130,12 @@ def main(argv=None):
         "new_path": f"{args.window} WRITE_BULK frames in flight; Verilator through a socket with TCP_NODELAY",
         "backends": results,
         "host_crc": crc_times(),
+        "verilator_under_faults": under_faults(args.fault_rounds, 0.15, 0.04),
     }
+    f = report["verilator_under_faults"]
+    print(f"under faults: {sum(f['faults_injected'].values())} injected in {f['requests']} requests; lost bytes "
+          f"{f['lost_bytes']}, duplicated {f['duplicated_bytes']}, wrong replies {f['wrong']}; median operation "
+          f"latency {f['operation_latency_median_ms']:.2f} ms", flush=True)
     (args.out / "link_throughput.json").write_text(json.dumps(report, indent=2))
 
     import matplotlib

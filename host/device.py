@@ -87,6 +87,7 @@ class Device:
         self._quiescent = getattr(transport, "quiescent", None)
         self.bad_replies = 0  # replies dropped for a bad COBS/CRC or an unknown sequence number
         self.resends = 0      # requests sent again because their reply did not come
+        self.requests = 0     # requests sent (new ones, not counting resends)
 
     # --- context management
     def close(self):
@@ -105,6 +106,7 @@ class Device:
         if cmd in P.STATE_CHANGING and not self._claimed:
             self._claim()
         self._seq = (self._seq + 1) & 0xFF
+        self.requests += 1
         request = bytes([self._seq, cmd]) + args
         if out is None:
             self.transport.write(encode_frame(request))
