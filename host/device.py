@@ -1,9 +1,11 @@
 """One host API over every backend: registers, bulk data and design info over the framed link.
 
 A ``Device`` talks to a *transport*, anything with ``write(bytes)``, ``read(timeout) -> bytes`` and
-``close()`` (plus optionally ``quiescent() -> bool``, true when a simulation has nothing left to do, so
-a missing reply is reported at once instead of after the timeout). The code that uses a ``Device`` does
-not know whether a board, Verilator or the Amaranth simulator is behind it.
+``close()``; optionally ``quiescent() -> bool`` (true when a simulation has nothing left to do, so a missing
+reply is resent at once instead of after a wait), ``retry_s`` (the shortest wait for a missing reply) and
+``timeout_hint`` (what to check when nothing answers). The code that uses a ``Device`` does not know whether
+a board, Verilator or the Amaranth simulator is behind it. Lost and damaged frames are recovered from as
+``hw.protocol`` describes ("Recovery"): requests are resent, nothing is executed twice.
 """
 import hashlib
 import json
@@ -124,7 +126,7 @@ class Device:
         """The next reply to one of ``pending`` (seq -> request body) as ``(seq, status, data)``; None when
         the line stays silent for ``wait`` seconds, the deadline passes, or a simulation goes quiet."""
         if self._quiescent is not None:
-            wait = deadline
+            wait = float("inf")
         quiet_until = min(deadline, time.monotonic() + wait)
         chunk = b""
         while True:

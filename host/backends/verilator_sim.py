@@ -16,15 +16,13 @@ import weakref
 from importlib import metadata
 from pathlib import Path
 
-from hw import export as hw_export
-from hw.export import TOP_NAME, export_verilog
-
 from ..device import LinkError
 from .serial_port import SocketTransport
 from .toolpaths import cache_dir, tool_env, verilator_bin_dir, verilator_version
 
 BRIDGE_CPP = Path(__file__).with_name("verilator_bridge.cpp")
-EXE_NAME = "V" + TOP_NAME
+HW_ROOT = Path(__file__).resolve().parents[2] / "hw"  # (the gateware is imported only to build a model:
+#                                                        running a built one needs neither Amaranth nor Verilator)
 
 
 class SimulatorBuildError(RuntimeError):
@@ -36,9 +34,8 @@ def design_key(core, uart_divisor: int | None = None) -> str:
     h = hashlib.sha256()
     h.update(core.info_blob)
     h.update(f"uart_divisor={uart_divisor}".encode())
-    hw_root = Path(hw_export.__file__).parent
-    for src in sorted(hw_root.rglob("*.py")):
-        h.update(src.relative_to(hw_root).as_posix().encode())
+    for src in sorted(HW_ROOT.rglob("*.py")):
+        h.update(src.relative_to(HW_ROOT).as_posix().encode())
         h.update(src.read_bytes())
     h.update(BRIDGE_CPP.read_bytes())
     h.update(verilator_version().encode())
@@ -59,10 +56,12 @@ def build_board_simulator(sim, *, quiet: bool = True) -> Path:
 
 
 def _build(component, parts, *, quiet: bool, uart_divisor: int | None = None) -> Path:
+    from hw.export import TOP_NAME, export_verilog
+    exe_name = "V" + TOP_NAME
     root = cache_dir() / "verilator"
     key = design_key(component, uart_divisor)
     final = root / key
-    exe = final / EXE_NAME
+    exe = final / exe_name
     if exe.exists():
         for unused in parts:  # cached: deliberately not elaborated again
             unused._MustUse__silence = True
@@ -77,7 +76,7 @@ def _build(component, parts, *, quiet: bool, uart_divisor: int | None = None) ->
             verilog = export_verilog(component, work / f"{TOP_NAME}.v")
             cmd = [str(verilator_bin_dir() / "verilator"), "--cc", "--exe", "--build", "-j", "2",
                    "-O2", "-Wno-fatal", "-Wno-WIDTH", "--top-module", TOP_NAME,
-                   "--Mdir", str(work / "obj"), "-o", EXE_NAME, str(verilog), str(BRIDGE_CPP)]
+                   "--Mdir", str(work / "obj"), "-o", exe_name, str(verilog), str(BRIDGE_CPP)]
             if uart_divisor is not None:
                 cmd += ["-CFLAGS", f"-DZIPPIX_UART_DIVISOR={uart_divisor}"]
             if not quiet:
@@ -86,7 +85,7 @@ def _build(component, parts, *, quiet: bool, uart_divisor: int | None = None) ->
             if returncode != 0:
                 tail = "\n".join(output.splitlines()[-30:])
                 raise SimulatorBuildError(f"Verilator build failed (exit {returncode}):\n{tail}")
-            shutil.copy2(work / "obj" / EXE_NAME, work / EXE_NAME)
+            shutil.copy2(work / "obj" / exe_name, work / exe_name)
             shutil.rmtree(work / "obj")
             work.rename(final)
         finally:
