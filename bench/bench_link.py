@@ -138,7 +138,7 @@ def main(argv=None):
                             for path in ("old", "new")}
         r = results[backend]
         r["new_over_old_link_bytes_per_s"] = r["new"]["link_bytes_per_s"] / r["old"]["link_bytes_per_s"]
-        print(f"{backend}: old {r['old']['link_bytes_per_s'] / 1e3:.0f} kB/s, new {r['new']['link_bytes_per_s'] / 1e3:.0f}"
+        print(f"{backend}: old {r['old']['link_bytes_per_s'] / 1e3:.1f} kB/s, new {r['new']['link_bytes_per_s'] / 1e3:.1f}"
               f" kB/s ({r['new_over_old_link_bytes_per_s']:.1f}x); median latency old "
               f"{r['old']['latency_median_ms']:.2f} ms, new {r['new']['latency_median_ms']:.2f} ms", flush=True)
     report = {
