@@ -63,8 +63,9 @@ def _build(component, parts, *, quiet: bool, uart_divisor: int | None = None) ->
     final = root / key
     exe = final / exe_name
     if exe.exists():
-        for unused in parts:  # cached: deliberately not elaborated again
-            unused._MustUse__silence = True
+        for part in parts:  # cached: deliberately not elaborated again (nor what they made in __init__)
+            for unused in (part, *(v for v in vars(part).values() if hasattr(v, "_MustUse__silence"))):
+                unused._MustUse__silence = True
         return exe
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".lock-{key}", "w") as lock:  # one lock per design: unrelated builds run side by side
