@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.zippix-installed
 BOARD  ?=
 BENCH_OUT ?= results
 
-.PHONY: venv demo test sim bitstream program bench clean help
+.PHONY: venv demo test sim bitstream program bench clean help icarus
 
 help:
 	@echo "make demo                   train/run the main job on simulated hardware with bundled data"
@@ -29,10 +29,21 @@ venv: $(STAMP)
 demo: venv
 	$(PY) host/run.py
 
-test: venv
+# Icarus Verilog runs every cocotb suite a second time as a 4-state simulation (X checks); installed
+# with apt-get where that works, otherwise those runs are skipped with a note.
+icarus:
+	@if command -v iverilog >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq iverilog >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq iverilog >/dev/null 2>&1; } || \
+	  echo "note: apt-get could not install iverilog; the Icarus runs of the cocotb suites are skipped"; \
+	else echo "note: no iverilog and no apt-get; the Icarus runs of the cocotb suites are skipped"; fi
+
+test: venv icarus
 	$(PY) -m pytest -q
 
-sim: venv
+sim: venv icarus
 	$(PY) -m pytest -q sim
 
 bitstream: venv

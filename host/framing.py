@@ -1,15 +1,17 @@
-"""Host side of the link protocol (``hw.protocol``): frames built with the PyPI ``cobs`` and ``crc``
-packages, which are also the golden models the gateware framing is tested against."""
-from dataclasses import dataclass
+"""Host side of the link protocol (``hw.protocol``): COBS from the PyPI ``cobs`` package and the CRC from
+``binascii.crc_hqx`` (C speed; CRC-16/XMODEM's routine started at 0xFFFF is CRC-16/IBM-3740). The PyPI
+``crc`` package stays the independent golden: ``tests/test_link_units.py`` checks that both agree with
+each other and with the gateware's CRC."""
+import binascii
 
 from cobs import cobs
-from crc import Calculator, Crc16
 
-_CRC = Calculator(Crc16.IBM_3740)
+CRC_INIT = 0xFFFF
 
 
 def crc16(data: bytes) -> int:
-    return _CRC.checksum(data)
+    """CRC-16/IBM-3740 (poly 0x1021, init 0xFFFF, MSB first, no final xor) of ``data``."""
+    return binascii.crc_hqx(data, CRC_INIT)
 
 
 def encode_frame(body: bytes) -> bytes:
@@ -32,13 +34,6 @@ def decode_frame(wire: bytes) -> bytes:
     if crc16(raw) != 0:
         raise FrameError("bad CRC")
     return raw[:-2]
-
-
-@dataclass
-class Reply:
-    seq: int
-    status: int
-    data: bytes
 
 
 class FrameSplitter:

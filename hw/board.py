@@ -11,6 +11,7 @@ digest (``extra_params``), so ``host/run.py info`` shows which board/clock/baud 
 from amaranth.build import ResourceError
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import fifo, io, wiring
+from amaranth.lib.wiring import In, Out
 
 from .design import Design
 from .link.uart import UartRx, UartTx, uart_divisor
@@ -86,4 +87,30 @@ class BoardTop(Elaboratable):
 
         for led, value in zip(leds, [beat_led, act != 0, dropped]):
             m.d.comb += led.eq(value)
+        return m
+
+
+class BoardSim(wiring.Component):
+    """The board top with its UART pins as ports, for simulation: exactly what a bitstream holds between the
+    pins (UART PHY, FIFO, link, engine), without the LEDs. ``busy`` is high while anything is in flight
+    (a byte on either line, in the FIFO, or the link or engine at work), so a simulator can idle otherwise.
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1, init=1)
+    busy: Out(1)
+
+    def __init__(self, design: Design, *, board: str, clk_hz: float, baud: int = DEFAULT_BAUD):
+        self.top = BoardTop(design, board=board, clk_hz=clk_hz, baud=baud)
+        self.info_blob = self.top.core.info_blob
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.top = top = self.top
+        m.d.comb += [
+            top.uart_rx.rx.eq(self.rx),
+            self.tx.eq(top.uart_tx.tx),
+            self.busy.eq(top.core.busy | top.uart_rx.busy | top.uart_tx.busy | top.core.rx.valid),
+        ]
         return m

@@ -17,6 +17,12 @@ SIM_DIR = Path(__file__).resolve().parent
 ROOT = SIM_DIR.parent
 BUILD_ROOT = ROOT / "sim_build"
 SIMULATORS = ["verilator", "icarus"]
+# The exported Verilog is Verilog-2005 (Yosys ``write_verilog``): its combinational ``always @*`` blocks are
+# first evaluated because of an event from a ``reg ... = 0`` declaration at time 0. Under IEEE 1800 rules
+# (cocotb's default ``-g2012``) a declaration initialiser makes no event, so logic fed only by registers
+# that do not change (a state machine idling in its reset state) stays X until it does: the link's
+# ``rx__ready``/``tx__valid`` were X from time 0. Compiled as the language it is written in, it is not.
+ICARUS_ARGS = ["-g2005"]
 
 
 def require_simulator(name: str):
@@ -34,9 +40,10 @@ def run_cocotb(component, *, name: str, simulator: str, test_module: str, extra_
     build_dir = BUILD_ROOT / f"{name}-{simulator}"
     verilog = export_verilog(component, build_dir / f"{toplevel}.v", name=toplevel)
     runner = get_runner(simulator)
-    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else []
+    build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else ICARUS_ARGS
     runner.build(sources=[verilog], hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
-                 timescale=("1ns", "1ps"), log_file=build_dir / "build.log")
+                 timescale=("1ns", "1ps"), log_file=build_dir / "build.log",
+                 always=simulator == "icarus")  # seconds to compile; its flags may have changed
     env = {"PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.update(extra_env or {})
     results = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=SIM_DIR,

@@ -58,7 +58,7 @@ class EngineTB:
         dut = self.dut
         Clock(dut.clk, 10, unit="ns").start()
         dut.rst.value = 1
-        for sig in (dut.i__valid, dut.o__ready, dut.reg_we, dut.reg_re, dut.reg_addr, dut.reg_wdata):
+        for sig in (dut.i__valid, dut.i__payload, dut.o__ready, dut.reg_we, dut.reg_re, dut.reg_addr, dut.reg_wdata):
             sig.value = 0
         for _ in range(3):
             await FallingEdge(dut.clk)

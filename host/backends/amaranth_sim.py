@@ -15,6 +15,8 @@ QUIET_CYCLES = 4
 
 
 class AmaranthTransport:
+    timeout_hint = "the simulated design went quiet without answering"
+
     def __init__(self, core):
         self.core = core
         self.name = "amaranth"

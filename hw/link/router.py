@@ -2,7 +2,13 @@
 
 See ``hw.protocol`` for the wire format. A received frame is held in a frame buffer (one block RAM)
 while its CRC is checked; only a frame with a good CRC is acted on, so a corrupted WRITE_REG or
-WRITE_BULK never reaches the engine. One frame is executed at a time (the host waits for each reply).
+WRITE_BULK never reaches the engine. Frames are executed one at a time, in the order they arrive (the host
+may send several WRITE_BULK frames before the first reply comes back).
+
+Duplicates (``hw.protocol``, "Recovery"): the reply of the last state-changing request is written into a
+second buffer (one more block RAM) as it is sent; a repeat of that request (same sequence number and CRC)
+is answered from the buffer instead of being executed. WRITE_BULK frames carry their stream position, so
+the engine takes every byte once and in order whatever was lost, repeated or cut short.
 """
 import hashlib
 import json
@@ -68,6 +74,9 @@ class LinkCore(wiring.Component):
         m.submodules.frame = frame = memory.Memory(shape=unsigned(8), depth=max_frame, init=[])
         fwr = frame.write_port()
         frd = frame.read_port()
+        m.submodules.saved = saved = memory.Memory(shape=unsigned(8), depth=max_frame, init=[])
+        swr = saved.write_port()
+        srd = saved.read_port()
         info = self.info_blob
         m.submodules.info = info_rom = memory.Memory(shape=unsigned(8), depth=len(info), init=info)
         ird = info_rom.read_port()
@@ -78,20 +87,40 @@ class LinkCore(wiring.Component):
         frames_ok = Signal(32)
         frames_dropped = Signal(32)
         frames_rejected = Signal(32)
+        frames_replayed = Signal(32)
         scratch = Signal(32)
+        session = Signal(32)
+        in_pos = Signal(32)  # bytes the engine has taken from WRITE_BULK frames
         m.d.sync += cycles.eq(cycles + 1)
 
         # --- receive state
         length = Signal(range(max_frame + 1))
         overflow = Signal()
         crc = Signal(16, init=CRC_INIT)
+        tail = Signal(16)  # the last two bytes received: at the end of a frame, its CRC field
         hdr = [Signal(8, name=f"hdr{i}") for i in range(HEADER_BYTES)]
         seq, cmd = hdr[0], hdr[1]
         arg_u16 = Cat(hdr[2], hdr[3])
         reg_addr = hdr[2]
         reg_wdata = Cat(hdr[3], hdr[4], hdr[5], hdr[6])
+        bulk_pos = Cat(hdr[2], hdr[3], hdr[4], hdr[5])
         n_args = Signal(range(max_frame + 1))
         m.d.comb += n_args.eq(length - P.FRAME_OVERHEAD)
+        bulk_data_at = 2 + P.BULK_POS_BYTES  # frame offset of WRITE_BULK's first data byte
+        n_bulk = Signal(range(max_frame + 1))
+        bulk_skip = Signal(32)  # bytes of this WRITE_BULK frame the engine already has
+        m.d.comb += [n_bulk.eq(n_args - P.BULK_POS_BYTES), bulk_skip.eq(in_pos - bulk_pos)]
+
+        # --- the last state-changing request and its reply (for duplicates)
+        last_seq = Signal(8)
+        last_crc = Signal(16)
+        have_last = Signal()
+        saved_len = Signal(range(max_frame + 1))
+        recording = Signal()  # this request changes state: its reply is being saved
+        rec_len = Signal(range(max_frame + 1))
+        replaying = Signal()
+        changes_state = Signal()
+        m.d.comb += changes_state.eq(Cat(*[cmd == c for c in P.STATE_CHANGING]).any())
 
         # --- execute state
         status = Signal(8)
@@ -109,6 +138,9 @@ class LinkCore(wiring.Component):
             eng.reg_wdata.eq(reg_wdata),
             frd.addr.eq(ptr),
             ird.addr.eq(ptr),
+            srd.addr.eq(ptr),
+            swr.addr.eq(rec_len),
+            swr.data.eq(txq.payload.data),
             fwr.addr.eq(length),
             fwr.data.eq(dec.o.payload.data),
         ]
@@ -130,54 +162,78 @@ class LinkCore(wiring.Component):
                         m.d.sync += overflow.eq(1)
                     with m.Else():
                         m.d.comb += fwr.en.eq(1)
-                        m.d.sync += [length.eq(length + 1), crc.eq(crc16_update(crc, dec.o.payload.data))]
+                        m.d.sync += [length.eq(length + 1), crc.eq(crc16_update(crc, dec.o.payload.data)),
+                                     tail.eq(Cat(dec.o.payload.data, tail[:8]))]
                         for i in range(HEADER_BYTES):
                             with m.If(length == i):
                                 m.d.sync += hdr[i].eq(dec.o.payload.data)
 
             with m.State("DISPATCH"):
-                m.d.sync += [status.eq(P.STATUS_OK), op.eq(OP_NONE), value_bytes.eq(0)]
-                with m.Switch(cmd):
-                    with m.Case(P.CMD_READ_REG):
-                        with m.If(n_args == 1):
-                            m.d.comb += eng.reg_re.eq(reg_addr >= P.ENGINE_REG_BASE)
-                            m.next = "REG_READ"
-                        with m.Else():
-                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                m.d.sync += [status.eq(P.STATUS_OK), op.eq(OP_NONE), value_bytes.eq(0), rec_len.eq(0)]
+                with m.If(changes_state & have_last & (seq == last_seq) & (tail == last_crc)):
+                    m.d.comb += srd.addr.eq(0)
+                    m.d.sync += [replaying.eq(1), ptr.eq(0)]
+                    m.next = "REPLAY"
+                with m.Else():
+                    m.d.sync += recording.eq(changes_state)
+                    with m.Switch(cmd):
+                        with m.Case(P.CMD_READ_REG):
+                            with m.If(n_args == 1):
+                                m.d.comb += eng.reg_re.eq(reg_addr >= P.ENGINE_REG_BASE)
+                                m.next = "REG_READ"
+                            with m.Else():
+                                m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                                m.next = "HDR_SEQ"
+                        with m.Case(P.CMD_WRITE_REG):
+                            with m.If(n_args == 5):
+                                m.d.comb += eng.reg_we.eq(reg_addr >= P.ENGINE_REG_BASE)
+                                with m.If(reg_addr == P.REG_SCRATCH):
+                                    m.d.sync += scratch.eq(reg_wdata)
+                                with m.If(reg_addr == P.REG_SESSION):
+                                    m.d.sync += session.eq(reg_wdata)
+                            with m.Else():
+                                m.d.sync += status.eq(P.STATUS_BAD_LEN)
                             m.next = "HDR_SEQ"
-                    with m.Case(P.CMD_WRITE_REG):
-                        with m.If(n_args == 5):
-                            m.d.comb += eng.reg_we.eq(reg_addr >= P.ENGINE_REG_BASE)
-                            with m.If(reg_addr == P.REG_SCRATCH):
-                                m.d.sync += scratch.eq(reg_wdata)
-                        with m.Else():
-                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
-                        m.next = "HDR_SEQ"
-                    with m.Case(P.CMD_WRITE_BULK):
-                        m.d.sync += [ptr.eq(2), stop.eq(length - 2), idle.eq(0)]
-                        m.d.comb += frd.addr.eq(2)
-                        m.next = "BULK_IN"
-                    with m.Case(P.CMD_READ_BULK):
-                        with m.If(n_args == 2):
-                            m.d.sync += [op.eq(OP_BULK_OUT), idle.eq(0),
-                                         budget.eq(Mux(arg_u16 > max_reply_data, max_reply_data, arg_u16))]
-                        with m.Else():
-                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
-                        m.next = "HDR_SEQ"
-                    with m.Case(P.CMD_INFO):
-                        with m.If(n_args == 2):
-                            end = Signal.like(stop)
-                            m.d.comb += end.eq(Mux(arg_u16 + (max_reply_data - 2) > len(info), len(info),
-                                                   arg_u16 + (max_reply_data - 2)))
-                            m.d.comb += ird.addr.eq(arg_u16)
-                            m.d.sync += [op.eq(OP_INFO), ptr.eq(arg_u16), stop.eq(end),
-                                         value.eq(len(info)), value_bytes.eq(2)]
-                        with m.Else():
-                            m.d.sync += status.eq(P.STATUS_BAD_LEN)
-                        m.next = "HDR_SEQ"
-                    with m.Default():
-                        m.d.sync += status.eq(P.STATUS_BAD_CMD)
-                        m.next = "HDR_SEQ"
+                        with m.Case(P.CMD_WRITE_BULK):
+                            with m.If(n_args < P.BULK_POS_BYTES):
+                                m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                                m.next = "HDR_SEQ"
+                            with m.Elif(bulk_skip < n_bulk):  # the device's position lies in this frame
+                                m.d.comb += frd.addr.eq(bulk_data_at + bulk_skip)
+                                m.d.sync += [ptr.eq(bulk_data_at + bulk_skip), stop.eq(length - 2), idle.eq(0)]
+                                m.next = "BULK_IN"
+                            with m.Else():  # a duplicate, or a gap after a lost frame: take nothing
+                                m.d.sync += [ptr.eq(0), stop.eq(0), idle.eq(0)]
+                                m.next = "BULK_IN"
+                        with m.Case(P.CMD_READ_BULK):
+                            with m.If(n_args == 2):
+                                m.d.sync += [op.eq(OP_BULK_OUT), idle.eq(0),
+                                             budget.eq(Mux(arg_u16 > max_reply_data, max_reply_data, arg_u16))]
+                            with m.Else():
+                                m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                            m.next = "HDR_SEQ"
+                        with m.Case(P.CMD_INFO):
+                            with m.If(n_args == 2):
+                                end = Signal.like(stop)
+                                m.d.comb += end.eq(Mux(arg_u16 + (max_reply_data - 2) > len(info), len(info),
+                                                       arg_u16 + (max_reply_data - 2)))
+                                m.d.comb += ird.addr.eq(arg_u16)
+                                m.d.sync += [op.eq(OP_INFO), ptr.eq(arg_u16), stop.eq(end),
+                                             value.eq(len(info)), value_bytes.eq(2)]
+                            with m.Else():
+                                m.d.sync += status.eq(P.STATUS_BAD_LEN)
+                            m.next = "HDR_SEQ"
+                        with m.Default():
+                            m.d.sync += status.eq(P.STATUS_BAD_CMD)
+                            m.next = "HDR_SEQ"
+
+            with m.State("REPLAY"):
+                m.d.comb += [txq.valid.eq(ptr < saved_len), txq.payload.data.eq(srd.data)]
+                with m.If(ptr >= saved_len):
+                    m.next = "END"
+                with m.Elif(txq.ready):
+                    m.d.comb += srd.addr.eq(ptr + 1)
+                    m.d.sync += ptr.eq(ptr + 1)
 
             with m.State("REG_READ"):
                 m.d.sync += [value_bytes.eq(4), op.eq(OP_REG)]
@@ -205,19 +261,26 @@ class LinkCore(wiring.Component):
                             m.d.sync += value.eq(frames_rejected)
                         with m.Case(P.REG_MAX_FRAME):
                             m.d.sync += value.eq(max_frame)
+                        with m.Case(P.REG_BULK_IN_POS):
+                            m.d.sync += value.eq(in_pos)
+                        with m.Case(P.REG_SESSION):
+                            m.d.sync += value.eq(session)
+                        with m.Case(P.REG_FRAMES_REPLAYED):
+                            m.d.sync += value.eq(frames_replayed)
                         with m.Default():
                             m.d.sync += value.eq(0)
                 m.next = "HDR_SEQ"
 
             with m.State("BULK_IN"):
-                m.d.comb += [eng.i.valid.eq(ptr != stop), eng.i.payload.eq(frd.data)]
+                # nothing is offered in the cycle that ends the frame, so ``in_pos`` is final there
+                m.d.comb += [eng.i.valid.eq((ptr != stop) & (idle != STALL_CYCLES)), eng.i.payload.eq(frd.data)]
                 with m.If(eng.i.valid & eng.i.ready):
                     m.d.comb += frd.addr.eq(ptr + 1)
-                    m.d.sync += [ptr.eq(ptr + 1), idle.eq(0)]
+                    m.d.sync += [ptr.eq(ptr + 1), idle.eq(0), in_pos.eq(in_pos + 1)]
                 with m.Elif(eng.i.valid):
                     m.d.sync += idle.eq(idle + 1)
                 with m.If((ptr == stop) | (idle == STALL_CYCLES)):
-                    m.d.sync += [value.eq(ptr - 2), value_bytes.eq(2)]
+                    m.d.sync += [value.eq(in_pos), value_bytes.eq(4)]
                     m.next = "HDR_SEQ"
 
             with m.State("HDR_SEQ"):
@@ -265,12 +328,21 @@ class LinkCore(wiring.Component):
             with m.State("END"):
                 m.d.comb += [txq.valid.eq(1), txq.payload.end.eq(1)]
                 with m.If(txq.ready):
-                    with m.If(status == P.STATUS_OK):
+                    with m.If(replaying):
+                        m.d.sync += frames_replayed.eq(frames_replayed + 1)
+                    with m.Elif(status == P.STATUS_OK):
                         m.d.sync += frames_ok.eq(frames_ok + 1)
                     with m.Else():
                         m.d.sync += frames_rejected.eq(frames_rejected + 1)
-                    m.d.sync += length.eq(0)
+                    with m.If(recording):
+                        m.d.sync += [last_seq.eq(seq), last_crc.eq(tail), have_last.eq(1), saved_len.eq(rec_len)]
+                    m.d.sync += [length.eq(0), recording.eq(0), replaying.eq(0)]
                     m.next = "RECV"
+
+        # every reply byte of a state-changing request goes into the reply buffer as it is sent
+        with m.If(recording & txq.valid & txq.ready & ~txq.payload.end):
+            m.d.comb += swr.en.eq(1)
+            m.d.sync += rec_len.eq(rec_len + 1)
 
         m.d.comb += self.busy.eq(~fsm.ongoing("RECV") | app.busy | enc.busy | self.tx.valid | eng.busy)
         return m
