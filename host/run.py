@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--bits", type=int, default=4, metavar="B",
                      help="sample precision: 1, 2, 4, 8, or 32 for the full-precision datapath (default: 4)")
     job.add_argument("--epochs", type=int, default=10, metavar="E", help="training epochs (default: 10)")
+    job.add_argument("--loss", choices=["ls", "l2svm", "logistic"], default="ls",
+                     help="linreg on the SGD engine: ls (least squares), l2svm (squared hinge, labels +-1), "
+                          "logistic (sigmoid table); classifiers train one-vs-rest for K > 2 classes and report "
+                          "test accuracy next to scikit-learn (default: ls)")
+    job.add_argument("--encoding", choices=["compact", "pair"], default=None,
+                     help="double-sample encoding on the bus: compact (interval index + one up/down bit per "
+                          "copy, b+1 bits) or pair (two b-bit codes, 2b bits) (default: compact for --bits 2, 4, "
+                          "8; pair for 1 and 32)")
     job.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON here (default: none)")
     job.add_argument("--plot", type=Path, metavar="PNG", default=None,
                      help="loss plot path (default: results/<dataset>_q<bits>_<backend>.png)")
