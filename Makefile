@@ -1,5 +1,6 @@
 # zippix: every target creates/refreshes the virtual environment it needs.
-# Variables: VENV (default .venv), BOARD (bitstream/program), PYTHON (host interpreter, default python3).
+# Variables: VENV (default .venv), BOARD (bitstream/program), PYTHON (host interpreter, default python3),
+# DESIGN / PARAMS / CLK_MHZ (bitstream: engine, its KEY=VALUE parameters, PLL clock; the sgd design defaults below).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -14,6 +15,7 @@ help:
 	@echo "make test                   run the whole test suite (what CI runs)"
 	@echo "make sim                    run the cocotb gateware suites only"
 	@echo "make bitstream BOARD=NAME   build a bitstream + JSON report into build/NAME/"
+	@echo "   [DESIGN=sgd PARAMS='bits=2 bus_bits=64' CLK_MHZ=100]  engine, its parameters, PLL clock"
 	@echo "make program BOARD=NAME     build and program a board"
 	@echo "make bench                  run all benchmarks, JSON + PNG into $(BENCH_OUT)/"
 	@echo "make clean                  remove build outputs (keeps the venv; 'make distclean' removes it)"
@@ -35,7 +37,7 @@ sim: venv
 	$(PY) -m pytest -q sim
 
 bitstream: venv
-	$(PY) -m hw.build --board "$(BOARD)"
+	$(PY) -m hw.build --board "$(BOARD)" $(if $(DESIGN),--engine $(DESIGN)) $(if $(PARAMS),--engine-args $(PARAMS)) $(if $(CLK_MHZ),--clk-mhz $(CLK_MHZ))
 
 program: venv
 	$(PY) -m hw.build --board "$(BOARD)" --program

@@ -86,7 +86,7 @@ STATUS_READING = 4
 STATUS_T_SATURATED = 8
 STATUS_X_SATURATED = 16
 
-PIPE_LATENCY_BASE = 7  # enabled cycles from the last beat of a sample to its first model write, minus the tree
+PIPE_LATENCY_BASE = 9  # enabled cycles from the last beat of a sample to its first model write, minus the tree
 
 
 def _pow2_at_least(n):
@@ -137,7 +137,7 @@ class SgdEngine(Engine):
         self.max_features = max_features
         self.tree_latency = tree_levels(self.lanes)
         self.pipe_latency = PIPE_LATENCY_BASE + self.tree_latency
-        self.fifo_depth = _pow2_at_least(self.rows + self.tree_latency + 8)
+        self.fifo_depth = _pow2_at_least(self.rows + self.pipe_latency + 2)  # beats in flight: <= R + latency
         self.store_beats = store_beats
         self.shift_add = bool(shift_add) and bits != 32
         params = {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats,
@@ -185,6 +185,11 @@ class SgdEngine(Engine):
     def _mul(self, x, q):
         """x * q for a small code q.  With ``shift_add`` as explicit partial products (no ``$mul`` cell, so no
         DSP is inferred: for iCE40 parts with few DSPs); same value either way."""
+        if self.bits == 2:  # codes in [-2, 2]: select and negate, no multiplier (Fmax, no DSP blocks)
+            neg = q < 0
+            mag = Mux(neg, -q, q)
+            v = Mux(mag[1], x << 1, Mux(mag[0], x, 0))
+            return Mux(neg, -v, v)
         if not self.shift_add:
             return x * q
         n = len(q)
@@ -492,16 +497,26 @@ class SgdEngine(Engine):
         tw = 34
         m.submodules.tree = tree = AdderTree(L, tw)
         m.d.comb += tree.ce.eq(ce)
-        q1 = self._codes(p1, 0, sgn)
+        # S1b: the model row and the beat registered once more (the block RAM's clock-to-out is not in front of
+        # the lane products: Fmax)
+        v1b, last1b, ref1b = Signal(), Signal(), Signal()
+        p1b = Signal(W)
+        lab1b = Signal(signed(32))
+        rem1b = Signal(signed(18))
+        yrow = Signal(mw * L)
+        with m.If(ce):
+            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1), p1b.eq(p1), lab1b.eq(lab1),
+                         rem1b.eq(rem1), yrow.eq(yr.data)]
+        q1 = self._codes(p1b, 0, sgn)
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
         with m.If(ce):
-            m.d.sync += [v2.eq(v1), last2.eq(last1), ref2.eq(ref1), lab2.eq(lab1)]
+            m.d.sync += [v2.eq(v1b), last2.eq(last1b), ref2.eq(ref1b), lab2.eq(lab1b)]
             for j in range(L):
-                xj = stored_to_q23(yr.data[mw * j:mw * j + mw])
+                xj = stored_to_q23(yrow[mw * j:mw * j + mw])
                 term = self._shift_nb(self._mul(xj, q1[j]), sgn)
-                m.d.sync += terms[j].eq(Mux(rem1 > j, term, 0))
+                m.d.sync += terms[j].eq(Mux(rem1b > j, term, 0))
         m.d.comb += tree.i.eq(terms)
         # delay lines alongside the tree
         va, lasta, refa, laba = v2, last2, ref2, lab2
@@ -541,12 +556,19 @@ class SgdEngine(Engine):
             m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
 
         # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met
+        # (two register stages: the difference and its margin test, then the shift and the saturation)
         f_dot = Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)
-        diff = Signal(signed(acc_w + 1))
-        m.d.comb += diff.eq(f_dot - slab)
+        diff_c = Signal(signed(acc_w + 1))
+        m.d.comb += diff_c.eq(f_dot - slab)
         pos = slab > 0
-        active = Mux(loss == LOSS_L2SVM, Mux(pos, diff < 0, diff > 0), 1)
-        shift = Mux(flags[3] & ~pos, step_shift_neg, step_shift)
+        diff = Signal(signed(acc_w + 1))
+        active = Signal()
+        shift = Signal(6)
+        dv2, dref2 = Signal(), Signal()
+        with m.If(ce):
+            m.d.sync += [diff.eq(diff_c), dv2.eq(sv), dref2.eq(sref),
+                         active.eq(Mux(loss == LOSS_L2SVM, Mux(pos, diff_c < 0, diff_c > 0), 1)),
+                         shift.eq(Mux(flags[3] & ~pos, step_shift_neg, step_shift))]
         shifted = Signal(signed(acc_w + 1))
         m.d.comb += shifted.eq(diff >> shift)
         t_hi = shifted > 2**31 - 1
@@ -554,9 +576,9 @@ class SgdEngine(Engine):
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
         with m.If(ce):
-            m.d.sync += [tv.eq(sv), tref.eq(sref),
+            m.d.sync += [tv.eq(dv2), tref.eq(dref2),
                          t.eq(Mux(active, Mux(t_hi, 2**31 - 1, Mux(t_lo, -2**31, shifted)), 0))]
-            with m.If(sv & active & (t_hi | t_lo)):
+            with m.If(dv2 & active & (t_hi | t_lo)):
                 m.d.sync += t_sat.eq(1)
 
         # --- update pass: one model row per enabled cycle
