@@ -52,7 +52,9 @@ class BoardTop(Elaboratable):
             return m
 
         if self.pll is not None:
+            from amaranth.hdl import ClockDomain
             from .pll import Ecp5Pll
+            m.domains.sync = ClockDomain("sync")
             clk_pin = platform.request(platform.default_clk, dir="-")
             m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
             m.submodules.pll = Ecp5Pll(clk_buf.i, self.pll)

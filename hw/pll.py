@@ -7,7 +7,7 @@ checked against the PLL frequency.  The domain is held in reset until the PLL lo
 """
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib.cdc import ResetSynchronizer
 
 PFD_MHZ = (3.125, 400.0)
@@ -52,7 +52,8 @@ def ecp5_pll_config(f_in_mhz: float, f_out_mhz: float) -> PllConfig:
 
 
 class Ecp5Pll(Elaboratable):
-    """Drives the ``sync`` clock domain from ``clk_in`` (the board oscillator's pin) through an EHXPLLL."""
+    """Drives the ``sync`` clock domain (defined by the parent) from ``clk_in`` (the board oscillator's pin)
+    through an EHXPLLL."""
 
     def __init__(self, clk_in, cfg: PllConfig):
         self.clk_in = clk_in
@@ -62,7 +63,6 @@ class Ecp5Pll(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
-        m.domains.sync = ClockDomain("sync")
         clk_out = Signal()
         m.submodules.pll = Instance(
             "EHXPLLL",
