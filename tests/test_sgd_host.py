@@ -97,11 +97,12 @@ def test_compact_encoding_on_amaranth_matches_golden_and_saves_beats():
     assert a["cycles_per_epoch"][0] < b["cycles_per_epoch"][0]
 
 
-def test_classifier_on_amaranth_one_vs_rest_matches_golden():
+def test_binary_classifier_on_amaranth_matches_golden():
     dev = amaranth_device(4, bus_bits=128, max_features=32, store_beats=256)
-    r = train(dev, dataset="breast_cancer", bits=4, epochs=1, progress=False, loss="l2svm", test_size=0.9)
+    r = train(dev, dataset="breast_cancer", bits=4, epochs=2, progress=False, loss="l2svm", test_size=0.5)
     assert r["golden_match"] is True and r["loss"] == "l2svm" and r["models_trained"] == 1
     assert r["test_accuracy"] > 0.85 and 0.85 < r["sklearn_test_accuracy"] <= 1.0
+    assert len(r["test_accuracy_per_epoch"]) == 2 and r["test_samples"] == 285
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -140,3 +141,17 @@ def test_model_width_on_amaranth_matches_golden():
     assert r["golden_match"] is True and r["model_bits"] == 16 and r["model_frac_bits"] == 12
     assert all(v % (1 << 11) == 0 for v in r["model_q23"])
     assert r["loss_per_epoch"][-1] < 0.5 * r["initial_loss"]
+
+
+@pytest.mark.slow  # a Verilator build on first use (cached afterwards)
+def test_sgd_engine_on_the_verilator_backend_matches_golden():
+    """The SGD engine through the Verilator host backend: least squares with compact Q2 samples and one-vs-rest
+    logistic regression, engine == golden every epoch; the store is loaded over the (simulated) link."""
+    from host.backends import open_device
+    design = design_for(2, bus_bits=64, max_features=32, store_beats=1024)
+    with open_device("verilator", design=design, timeout=30) as dev:
+        r = train(dev, dataset="diabetes", bits=2, epochs=2, progress=False, max_samples=200)
+        assert r["golden_match"] is True and r["encoding"] == "compact" and r["backend"] == "verilator"
+        assert r["link_bytes_moved"] >= r["link_sample_bytes_per_epoch"] * 2
+        c = train(dev, dataset="breast_cancer", bits=2, epochs=1, progress=False, loss="logistic")
+        assert c["golden_match"] is True and c["test_accuracy"] > 0.85
