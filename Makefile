@@ -1,11 +1,13 @@
 # zippix: every target creates/refreshes the virtual environment it needs.
-# Variables: VENV (default .venv), BOARD (bitstream/program), VERBOSE=1 (tool logs), PYTHON (default python3).
+# Variables: VENV (default .venv), BOARD (bitstream/program), VERBOSE=1 (tool logs), PYTHON (default python3),
+# DESIGN / PARAMS / CLK_MHZ (bitstream/program: engine, its KEY=VALUE parameters, PLL clock).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.zippix-installed
 BOARD  ?=
 BENCH_OUT ?= results
+BUILD_ARGS = $(if $(DESIGN),--engine $(DESIGN)) $(foreach p,$(PARAMS),--param $(p)) $(if $(CLK_MHZ),--clk-mhz $(CLK_MHZ)) $(if $(VERBOSE),--verbose)
 
 .PHONY: venv demo test sim bitstream program bench clean help icarus
 
@@ -14,6 +16,7 @@ help:
 	@echo "make test                   run the whole test suite (what CI runs)"
 	@echo "make sim                    run the cocotb gateware suites only"
 	@echo "make bitstream BOARD=NAME   build a bitstream + JSON report into build/NAME/"
+	@echo "   [DESIGN=sgd PARAMS='bits=2 bus_bits=64' CLK_MHZ=100]  engine, its parameters, PLL clock"
 	@echo "make program BOARD=NAME     program a board (reuses build/NAME/ if built from the same sources)"
 	@echo "                            VERBOSE=1: the tools' logs while building"
 	@echo "make bench                  run all benchmarks, JSON + PNG into $(BENCH_OUT)/"
@@ -47,10 +50,10 @@ sim: venv icarus
 	$(PY) -m pytest -q sim
 
 bitstream: venv
-	$(PY) -m hw.build --board "$(BOARD)" $(if $(VERBOSE),--verbose)
+	$(PY) -m hw.build --board "$(BOARD)" $(BUILD_ARGS)
 
 program: venv
-	$(PY) -m hw.build --board "$(BOARD)" --program $(if $(VERBOSE),--verbose)
+	$(PY) -m hw.build --board "$(BOARD)" --program $(BUILD_ARGS)
 
 bench: venv
 	@mkdir -p $(BENCH_OUT)

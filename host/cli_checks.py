@@ -37,7 +37,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 # job -> the scoped flags (argparse dests) it reads; flags not listed in any job apply to every job
 JOB_FLAGS = {
-    "linreg": {"dataset", "bits", "epochs", "seed", "step", "batch", "decay", "save_model", "load_model",
+    "linreg": {"dataset", "bits", "epochs", "loss", "encoding", "seed", "step", "batch", "decay", "save_model", "load_model",
                "json", "plot", "workers", "sync_every", "sync_bits", "scale_step", "checkpoint"},
     "pixelcnn": {"dataset", "samples", "limit", "seed", "json", "plot"},
     "info": set(),
@@ -46,7 +46,7 @@ JOB_FLAGS = {
 JOB_NAMES = {"linreg": "--model linreg", "pixelcnn": "the PixelCNN models", "info": "info", "echo": "echo"}
 # defaults filled in after the checks, for flags the user left out (None: stays None, the job decides)
 DEFAULTS = {
-    "linreg": {"dataset": "synthetic100", "bits": 4, "epochs": 10, "seed": 0, "batch": 1, "decay": 2,
+    "linreg": {"dataset": "synthetic100", "bits": 4, "loss": "ls", "epochs": 10, "seed": 0, "batch": 1, "decay": 2,
                "workers": 1, "sync_every": 1, "sync_bits": 32, "scale_step": False},
     "pixelcnn": {"dataset": "digits"},
     "echo": {"bytes": 4096},

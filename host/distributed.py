@@ -268,6 +268,8 @@ def check_args(args) -> None:
     err = usage_problem(args, int(os.environ["WORLD_SIZE"]) if under_torchrun() else None)
     if err is not None:
         raise UsageError(err)
+    if args.loss != "ls":
+        raise UsageError(f"--loss {args.loss}: data-parallel runs train least squares only (--loss ls)")
     given = sorted(set(NOT_DATA_PARALLEL) & getattr(args, "given", set()))
     if given:
         raise UsageError(f"{flag(given[0])} does not apply to data-parallel runs (they use the single-device "
@@ -391,7 +393,7 @@ def run_rank(args, rank: int, world: int) -> dict:
     status = {"rank": rank, "device": label, "ok": True, "error": ""}
     dev = drv = None
     try:
-        dev = open_device(args.backend, design=design_for(args.bits), port=_port_for(args, rank), baud=args.baud,
+        dev = open_device(args.backend, design=design_for(args.bits, encoding=args.encoding), port=_port_for(args, rank), baud=args.baud,
                           timeout=args.timeout, quiet=rank != 0)
         drv = SgdDriver(dev)
         p = drv.params
@@ -399,7 +401,7 @@ def run_rank(args, rank: int, world: int) -> dict:
             raise TrainError(f"the engine is built for {p['bits']}-bit samples, not {args.bits}")
         if d > p["max_features"]:
             raise TrainError(f"{d} model words but the engine holds at most {p['max_features']}")
-        R = beats_per_sample(d, args.bits, p["bus_bits"])
+        R = beats_per_sample(d, args.bits, p["bus_bits"], p["encoding"])
         chunk = min(n, p["store_beats"] // R)
         if chunk < 1:
             raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
@@ -440,7 +442,8 @@ def run_rank(args, rank: int, world: int) -> dict:
             q1, q2 = sh.codes()
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
-                drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], sh.labels[lo:hi], args.bits, p["bus_bits"]))
+                drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], sh.labels[lo:hi], args.bits, p["bus_bits"], p["encoding"],
+                                            signed=sh.signed))
                 cnt = drv.run(hi - lo)
                 for k in ("cycles", "stalls", "beats"):
                     status[k] += cnt[k]

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  python host/run.py --dataset diabetes --epochs 4 --save-model m.npz\n"
                "  python host/run.py --dataset diabetes --epochs 4 --load-model m.npz  # 4 more epochs\n"
                "  python host/run.py --dataset diabetes --epochs 0 --load-model m.npz  # evaluate only\n"
+               "  python host/run.py --dataset digits --loss logistic --bits 4   # ten-class classifier\n"
                "  python host/run.py --model pixelcnn --dataset digits --samples 16\n"
                "  python host/run.py --workers 2 --sync-bits 8       # data-parallel, 2 engines, 8-bit exchange\n"
                "  torchrun --standalone --nproc-per-node 4 host/run.py --dataset synthetic1000 --sync-bits 4\n"
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: 4)")
     job.add_argument("--epochs", type=C.int_at_least(0), default=None, metavar="E",
                      help="linreg: training epochs; 0 with --load-model evaluates the model (default: 10)")
+    job.add_argument("--loss", choices=["ls", "l2svm", "logistic"], default=None,
+                     help="linreg on the SGD engine: ls (least squares), l2svm (squared hinge, labels +-1), "
+                          "logistic (sigmoid table); classifiers train one-vs-rest for K > 2 classes and report "
+                          "test accuracy next to scikit-learn (default: ls)")
+    job.add_argument("--encoding", choices=["compact", "pair"], default=None,
+                     help="double-sample encoding on the bus: compact (interval index + one up/down bit per "
+                          "copy, b+1 bits) or pair (two b-bit codes, 2b bits) (default: compact for --bits 2, 4, "
+                          "8; pair for 1 and 32)")
     job.add_argument("--seed", type=C.int_at_least(0), default=None, metavar="N",
                      help="linreg: seed of the stochastic quantization (default: 0); PixelCNN: seed of the "
                           "on-chip sampler, 1..2^32-1 (default: 0x2545F491)")

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from hw.sgd import engine as E
-from hw.sgd.layout import (SUPPORTED_BITS, beats_per_sample, check_bits, check_bus_bits, encode_32bit,
-                           pack_samples, staleness)
+from hw.sgd.layout import (ENCODINGS, SUPPORTED_BITS, beats_per_sample, check_bits, check_bus_bits,
+                           check_encoding, default_encoding, encode_32bit, pack_samples, staleness)
 
 MODELS = ("linreg",)
+LOSSES = tuple(E.LOSSES)  # ls (least squares), l2svm (squared hinge), logistic
 DEFAULT_BUS_BITS = 512
 DEFAULT_MAX_FEATURES = 8192
 DEFAULT_STORE_BEATS = 4096
@@ -49,12 +50,23 @@ class GoldenMismatch(RuntimeError):
 
 
 def engine_args(bits: int, *, bus_bits: int = DEFAULT_BUS_BITS, max_features: int = DEFAULT_MAX_FEATURES,
-                store_beats: int = DEFAULT_STORE_BEATS, stochastic_grad: bool = False) -> dict:
+                store_beats: int = DEFAULT_STORE_BEATS, stochastic_grad: bool = False,
+                encoding: str | None = None, model_bits: int = 32, model_frac_bits: int | None = None) -> dict:
+    """``encoding=None``: compact where it saves bus bits (b in 2, 4, 8), else pair.  ``model_bits < 32``: the
+    model stored at that width, stochastically rounded on write (``model_frac_bits`` default: w - 4)."""
     check_bits(bits)
     check_bus_bits(bus_bits)
+    encoding = default_encoding(bits) if encoding is None else encoding
+    check_encoding(bits, encoding)
     args = {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats}
     if stochastic_grad:  # only then, so the default design (and its digest) stays as it was
         args["stochastic_grad"] = True
+    if encoding != "pair":
+        args["encoding"] = encoding
+    if model_bits != 32:
+        args["model_bits"] = model_bits
+        if model_frac_bits is not None:
+            args["model_frac_bits"] = model_frac_bits
     return args
 
 
@@ -65,11 +77,20 @@ def design_for(bits: int, *, max_frame: int = 4096, **kw):
     return Design(engine="sgd", engine_args=engine_args(bits, **kw), max_frame=max_frame)
 
 
-def check_request(dataset, bits, epochs, model="linreg", *, max_features=None):
+def check_request(dataset, bits, epochs, model="linreg", *, max_features=None, loss="ls", encoding=None):
     """Validate everything that needs no device; returns ``(Dataset, signed)``.  Raises :class:`TrainError`."""
     from models.zipml.datasets import DatasetError, load_dataset
     if model not in MODELS:
         raise TrainError(f"unknown model {model!r}; the SGD engine trains: {', '.join(MODELS)}")
+    if loss not in LOSSES:
+        raise TrainError(f"unknown loss {loss!r}; the SGD engine has: {', '.join(LOSSES)}")
+    if encoding is not None:
+        if encoding not in ENCODINGS:
+            raise TrainError(f"unknown encoding {encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        try:
+            check_encoding(bits, encoding)
+        except ValueError as exc:
+            raise TrainError(str(exc)) from None
     if bits not in SUPPORTED_BITS:
         raise TrainError(f"unsupported precision --bits {bits}; choose one of "
                          f"{', '.join(map(str, SUPPORTED_BITS))} (32 = full-precision fixed-point datapath)")
@@ -79,6 +100,15 @@ def check_request(dataset, bits, epochs, model="linreg", *, max_features=None):
         ds = load_dataset(dataset, max_features=None if max_features is None else max_features - 1)
     except DatasetError as exc:
         raise TrainError(str(exc)) from None
+    if loss != "ls":
+        classes = np.unique(ds.y)
+        if ds.task == "regression" or not np.all(classes == np.round(classes)):
+            raise TrainError(f"--loss {loss} trains a classifier, but dataset {ds.name} has a regression target "
+                             f"({classes.size} distinct label values); use --loss ls")
+        if classes.size < 2:
+            raise TrainError(f"--loss {loss}: dataset {ds.name} has a single class")
+        if classes.size > 2 and not np.array_equal(classes, np.arange(classes.size)):
+            raise TrainError(f"dataset {ds.name}: multi-class labels must be 0, ..., K-1; got {classes[:10]}")
     d = ds.n_features + 1  # bias column
     if max_features is not None and d > max_features:
         raise TrainError(f"dataset {ds.name} has {ds.n_features} features (+1 bias = {d}) but the engine holds "
@@ -102,6 +132,34 @@ class SgdDriver:
         self.params = {"bits": r(E.REG_P_BITS), "bus_bits": r(E.REG_P_BUS_BITS), "lanes": r(E.REG_P_LANES),
                        "max_features": r(E.REG_P_MAX_FEATURES), "store_beats": r(E.REG_P_STORE_BEATS),
                        "pipe_latency": r(E.REG_P_PIPE_LATENCY)}
+        ids = {v: k for k, v in E.ENCODING_IDS.items()}
+        self.params["encoding"] = ids.get(r(E.REG_P_ENCODING), "pair")
+        self.params["model_bits"] = r(E.REG_P_MODEL_BITS)
+        self.params["model_frac_bits"] = r(E.REG_P_MODEL_FRAC)
+
+    def load_rng(self, seed, *, grad: bool):
+        """Seed the engine's xorshift32 lanes (gradient lanes when ``grad``, then the model lanes when the model
+        is narrower than 32 bits); returns the twins ``(grad_rng, model_rng)`` (None where absent)."""
+        from models.zipml.rng import Xorshift32Lanes, lane_seeds
+        L = self.params["lanes"]
+        sets = [("g", seed)] if grad else []
+        if self.params["model_bits"] < 32:
+            sets.append(("m", seed + 1))
+        if not sets:
+            return None, None
+        self.w(E.REG_IN_MODE, E.IN_RNG)
+        data = np.concatenate([lane_seeds(sd, L) for _, sd in sets]).astype("<u4").tobytes()
+        self.dev.send(data)
+        self.link_bytes += len(data)
+        twins = {name: Xorshift32Lanes(seed=sd, n_lanes=L) for name, sd in sets}
+        return twins.get("g"), twins.get("m")
+
+    def golden_model_args(self, model_rng):
+        """Keyword arguments of ``engine_run`` for the engine's model width."""
+        if self.params["model_bits"] >= 32:
+            return {}
+        return {"model_bits": self.params["model_bits"], "model_frac_bits": self.params["model_frac_bits"],
+                "model_rng": model_rng}
 
     def w(self, reg, value):
         self.dev.write_engine_reg(reg, value)
@@ -152,9 +210,13 @@ class SgdDriver:
                 on_samples(len(raw[lo:lo + piece]) // sample_bytes)
         self.link_bytes += len(raw)
 
-    def configure(self, d, beats, *, signed, step_shift, batch_mask):
+    def configure(self, d, beats, *, signed, step_shift, batch_mask, loss="ls", ovr=False, step_shift_neg=None):
+        flags = (E.FLAG_SIGNED if signed else 0) | (E.FLAG_OVR if ovr else 0)
+        if step_shift_neg is not None:
+            flags |= E.FLAG_CLASS_WEIGHT
+            self.w(E.REG_STEP_SHIFT_NEG, step_shift_neg)
         for reg, v in [(E.REG_FEATURES, d), (E.REG_BEATS, beats), (E.REG_STEP_SHIFT, step_shift),
-                       (E.REG_BATCH_MASK, batch_mask), (E.REG_FLAGS, E.FLAG_SIGNED if signed else 0),
+                       (E.REG_BATCH_MASK, batch_mask), (E.REG_FLAGS, flags), (E.REG_LOSS, E.LOSSES[loss]),
                        (E.REG_STORE_WRAP, 0)]:
             self.w(reg, v)
 
@@ -195,9 +257,11 @@ def step_shift_at(step_shift: int, epoch: int, decay_every: int) -> int:
 
 
 def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=0, step_shift=None,
-          decay_every=2, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
-          grad_rounding="truncate", init_model=None, first_epoch=0, rng_state=None) -> dict:
-    """Train least squares on the device; returns a JSON-able dict (see ``docs/sgd-engine.md``).
+          decay_every=None, batch_mask=0, baud=115200, verify=True, backend=None, max_samples=None,
+          grad_rounding="truncate", init_model=None, first_epoch=0, rng_state=None, loss="ls", class_weight=None,
+          test_size=0.25) -> dict:
+    """Train least squares (``loss='ls'``) or a classifier (``l2svm``, ``logistic``: :func:`train_classifier`)
+    on the device; returns a JSON-able dict (see ``docs/sgd-engine.md``).
 
     Step: ``2**-(step_shift + e // decay_every)`` in epoch ``e`` (the RTL's shift decay; ``decay_every=0``
     keeps it constant); ``step_shift=None`` picks ``ceil(log2(1 / auto_step)) + 3`` from the data.  ``verify``
@@ -213,7 +277,13 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     from models.zipml.datasets import prepare_linear
     from tqdm import tqdm
 
+    if loss != "ls":
+        return train_classifier(device, dataset=dataset, bits=bits, epochs=epochs, loss=loss, model=model,
+                                progress=progress, seed=seed, step_shift=step_shift, decay_every=decay_every,
+                                batch_mask=batch_mask, baud=baud, verify=verify, backend=backend,
+                                class_weight=class_weight, test_size=test_size)
     ds, signed = check_request(dataset, bits, epochs, model)        # no device work before this passes
+    decay_every = 2 if decay_every is None else decay_every
     if decay_every < 0:
         raise TrainError("decay_every must be >= 0 (0: constant step)")
     if grad_rounding not in ("truncate", "stochastic"):
@@ -246,24 +316,17 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     if d > p["max_features"]:
         raise TrainError(f"dataset {ds.name} has {d - 1} features (+1 bias = {d}) but the engine holds at most "
                          f"{p['max_features']} model words")
-    bus = p["bus_bits"]
-    R = beats_per_sample(d, bits, bus)
+    bus, enc = p["bus_bits"], p["encoding"]
+    R = beats_per_sample(d, bits, bus, enc)
     chunk = min(n, p["store_beats"] // R)
     if chunk < 1:
         raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
     delay = staleness(p["pipe_latency"], R)
 
-    twin = None
-    if grad_rounding == "stochastic":
-        if not drv.stochastic_grad:
-            raise TrainError("grad_rounding='stochastic' needs an engine built with stochastic_grad=True "
-                             "(design_for(bits, stochastic_grad=True); b in 2, 4, 8)")
-        from models.zipml.rng import Xorshift32Lanes, lane_seeds
-        drv.w(E.REG_IN_MODE, E.IN_RNG)
-        seeds = lane_seeds(seed, p["lanes"]).astype("<u4").tobytes()
-        device.send(seeds)
-        drv.link_bytes += len(seeds)
-        twin = Xorshift32Lanes(seed=seed, n_lanes=p["lanes"])
+    if grad_rounding == "stochastic" and not drv.stochastic_grad:
+        raise TrainError("grad_rounding='stochastic' needs an engine built with stochastic_grad=True "
+                         "(design_for(bits, stochastic_grad=True); b in 2, 4, 8)")
+    twin, mtwin = drv.load_rng(seed, grad=grad_rounding == "stochastic")
     if init_model is None:
         drv.clear_model()
     else:
@@ -293,14 +356,16 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
             for lo in range(0, n, chunk):
                 hi = min(n, lo + chunk)
                 link = drv.loads_over_link
-                drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, bus), beats_per_sample=R,
+                drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, bus, enc, signed=signed),
+                               beats_per_sample=R,
                                on_samples=bar.update if link else None)
                 cnt = drv.run(hi - lo, on_samples=None if link else bar.update)
                 c, s, bt = c + cnt["cycles"], s + cnt["stalls"], bt + cnt["beats"]
                 saturated |= cnt["t_saturated"] or cnt["x_saturated"]
                 if verify:
                     x_gold = engine_run(x_gold, q1[lo:hi], q2[lo:hi], labels[lo:hi], bits, signed=signed,
-                                        step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin).x
+                                        step_shift=shift, batch_mask=batch_mask, delay=delay, grad_rng=twin,
+                                        **drv.golden_model_args(mtwin)).x
             x = drv.read_model(d)
             if verify and not np.array_equal(x, x_gold):
                 raise GoldenMismatch(f"epoch {e + 1}: the device's model differs from the bit-exact golden in "
@@ -319,6 +384,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
     wire = _wire_bytes(sample_bytes)
     return {
         "dataset": ds.name, "bits": bits, "epochs": epochs, "first_epoch": first_epoch, "model": model,
+        "loss": "ls", "encoding": enc,
         "backend": backend or getattr(device.transport, "name", type(device.transport).__name__),
         "loss_per_epoch": [float(v) for v in loss],
         "fp_loss_per_epoch": [float(v) for v in fp.loss[1:]],
@@ -330,11 +396,167 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
         "step_shift": step_shift, "decay_every": decay_every, "batch_mask": batch_mask,
         "staleness_samples": delay, "pipe_latency_cycles": p["pipe_latency"],
         "golden_match": True if verify else None, "saturated": saturated, "grad_rounding": grad_rounding,
+        "model_bits": p["model_bits"], "model_frac_bits": p["model_frac_bits"],
         "model_q23": [int(v) for v in x],
         "engine_params": dict(p), "rng_state": rng.bit_generator.state,
         "link_sample_bytes_per_epoch": sample_bytes, "link_wire_bytes_per_epoch": wire,
         "baud": baud, "link_limited_seconds_per_epoch": wire * 10 / baud,
         "link_bytes_moved": drv.link_bytes,
+        "wall_seconds_per_epoch": secs, "wall_seconds": time.perf_counter() - t_start,
+    }
+
+
+def _classifier_objective(scores, signs, loss):
+    """Mean training objective of one-vs-rest models: logistic loss or squared hinge (labels +-1)."""
+    z = signs * scores
+    if loss == "logistic":
+        return float(np.mean(np.logaddexp(0.0, -z)))
+    return float(np.mean(np.maximum(0.0, 1.0 - z) ** 2))
+
+
+def _predict(A, models, classes):
+    scores = A @ (np.asarray(models, dtype=np.float64) / 2.0**23).T
+    if len(classes) == 2:  # one model for the larger class: score > 0 (sigmoid > 1/2, or the SVM's side)
+        return classes[(scores[:, 0] > 0).astype(int)], scores
+    return classes[np.argmax(scores, axis=1)], scores
+
+
+def train_classifier(device, *, dataset, bits, epochs, loss, model="linreg", progress=True, seed=0,
+                     step_shift=None, decay_every=None, batch_mask=0, baud=115200, verify=True, backend=None,
+                     class_weight=False, test_size=0.25) -> dict:
+    """Train an L2-SVM (squared hinge, ZipML-PYNQ) or logistic regression on the engine; one-vs-rest for K > 2.
+
+    The data are split (stratified, ``test_size``, ``seed``) into train and test sets.  Each epoch the training
+    set is double-quantized afresh and loaded once with the class index as the label word; for every class the
+    host loads that class's model, runs the store with FLAG_OVR and CLASS = k, and reads the model back (one
+    model per class; two classes train one model for the larger label).  ``class_weight=True`` (the PYNQ
+    design's class-weighted steps) gives negative samples the step 2**-(shift + w_k), w_k =
+    round(log2(negatives / positives)); off by default (on digits it costs test accuracy for the argmax).
+    Step: 2**-(step_shift + e // decay_every), by default step_shift = ceil(log2(1 / auto_step)) - 4 for
+    logistic (its gradient factor is bounded by 1) and + 0 for l2svm, decay_every = 3.  Test accuracy is reported next to scikit-learn's LogisticRegression
+    (logistic) or LinearSVC (l2svm, squared hinge) on the same split and scaling.
+    """
+    from sklearn.model_selection import train_test_split
+    from models.zipml.datasets import prepare_linear
+    from models.zipml.fixed_point import engine_run, ovr_labels
+    from models.zipml.quantize import quantize_codes
+    from models.zipml.sgd import auto_step
+
+    ds, signed = check_request(dataset, bits, epochs, model, loss=loss)
+    decay_every = 3 if decay_every is None else decay_every
+    if decay_every < 0:
+        raise TrainError("decay_every must be >= 0 (0: constant step)")
+    if not 0.0 < test_size < 1.0:
+        raise TrainError(f"test_size must be in (0, 1), got {test_size}")
+    A, _ = prepare_linear(ds, signed=signed, labels="binary")  # features scaled as the FPGA host does
+    classes = np.unique(ds.y)
+    cls = np.searchsorted(classes, ds.y)
+    A_tr, A_te, c_tr, c_te = train_test_split(A, cls, test_size=test_size, random_state=seed, stratify=cls)
+    n, d = A_tr.shape
+    K = len(classes)
+    positives = [1] if K == 2 else list(range(K))
+    weights = {k: (max(0, round(math.log2((n - np.sum(c_tr == k)) / max(1, np.sum(c_tr == k)))))
+                   if class_weight else None) for k in positives}
+    if step_shift is None:
+        step_shift = max(0, math.ceil(math.log2(1.0 / auto_step(A_tr, 1))) + (-4 if loss == "logistic" else 0))
+
+    drv = SgdDriver(device)
+    p = drv.params
+    if p["bits"] != bits:
+        raise TrainError(f"the device's engine is built for {p['bits']}-bit samples, not {bits}; open it with "
+                         f"design_for({bits})")
+    if d > p["max_features"]:
+        raise TrainError(f"dataset {ds.name} has {d - 1} features (+1 bias = {d}) but the engine holds at most "
+                         f"{p['max_features']} model words")
+    bus, enc = p["bus_bits"], p["encoding"]
+    R = beats_per_sample(d, bits, bus, enc)
+    chunk = min(n, p["store_beats"] // R)
+    if chunk < 1:
+        raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
+    delay = staleness(p["pipe_latency"], R)
+    _, mtwin = drv.load_rng(seed, grad=False)
+    models = {k: np.zeros(d, dtype=np.int64) for k in positives}
+    gold = {k: np.zeros(d, dtype=np.int64) for k in positives}
+    rng = np.random.default_rng(seed)
+    obj, acc_tr, acc_te, cycles, stalls, secs = [], [], [], [], [], []
+    saturated, match = False, True
+    signs = {k: np.where(c_tr == k, 1.0, -1.0) for k in positives}
+    t_start = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=epochs * len(positives), unit="model", desc=f"{ds.name} Q{bits} {loss}", leave=True)
+    for e in range(epochs):
+        te = time.perf_counter()
+        shift = step_shift_at(step_shift, e, decay_every)
+        if bits == 32:
+            q1 = q2 = encode_32bit(A_tr, signed)
+        else:
+            q1 = quantize_codes(A_tr, bits, signed=signed, rng=rng)
+            q2 = quantize_codes(A_tr, bits, signed=signed, rng=rng)
+        c = s = 0
+        for lo in range(0, n, chunk):
+            hi = min(n, lo + chunk)
+            drv.load_store(pack_samples(q1[lo:hi], q2[lo:hi], c_tr[lo:hi], bits, bus, enc, signed=signed))
+            for k in positives:
+                neg = None if weights[k] is None else shift + weights[k]
+                drv.configure(d, R, signed=signed, step_shift=shift, batch_mask=batch_mask, loss=loss, ovr=True,
+                              step_shift_neg=neg)
+                drv.w(E.REG_CLASS, k)
+                drv.load_model(models[k])
+                cnt = drv.run(hi - lo)
+                c, s = c + cnt["cycles"], s + cnt["stalls"]
+                saturated |= cnt["t_saturated"] or cnt["x_saturated"]
+                models[k] = drv.read_model(d)
+                if verify:
+                    gold[k] = engine_run(gold[k], q1[lo:hi], q2[lo:hi], ovr_labels(c_tr[lo:hi], k, loss), bits,
+                                         signed=signed, step_shift=shift, batch_mask=batch_mask, delay=delay,
+                                         loss=loss, step_shift_neg=neg, **drv.golden_model_args(mtwin)).x
+                    if not np.array_equal(models[k], gold[k]):
+                        match = False
+                        raise GoldenMismatch(f"epoch {e + 1}, class {classes[k]}: the device's model differs from the "
+                                           f"bit-exact golden in {int(np.sum(models[k] != gold[k]))} of {d} words")
+                if bar:
+                    bar.update(1)
+        W = [models[k] for k in positives]
+        pred_tr, scores = _predict(A_tr, W, classes)
+        pred_te, _ = _predict(A_te, W, classes)
+        obj.append(float(np.mean([_classifier_objective(scores[:, i], signs[k], loss)
+                                  for i, k in enumerate(positives)])))
+        acc_tr.append(float(np.mean(pred_tr == classes[c_tr])))
+        acc_te.append(float(np.mean(pred_te == classes[c_te])))
+        cycles.append(c)
+        stalls.append(s)
+        secs.append(time.perf_counter() - te)
+        if bar:
+            bar.set_postfix(objective=f"{obj[-1]:.4f}", test_acc=f"{acc_te[-1]:.3f}")
+    if bar:
+        bar.close()
+    if loss == "logistic":
+        from sklearn.linear_model import LogisticRegression
+        ref = LogisticRegression(max_iter=5000)
+    else:
+        from sklearn.svm import LinearSVC
+        ref = LinearSVC(loss="squared_hinge", max_iter=20000)
+    ref.fit(A_tr, classes[c_tr])
+    sample_bytes = n * R * bus // 8
+    wire = _wire_bytes(sample_bytes)
+    return {
+        "dataset": ds.name, "bits": bits, "epochs": epochs, "model": model, "loss": loss, "encoding": enc,
+        "backend": backend or getattr(device.transport, "name", type(device.transport).__name__),
+        "classes": [int(v) for v in classes], "models_trained": len(positives), "class_weight": bool(class_weight),
+        "test_size": test_size, "train_samples": n, "test_samples": int(len(c_te)),
+        "objective_per_epoch": obj, "train_accuracy_per_epoch": acc_tr, "test_accuracy_per_epoch": acc_te,
+        "test_accuracy": acc_te[-1], "sklearn_model": type(ref).__name__,
+        "sklearn_test_accuracy": float(ref.score(A_te, classes[c_te])),
+        "cycles_per_epoch": cycles, "stall_cycles_per_epoch": stalls,
+        "features": d, "samples": n, "bus_bits": bus, "lanes": p["lanes"], "beats_per_sample": R,
+        "store_chunks_per_epoch": -(-n // chunk), "signed": signed, "step_shift": step_shift,
+        "decay_every": decay_every, "batch_mask": batch_mask, "staleness_samples": delay,
+        "pipe_latency_cycles": p["pipe_latency"], "golden_match": match if verify else None,
+        "saturated": saturated, "model_q23": {int(classes[k]): [int(v) for v in models[k]] for k in positives},
+        "link_sample_bytes_per_epoch": sample_bytes, "link_wire_bytes_per_epoch": wire, "baud": baud,
+        "link_limited_seconds_per_epoch": wire * 10 / baud, "link_bytes_moved": drv.link_bytes,
         "wall_seconds_per_epoch": secs, "wall_seconds": time.perf_counter() - t_start,
     }
 
@@ -397,10 +619,16 @@ def check_args(args) -> None:
                 setattr(args, dest, meta[key])
     elif args.epochs == 0:
         raise UsageError("--epochs must be at least 1 (0 only with --load-model, to evaluate a saved model)")
+    if args.loss != "ls":
+        for dest in ("load_model", "save_model", "plot"):
+            if getattr(args, dest) is not None:
+                raise UsageError(f"--{dest.replace('_', '-')} applies to --loss ls only (classifier runs report "
+                                 f"accuracy in the terminal and --json)")
     try:
         # simulated backends run design_for(bits): its capacity is known before anything starts
         ds, signed = check_request(args.dataset, args.bits, max(1, args.epochs), args.model,
-                                   max_features=None if args.backend == "serial" else DEFAULT_MAX_FEATURES)
+                                   max_features=None if args.backend == "serial" else DEFAULT_MAX_FEATURES,
+                                   loss=args.loss, encoding=args.encoding)
     except TrainError as exc:
         raise UsageError(str(exc)) from None
     args.loaded_dataset = ds
@@ -422,7 +650,7 @@ def check_args(args) -> None:
             raise UsageError("--plot: --epochs 0 evaluates the loaded model; there is no loss curve to plot")
         if args.save_model is not None:
             raise UsageError("--save-model: --epochs 0 evaluates the loaded model and does not change it")
-    elif args.plot is None:
+    elif args.plot is None and args.loss == "ls":
         args.plot = check_output(Path("results") / f"{ds.name}_q{args.bits}_{args.backend}.png", "--plot")
 
 
@@ -451,6 +679,23 @@ def _save_model(path, result, args, ds) -> None:
     model_file.save(path, result["model_q23"], meta)
 
 
+def _report_classifier(result, args) -> int:
+    import json
+    print(f"{'epoch':>5} {'objective':>10} {'train acc':>10} {'test acc':>9} {'cycles':>10}")
+    for e, (o, a, t, c) in enumerate(zip(result["objective_per_epoch"], result["train_accuracy_per_epoch"],
+                                         result["test_accuracy_per_epoch"], result["cycles_per_epoch"]), 1):
+        print(f"{e:>5} {o:>10.4f} {a:>10.4f} {t:>9.4f} {c:>10,}")
+    print(f"{result['loss']} on {result['dataset']} ({len(result['classes'])} classes, "
+          f"{result['models_trained']} engine model(s), Q{result['bits']} {result['encoding']}): test accuracy "
+          f"{result['test_accuracy']:.4f} vs scikit-learn {result['sklearn_model']} "
+          f"{result['sklearn_test_accuracy']:.4f}; engine == bit-exact golden: {result['golden_match']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"results: {args.json}")
+    return 0
+
+
 def main(args) -> int:
     """Entry point for ``python host/run.py --dataset ...`` (``args`` from ``host/run.py``'s parser, after
     ``host.cli_checks.validate`` and :func:`check_args`)."""
@@ -474,19 +719,25 @@ def main(args) -> int:
         if "seed" not in getattr(args, "given", set()):  # continue the saved random stream
             resume.update(rng_state=meta["rng_state"])
             args.seed = meta["seed"]
-    design = design_for(args.bits)
+    loss = args.loss
+    design = design_for(args.bits, encoding=args.encoding)
     try:
         with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
                          quiet=False) as dev:
             result = train(dev, dataset=args.dataset, bits=args.bits, epochs=args.epochs, model=args.model,
                            progress=not args.no_progress, baud=args.baud, backend=args.backend, seed=args.seed,
-                           step_shift=args.step, decay_every=args.decay, batch_mask=args.batch - 1, **resume)
+                           step_shift=args.step, batch_mask=args.batch - 1, loss=loss,
+                           # classifiers have their own default decay unless --decay is given
+                           decay_every=args.decay if loss == "ls" or "decay" in args.given else None,
+                           **resume)
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except GoldenMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MISMATCH
+    if loss != "ls":
+        return _report_classifier(result, args)
     first = result["first_epoch"]
     print(f"{'epoch':>5} {'loss (hw)':>12} {'loss (fp ref)':>14} {'cycles':>10} {'stalls':>7}")
     print(f"{first:>5} {result['initial_loss']:>12.6f} {result['initial_loss']:>14.6f} {'':>10} {'':>7}")

@@ -34,6 +34,7 @@ class BoardTop(Elaboratable):
         # watch ``uart_tx.tx``
         self.uart_rx = UartRx(self.divisor)
         self.uart_tx = UartTx(self.divisor)
+        self.pll = None  # hw.pll.PllConfig: clock the sync domain from the FPGA's PLL at clk_hz (hw.build --clk-mhz)
 
     def board_params(self) -> dict:
         return {"board": self.board, "clk_hz": int(round(self.clk_hz)), "baud": self.baud}
@@ -50,6 +51,14 @@ class BoardTop(Elaboratable):
 
         if platform is None:  # simulation / plain elaboration: no pins
             return m
+
+        if self.pll is not None:
+            from amaranth.hdl import ClockDomain
+            from .pll import Ecp5Pll
+            m.domains.sync = ClockDomain("sync")
+            clk_pin = platform.request(platform.default_clk, dir="-")
+            m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
+            m.submodules.pll = Ecp5Pll(clk_buf.i, self.pll)
 
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_pin = io.Buffer("i", uart.rx)

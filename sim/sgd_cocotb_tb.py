@@ -1,6 +1,6 @@
 """cocotb testbench: the SGD engine (``hw.sgd.engine.SgdEngine`` alone) against the bit-exact NumPy golden.
 
-Parameters come from the environment (``SGD_BITS``, ``SGD_BUS``, ``SGD_MAXF``, ``SGD_STORE``); the golden is
+Parameters come from the environment (``SGD_BITS``, ``SGD_BUS``, ``SGD_MAXF``, ``SGD_STORE``, ``SGD_ENC``); the golden is
 ``models.zipml.fixed_point.engine_run`` with the staleness derived from the engine's ``pipe_latency`` register.
 Bytes go in with random idle cycles, model bytes come out under random ``ready`` backpressure.
 """
@@ -12,13 +12,14 @@ from cocotb.triggers import FallingEdge, ReadOnly
 
 from hw.sgd import engine as E
 from hw.sgd.layout import beats_per_sample, code_range, pack_samples, staleness
-from models.zipml.fixed_point import engine_run
+from models.zipml.fixed_point import engine_run, ovr_labels
 from streams import EngineTB
 
 BITS = int(os.environ.get("SGD_BITS", "4"))
 BUS = int(os.environ.get("SGD_BUS", "64"))
 MAXF = int(os.environ.get("SGD_MAXF", "256"))
 STORE = int(os.environ.get("SGD_STORE", "1024"))
+ENC = os.environ.get("SGD_ENC", "pair")
 
 
 class TB(EngineTB):
@@ -26,6 +27,7 @@ class TB(EngineTB):
         await super().start()
         self.pipe_latency = await self.read(E.REG_P_PIPE_LATENCY)
         assert await self.read(E.REG_P_BITS) == BITS and await self.read(E.REG_P_BUS_BITS) == BUS
+        assert await self.read(E.REG_P_ENCODING) == E.ENCODING_IDS[ENC]
 
     async def send(self, data: bytes):
         self.to_dut.extend(data)
@@ -55,14 +57,18 @@ class TB(EngineTB):
         assert len(self.from_dut) == 4 * d
         return np.frombuffer(bytes(self.from_dut), dtype="<i4").astype(np.int64)
 
-    async def run(self, q1, q2, lab, *, signed, shift, mask, link, store_base=0, wrap=0):
+    async def run(self, q1, q2, lab, *, signed, shift, mask, link, store_base=0, wrap=0, loss="ls", ovr_class=None,
+                  shift_neg=None):
         n, d = q1.shape
-        R = beats_per_sample(d, BITS, BUS)
+        R = beats_per_sample(d, BITS, BUS, ENC)
+        flags = ((E.FLAG_SIGNED if signed else 0) | (E.FLAG_SOURCE_LINK if link else 0)
+                 | (E.FLAG_OVR if ovr_class is not None else 0) | (E.FLAG_CLASS_WEIGHT if shift_neg is not None else 0))
         for reg, v in [(E.REG_FEATURES, d), (E.REG_BEATS, R), (E.REG_RUN_SAMPLES, n), (E.REG_STEP_SHIFT, shift),
-                       (E.REG_BATCH_MASK, mask), (E.REG_STORE_WRAP, wrap),
-                       (E.REG_FLAGS, (E.FLAG_SIGNED if signed else 0) | (E.FLAG_SOURCE_LINK if link else 0))]:
+                       (E.REG_BATCH_MASK, mask), (E.REG_STORE_WRAP, wrap), (E.REG_FLAGS, flags),
+                       (E.REG_LOSS, E.LOSSES[loss]), (E.REG_CLASS, ovr_class or 0),
+                       (E.REG_STEP_SHIFT_NEG, shift_neg or 0)]:
             await self.write(reg, v)
-        data = pack_samples(q1, q2, lab, BITS, BUS).tobytes()
+        data = pack_samples(q1, q2, lab, BITS, BUS, ENC, signed=signed).tobytes()
         if link:
             await self.write(E.REG_IN_MODE, E.IN_SAMPLES)
             await self.write(E.REG_CMD, E.CMD_RUN)
@@ -78,10 +84,10 @@ class TB(EngineTB):
             ("cycles", E.REG_CYCLES), ("beats", E.REG_BEATS_IN), ("stalls", E.REG_STALLS),
             ("samples", E.REG_SAMPLES_DONE), ("status", E.REG_STATUS)]}
 
-    def golden(self, x, q1, q2, lab, *, signed, shift, mask):
-        R = beats_per_sample(q1.shape[1], BITS, BUS)
+    def golden(self, x, q1, q2, lab, *, signed, shift, mask, loss="ls", shift_neg=None):
+        R = beats_per_sample(q1.shape[1], BITS, BUS, ENC)
         return engine_run(x, q1, q2, lab, BITS, signed=signed, step_shift=shift, batch_mask=mask,
-                          delay=staleness(self.pipe_latency, R))
+                          delay=staleness(self.pipe_latency, R), loss=loss, step_shift_neg=shift_neg)
 
 
 def problem(rng, n, d, signed, *, extreme=False):
@@ -97,6 +103,8 @@ def problem(rng, n, d, signed, *, extreme=False):
     else:
         lab = rng.integers(-(2**24), 2**24, n)
         x0 = rng.integers(-(2**22), 2**22, d)
+    if ENC == "compact":  # the second copy in the first's interval: one level up or down, or equal
+        q2 = np.clip(q1 + np.sign(q2 - q1), lo, hi)
     return q1, q2, lab, x0
 
 
@@ -118,7 +126,7 @@ async def random_data_link_with_idle_and_backpressure(dut):
             want = tb.golden(x0, q1, q2, lab, signed=signed, shift=4, mask=mask)
             got = await tb.read_model(d)
             assert np.array_equal(got, want.x), f"signed={signed} d={d}: {np.sum(got != want.x)} words differ"
-            assert cnt["samples"] == 23 and cnt["beats"] == 23 * beats_per_sample(d, BITS, BUS)
+            assert cnt["samples"] == 23 and cnt["beats"] == 23 * beats_per_sample(d, BITS, BUS, ENC)
             assert cnt["stalls"] > 0  # the idle input cycles were counted
 
 
@@ -133,7 +141,7 @@ async def store_runs_minibatch_boundaries_and_counters(dut):
     d = 29
     x = rng.integers(-(2**20), 2**20, d)
     await tb.load_model(x)
-    R = beats_per_sample(d, BITS, BUS)
+    R = beats_per_sample(d, BITS, BUS, ENC)
     for n, mask in [(19, 7), (21, 1), (34, 15)]:
         q1, q2, lab, _ = problem(rng, n, d, signed)
         cnt = await tb.run(q1, q2, lab, signed=signed, shift=5, mask=mask, link=False, store_base=3)
@@ -170,7 +178,7 @@ async def epochs_back_to_back_from_store_copies(dut):
     rng = np.random.default_rng(BITS + 5)
     signed = BITS != 1
     n, d = 10, 17
-    R = beats_per_sample(d, BITS, BUS)
+    R = beats_per_sample(d, BITS, BUS, ENC)
     parts = [problem(rng, n, d, signed) for _ in range(3)]
     q1 = np.vstack([p[0] for p in parts])
     q2 = np.vstack([p[1] for p in parts])
@@ -181,3 +189,25 @@ async def epochs_back_to_back_from_store_copies(dut):
     want = tb.golden(x0, q1, q2, lab, signed=signed, shift=6, mask=3)
     assert cnt["stalls"] == 1 and cnt["cycles"] == 3 * n * R + tb.pipe_latency + R
     assert np.array_equal(await tb.read_model(d), want.x)
+
+
+@cocotb.test()
+async def classifier_losses_one_vs_rest(dut):
+    """L2-SVM and logistic (sigmoid table) with class indices as labels (FLAG_OVR), class-weighted steps, from the
+    link with idle cycles and from the store; models large enough to reach the sigmoid table's clamped ends."""
+    tb = TB(dut, idle=0.3, stall=0.3, seed=5)
+    await tb.start()
+    rng = np.random.default_rng(BITS * 13 + BUS)
+    signed = BITS != 1
+    n, d = 31, 23
+    for loss, k, shift_neg, link in [("l2svm", 2, 6, True), ("logistic", 0, None, False), ("logistic", 1, 5, True)]:
+        q1, q2, _, _ = problem(rng, n, d, signed)
+        cls = rng.integers(0, 3, n)
+        x0 = rng.integers(-(2**24), 2**24, d)
+        await tb.load_model(x0)
+        await tb.run(q1, q2, cls, signed=signed, shift=3, mask=1, link=link, loss=loss, ovr_class=k,
+                     shift_neg=shift_neg)
+        want = tb.golden(x0, q1, q2, ovr_labels(cls, k, loss), signed=signed, shift=3, mask=1, loss=loss,
+                         shift_neg=shift_neg)
+        got = await tb.read_model(d)
+        assert np.array_equal(got, want.x), f"{loss} class {k}: {np.sum(got != want.x)} words differ"

@@ -32,11 +32,22 @@ def random_problem(rng, n, d, bits, signed, *, extreme=False):
     return q1, q2, labels, x0
 
 
-def golden(eng, q1, q2, labels, x0, *, signed, shift, mask, grad_rng=None):
+def compact_pair(q1, q2, bits, signed):
+    """Make ``q2`` a second rounding in ``q1``'s interval (what the compact encoding can hold)."""
+    if bits in (1, 32):
+        return q2
+    nb = bits - 2 if signed else bits - 1
+    lo, hi = (-(1 << nb), 1 << nb) if signed else (0, 1 << nb)
+    step = np.where(q2 > q1, 1, np.where(q2 < q1, -1, 0))
+    return np.clip(q1 + step, lo, hi)
+
+
+def golden(eng, q1, q2, labels, x0, *, signed, shift, mask, grad_rng=None, loss="ls", shift_neg=None):
     d = q1.shape[1]
-    R = beats_per_sample(d, eng.bits, eng.bus_bits)
+    R = beats_per_sample(d, eng.bits, eng.bus_bits, eng.encoding)
     return engine_run(x0, q1, q2, labels, eng.bits, signed=signed, step_shift=shift, batch_mask=mask,
-                      delay=staleness(eng.pipe_latency, R), grad_rng=grad_rng)
+                      delay=staleness(eng.pipe_latency, R), grad_rng=grad_rng, loss=loss,
+                      step_shift_neg=shift_neg)
 
 
 class EngineTB:
@@ -106,11 +117,13 @@ class EngineTB:
         await self.wait_idle(ctx)
         return np.frombuffer(raw, dtype="<i4").astype(np.int64)
 
-    async def configure(self, ctx, d, n, *, signed, shift, mask, link):
-        R = beats_per_sample(d, self.eng.bits, self.eng.bus_bits)
+    async def configure(self, ctx, d, n, *, signed, shift, mask, link, loss="ls", shift_neg=None, ovr_class=None):
+        R = beats_per_sample(d, self.eng.bits, self.eng.bus_bits, self.eng.encoding)
+        flags = ((E.FLAG_SIGNED if signed else 0) | (E.FLAG_SOURCE_LINK if link else 0)
+                 | (E.FLAG_CLASS_WEIGHT if shift_neg is not None else 0) | (E.FLAG_OVR if ovr_class is not None else 0))
         for addr, v in [(E.REG_FEATURES, d), (E.REG_BEATS, R), (E.REG_RUN_SAMPLES, n), (E.REG_STEP_SHIFT, shift),
-                        (E.REG_BATCH_MASK, mask),
-                        (E.REG_FLAGS, (E.FLAG_SIGNED if signed else 0) | (E.FLAG_SOURCE_LINK if link else 0))]:
+                        (E.REG_BATCH_MASK, mask), (E.REG_FLAGS, flags), (E.REG_LOSS, E.LOSSES[loss]),
+                        (E.REG_STEP_SHIFT_NEG, shift_neg or 0), (E.REG_CLASS, ovr_class or 0)]:
             await self.write(ctx, addr, v)
 
     async def counters(self, ctx):
@@ -118,13 +131,14 @@ class EngineTB:
             ("cycles", E.REG_CYCLES), ("beats", E.REG_BEATS_IN), ("stalls", E.REG_STALLS),
             ("samples", E.REG_SAMPLES_DONE), ("status", E.REG_STATUS)]}
 
-    async def train_run(self, ctx, q1, q2, labels, x0, *, signed, shift, mask, link, store_base=0):
-        """Load x0, run the samples once (from the link or after loading the store), return (model, counters)."""
+    async def train_run(self, ctx, q1, q2, labels, x0, *, signed, shift, mask, link, store_base=0, **loss_kw):
+        """Load x0, run the samples once (from the link or after loading the store), return (model, counters).
+        ``loss_kw``: ``loss``, ``shift_neg``, ``ovr_class`` (then ``labels`` are class indices)."""
         n, d = q1.shape
         e = self.eng
-        beats = pack_samples(q1, q2, labels, e.bits, e.bus_bits).tobytes()
+        beats = pack_samples(q1, q2, labels, e.bits, e.bus_bits, e.encoding, signed=signed).tobytes()
         await self.load_model(ctx, x0)
-        await self.configure(ctx, d, n, signed=signed, shift=shift, mask=mask, link=link)
+        await self.configure(ctx, d, n, signed=signed, shift=shift, mask=mask, link=link, **loss_kw)
         if link:
             await self.write(ctx, E.REG_IN_MODE, E.IN_SAMPLES)
             await self.write(ctx, E.REG_CMD, E.CMD_RUN)

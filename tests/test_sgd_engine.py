@@ -9,9 +9,10 @@ from hw.sgd import engine as E
 from hw.sgd.engine import SgdEngine
 from hw.sgd.layout import beats_per_sample, code_range, lanes, pack_samples, staleness
 from hw.sgd.tree import AdderTree
+from models.zipml.fixed_point import engine_run
 from models.zipml.pack import pack_rows_with_label, double_sample_slots
 
-from sgd_engine_tb import EngineTB, golden, random_problem
+from sgd_engine_tb import EngineTB, compact_pair, golden, random_problem
 
 
 # --- stage: adder tree -------------------------------------------------------------------------------------------
@@ -247,3 +248,154 @@ def test_stochastic_gradient_rounding_with_twin_rng(bits, bus, signed, link):
 
     got = EngineTB(eng, seed=5, in_gap=0.3 if link else 0.0).run(program)
     assert np.array_equal(got, x)
+
+
+# --- compact double-sample encoding (interval index + one up/down bit per copy) ----------------------------------
+
+def test_compact_layout_q2_at_d1000_beats_the_32bit_baseline_by_more_than_10x():
+    # d = 1000 + bias: 63 beats at 32 bits; compact Q2 packs 170 three-bit slots per 512-bit beat
+    assert lanes(2, 512, "compact") == 170 and lanes(4, 512, "compact") == 102 and lanes(8, 512, "compact") == 56
+    assert beats_per_sample(1001, 32, 512) == 63 and beats_per_sample(1001, 2, 512, "compact") == 6
+    assert beats_per_sample(1001, 32, 512) / beats_per_sample(1001, 2, 512, "compact") >= 10
+    # the label needs the top 32 bits of the last beat: 170 Q2 features fill 510 bits, so a second beat
+    assert beats_per_sample(170, 2, 512, "compact") == 2 and beats_per_sample(160, 2, 512, "compact") == 1
+
+
+COMPACT_CASES = [  # bits, bus, signed, link, mask, n, d
+    (2, 64, True, True, 0, 24, 45),      # 21 lanes, 3 beats, lane count not a power of two
+    (2, 128, False, False, 3, 20, 30),
+    (4, 64, True, False, 0, 30, 5),      # one beat per sample
+    (4, 128, False, True, 1, 20, 60),
+    (8, 64, True, True, 7, 20, 17),
+    (8, 128, False, False, 0, 10, 70),
+]
+
+
+@pytest.mark.parametrize("bits,bus,signed,link,mask,n,d", COMPACT_CASES)
+def test_compact_engine_equals_golden(bits, bus, signed, link, mask, n, d):
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=128, store_beats=512, encoding="compact")
+    rng = np.random.default_rng(bits * 7 + bus + d)
+    q1, q2, lab, x0 = random_problem(rng, n, d, bits, signed)
+    q2 = compact_pair(q1, q2, bits, signed)
+    lo, hi = code_range(bits, signed)
+    q1[0, :] = hi  # the top level: interval index clamps to the last interval, both up bits set
+    q2[0, :] = hi
+    q1[1, :], q2[1, :] = lo, lo + 1
+    want = golden(eng, q1, q2, lab, x0, signed=signed, shift=3, mask=mask)
+    tb = EngineTB(eng, seed=d, in_gap=0.4 if link else 0.0, out_stall=0.3)
+    x, cnt = tb.run(lambda tb, ctx: tb.train_run(ctx, q1, q2, lab, x0, signed=signed, shift=3, mask=mask,
+                                                   link=link))
+    assert np.array_equal(x, want.x), f"{int(np.sum(x != want.x))} of {d} model words differ"
+    R = beats_per_sample(d, bits, bus, "compact")
+    assert cnt["beats"] == n * R
+    if not link:
+        assert cnt["cycles"] == n * R + 1 + eng.pipe_latency + R - 1
+
+
+def test_compact_engine_does_not_accept_pair_packing():
+    """The compact engine fed pair-packed beats (same beat count) misses the golden: the decode really reads
+    the compact slots."""
+    bits, bus, signed, n, d = 4, 64, True, 12, 9
+    rng = np.random.default_rng(3)
+    q1, q2, lab, x0 = random_problem(rng, n, d, bits, signed)
+    q2 = compact_pair(q1, q2, bits, signed)
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=32, store_beats=64, encoding="compact")
+    assert beats_per_sample(d, bits, bus, "pair") == beats_per_sample(d, bits, bus, "compact")
+    want = golden(eng, q1, q2, lab, x0, signed=signed, shift=3, mask=0).x
+    wrong = pack_samples(q1, q2, lab, bits, bus, "pair")
+
+    async def program(tb, ctx):
+        await tb.load_model(ctx, x0)
+        await tb.configure(ctx, d, n, signed=signed, shift=3, mask=0, link=True)
+        await tb.write(ctx, E.REG_BEATS, wrong.shape[1] * 32 // bus)
+        await tb.write(ctx, E.REG_IN_MODE, E.IN_SAMPLES)
+        await tb.write(ctx, E.REG_CMD, E.CMD_RUN)
+        await tb.send(ctx, wrong.tobytes())
+        await ctx.tick()
+        await tb.wait_idle(ctx)
+        return await tb.read_model(ctx, d)
+
+    assert not np.array_equal(EngineTB(eng).run(program), want)
+
+
+# --- classifier losses: L2-SVM (squared hinge), logistic (sigmoid table), one-vs-rest, class-weighted steps ----
+
+@pytest.mark.parametrize("loss,enc,bits,bus,link,mask", [
+    ("l2svm", "compact", 4, 64, True, 0), ("l2svm", "pair", 8, 128, False, 1),
+    ("logistic", "compact", 2, 128, False, 0), ("logistic", "pair", 4, 64, True, 3),
+    ("logistic", "pair", 32, 64, False, 0)])
+def test_classifier_losses_equal_golden(loss, enc, bits, bus, link, mask):
+    from models.zipml.fixed_point import ovr_labels
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=64, store_beats=512, encoding=enc)
+    rng = np.random.default_rng(len(loss) * 100 + bits + bus)
+    n, d, signed = 40, 11, True
+    q1, q2, _, x0 = random_problem(rng, n, d, bits, signed)
+    q2 = compact_pair(q1, q2, bits, signed)
+    x0 = rng.integers(-2**24, 2**24, d)  # dots well past the sigmoid table's +-8 range too
+    cls = rng.integers(0, 3, n)
+    runs = []
+    for k, shift_neg in [(1, None), (2, 5)]:
+        want = golden(eng, q1, q2, ovr_labels(cls, k, loss), x0, signed=signed, shift=3, mask=mask, loss=loss,
+                      shift_neg=shift_neg)
+        plain = golden(eng, q1, q2, ovr_labels(cls, k, loss), x0, signed=signed, shift=3, mask=mask)
+        assert not np.array_equal(want.x, plain.x)  # the loss changes the arithmetic
+        runs.append((k, shift_neg, want.x))
+
+    async def program(tb, ctx):
+        out = []
+        for k, shift_neg, _ in runs:
+            x, _ = await tb.train_run(ctx, q1, q2, cls, x0, signed=signed, shift=3, mask=mask, link=link,
+                                      loss=loss, shift_neg=shift_neg, ovr_class=k)
+            out.append(x)
+        return out
+
+    got = EngineTB(eng, seed=4, in_gap=0.3 if link else 0.0, out_stall=0.2).run(program)
+    for (k, shift_neg, want), x in zip(runs, got):
+        assert np.array_equal(x, want), (k, shift_neg, int(np.sum(x != want)))
+
+
+def test_sigmoid_table_twin():
+    from models.zipml.fixed_point import sigmoid_fixed, sigmoid_table
+    tab = sigmoid_table()
+    assert tab.shape == (512,) and tab.min() >= 0 and tab.max() < 2**24 and np.all(np.diff(tab) >= 0)
+    z = np.linspace(-7.99, 7.99, 4001)
+    approx = sigmoid_fixed(np.floor(z * 2**23).astype(np.int64)) / 2**23
+    assert np.max(np.abs(approx - 1 / (1 + np.exp(-z)))) < 0.004  # half a bin (1/64) times the steepest slope (1/4)
+    assert sigmoid_fixed(-2**40) == tab[0] and sigmoid_fixed(2**40) == tab[-1]
+
+
+# --- end-to-end low precision: model stored at w bits, stochastic rounding on write by the twin RNG --------------
+
+@pytest.mark.parametrize("model_bits,frac,bits,enc,grad,link", [(16, 12, 4, "compact", False, True),
+                                                               (8, 4, 2, "pair", True, False),
+                                                               (12, 10, 32, "pair", False, False)])
+def test_model_width_with_stochastic_rounding_equals_golden(model_bits, frac, bits, enc, grad, link):
+    from models.zipml.rng import Xorshift32Lanes, lane_seeds
+    eng = SgdEngine(bits=bits, bus_bits=64, max_features=64, store_beats=512, encoding=enc,
+                    model_bits=model_bits, model_frac_bits=frac, stochastic_grad=grad)
+    L, drop = eng.lanes, 23 - frac
+    rng = np.random.default_rng(model_bits + bits)
+    d, signed = 2 * L + 1, True
+    q1, q2, lab, _ = random_problem(rng, 25, d, bits, signed)
+    q2 = compact_pair(q1, q2, bits, signed)
+    lim = 1 << (model_bits - 1)
+    x0 = rng.integers(-lim, lim, d) << drop
+    x0[:2] = [(lim - 1) << drop, -lim << drop]  # at the ends of the w-bit range: saturation
+    gtwin = Xorshift32Lanes(seed=3, n_lanes=L) if grad else None
+    mtwin = Xorshift32Lanes(seed=4, n_lanes=L)
+    want = engine_run(x0, q1, q2, lab, bits, signed=signed, step_shift=2, batch_mask=1,
+                      delay=staleness(eng.pipe_latency, beats_per_sample(d, bits, 64, enc)), grad_rng=gtwin,
+                      model_bits=model_bits, model_frac_bits=frac, model_rng=mtwin)
+    assert np.all(want.x % (1 << drop) == 0) and want.x.max() <= (lim - 1) << drop
+    seeds = ([lane_seeds(3, L)] if grad else []) + [lane_seeds(4, L)]
+
+    async def program(tb, ctx):
+        await tb.write(ctx, E.REG_IN_MODE, E.IN_RNG)
+        await tb.send(ctx, np.concatenate(seeds).astype("<u4").tobytes())
+        x, cnt = await tb.train_run(ctx, q1, q2, lab, x0, signed=signed, shift=2, mask=1, link=link)
+        return x, cnt, [await tb.read(ctx, r) for r in (E.REG_P_MODEL_BITS, E.REG_P_MODEL_FRAC)]
+
+    x, cnt, params = EngineTB(eng, seed=7, in_gap=0.3 if link else 0.0).run(program)
+    assert params == [model_bits, frac]
+    assert np.array_equal(x, want.x), f"{int(np.sum(x != want.x))} of {d} words differ"
+    assert bool(cnt["status"] & E.STATUS_X_SATURATED) == want.x_saturated

@@ -1,6 +1,7 @@
 """The SGD engine's bit-exact golden (models.zipml.fixed_point.engine_run): tied to the qFSGD reference and
 to the floating-point algorithm."""
 import numpy as np
+import pytest
 
 from hw.sgd.layout import encode_32bit
 from models.zipml import linear_sgd, load_dataset, prepare_linear, quantize_codes
@@ -51,3 +52,57 @@ def test_golden_loss_tracks_the_float_reference():
         loss = least_squares_loss(A, y, x / 2**23)
         tolerance = {4: 1.05, 8: 1.01, 32: 1.01}[bits]  # Q4's extra variance costs a few % at 3,000 samples
         assert loss < tolerance * fp.final_loss, (bits, loss, fp.final_loss)
+
+
+# --- compact double-sample slots (models.zipml.pack) -------------------------------------------------------------
+
+def test_compact_slots_roundtrip_and_bit_positions():
+    from models.zipml.pack import (compact_double_sample_slots, decode_compact_slots, pack_beat_slots,
+                                   unpack_beat_slots)
+    from models.zipml.quantize import quantize_codes
+    rng = np.random.default_rng(0)
+    for bits, signed in [(2, True), (2, False), (4, True), (8, False)]:
+        A = rng.uniform(-1 if signed else 0, 1, (7, 45))
+        A[0, :3] = [1.0, -1.0 if signed else 0.0, 0.5]  # the ends of the range and a level exactly
+        q1 = quantize_codes(A, bits, signed=signed, rng=rng)
+        q2 = quantize_codes(A, bits, signed=signed, rng=rng)
+        slots = compact_double_sample_slots(q1, q2, bits, signed=signed)
+        assert slots.max() < 2 ** (bits + 1)
+        d1, d2 = decode_compact_slots(slots, bits, signed=signed)
+        assert np.array_equal(d1, q1) and np.array_equal(d2, q2)
+        s, per = bits + 1, 64 // (bits + 1)
+        words = -(-45 // per)
+        packed = pack_beat_slots(slots, s, per, 64, words)
+        assert np.array_equal(unpack_beat_slots(packed, s, per, 64, 45), slots)
+        row = int.from_bytes(packed[2].tobytes(), "little")  # the reference: slot j at bit (j // per) * 64 + ...
+        for j in (0, 1, per - 1, per, 44):
+            at = (j // per) * 64 + (j % per) * s
+            assert (row >> at) & ((1 << s) - 1) == slots[2, j]
+
+
+def test_compact_slots_refuse_copies_from_different_intervals():
+    from models.zipml.pack import compact_double_sample_slots
+    with pytest.raises(ValueError, match="one quantization interval"):
+        compact_double_sample_slots(np.array([[0, 1]]), np.array([[2, 1]]), 4, signed=False)
+    with pytest.raises(ValueError, match="outside"):
+        compact_double_sample_slots(np.array([[5]]), np.array([[5]]), 4, signed=True)
+    with pytest.raises(ValueError, match="bits in 2, 4, 8"):
+        compact_double_sample_slots(np.array([[1]]), np.array([[1]]), 1, signed=False)
+
+
+def test_engine_golden_classifier_losses_follow_their_definitions():
+    """l2svm: no update once the margin is met; logistic: t from the sigmoid table; class-weighted shifts."""
+    from models.zipml.fixed_point import engine_run, sigmoid_fixed
+    one = 1 << 23
+    q = np.array([[2, 0]])  # Q4 signed: value 2/4 = 0.5 on feature 0
+    x0 = np.array([3 * one, 0])  # dot = 1.5
+    met = engine_run(x0, q, q, [one], 4, signed=True, step_shift=0, loss="l2svm")
+    assert np.array_equal(met.x, x0)
+    missed = engine_run(x0, q, q, [-one], 4, signed=True, step_shift=0, loss="l2svm")
+    t = (int(1.5 * one) + one)
+    assert missed.x[0] == x0[0] - ((t * 2) >> 2)
+    lg = engine_run(x0, q, q, [0], 4, signed=True, step_shift=1, loss="logistic")
+    t = int(sigmoid_fixed(int(1.5 * one))) >> 1
+    assert lg.x[0] == x0[0] - ((t * 2) >> 2)
+    w = engine_run(x0, q, q, [0], 4, signed=True, step_shift=1, loss="logistic", step_shift_neg=3)
+    assert w.x[0] == x0[0] - (((int(sigmoid_fixed(int(1.5 * one))) >> 3) * 2) >> 2)

@@ -7,7 +7,8 @@ Datapath, one bus beat (``W`` bits, ``L`` feature lanes) per clock::
 
   beat --> S1: model bank Y row k (sync read), decode q1, x_j*q1_j >> nb per lane, masked beyond d
        --> S2: registered terms --> adder tree (log2 L register levels) --> accumulate over the R beats
-       --> dot --> t = sat32((dot - label) >> step_shift)
+       --> dot --> sigmoid table read (logistic) --> t = sat32((f(dot) - label) >> step_shift), zero for an
+           L2-SVM sample whose margin is met
        --> update pass over the sample's R beats (q2 from the beat FIFO): g_j = (t*q2_j) >> nb,
            x_j = sat32(x_j - g_j) written to bank X (and to bank Y on refresh samples)
 
@@ -15,12 +16,20 @@ Every pipeline register advances only on an *enabled* cycle: a cycle that accept
 the run's last beat is in.  An idle input cycle freezes the whole pipeline, so the arithmetic (including which
 updates the dot product sees) depends only on the beat order, never on input timing.  The dot product of sample
 ``j`` sees the refresh of sample ``i`` iff ``i <= j - staleness(pipe_latency, R)`` (``hw.sgd.layout``).
+
+Losses (register LOSS; the gradient is ``(f(dot) - b) * a``, ZipML's generalized linear models):
+least squares (f = identity), L2-SVM / squared hinge as the ZipML-PYNQ design (f = identity, labels +-1, applied
+only when ``b * dot < 1``), logistic regression (f = the sigmoid table ``models.zipml.fixed_point.sigmoid_table``,
+labels 0/1).  With FLAG_OVR the label word is a class index and the engine trains class CLASS against the rest;
+with FLAG_CLASS_WEIGHT negative samples (label <= 0) use STEP_SHIFT_NEG (the PYNQ design's class-weighted steps).
 """
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory
 
 from ..engine import Engine
-from .layout import beats_per_sample, check_bits, check_bus_bits, lanes as lanes_of, slot_bits
+from models.zipml.fixed_point import SIGMOID_ENTRIES, SIGMOID_IN_SHIFT, sigmoid_table
+
+from .layout import beats_per_sample, check_bits, check_bus_bits, check_encoding, lanes as lanes_of, slot_bits
 from .tree import AdderTree, tree_levels
 
 # --- register map (engine-relative indices; the link adds ENGINE_REG_BASE)
@@ -38,10 +47,15 @@ REG_STORE_WADDR = 9    # rw: next store beat written in IN_MODE 1 (auto-incremen
 REG_STORE_BASE = 10    # rw: first store beat of a RUN
 REG_STORE_WRAP = 11    # rw: the store read address wraps to 0 here (0 = store depth): cycles epoch copies
 REG_MODEL_WADDR = 12   # rw: next model word written in IN_MODE 2 (auto-increments)
+REG_LOSS = 13          # rw: LOSS_* below
+REG_CLASS = 14         # rw: one-vs-rest: the positive class (FLAG_OVR)
+REG_STEP_SHIFT_NEG = 15  # rw: step 2**-shift of negative samples (label <= 0) with FLAG_CLASS_WEIGHT
 REG_CYCLES = 16        # r: cycles of the last RUN (start to last model write)
 REG_BEATS_IN = 17      # r: beats taken in the last RUN
 REG_STALLS = 18        # r: cycles of the last RUN with no beat available before its last beat
 REG_SAMPLES_DONE = 19  # r: samples whose update finished in the last RUN
+REG_P_MODEL_BITS = 20  # r: stored model word width w (32 = full)
+REG_P_MODEL_FRAC = 21  # r: fractional bits f of a stored model word (Q.23 word = stored << (23 - f))
 REG_P_BITS = 24        # r: parameters, so a host can check what it talks to
 REG_P_BUS_BITS = 25
 REG_P_LANES = 26
@@ -49,6 +63,7 @@ REG_P_MAX_FEATURES = 27
 REG_P_STORE_BEATS = 28
 REG_P_PIPE_LATENCY = 29
 REG_P_ROWS = 30
+REG_P_ENCODING = 31    # r: 0 pair, 1 compact
 
 CMD_RUN = 1            # stream RUN_SAMPLES samples through the pipeline (from the store or from the link)
 CMD_CLEAR_MODEL = 2    # zero both model banks
@@ -58,6 +73,12 @@ IN_SAMPLES, IN_STORE, IN_MODEL, IN_RNG = 0, 1, 2, 3  # IN_RNG: xorshift32 lane s
 
 FLAG_SIGNED = 1
 FLAG_SOURCE_LINK = 2
+FLAG_OVR = 4           # the label word is a class index: label = +1 if it equals CLASS, else -1 (0 for logistic)
+FLAG_CLASS_WEIGHT = 8  # negative samples use STEP_SHIFT_NEG
+
+LOSS_LS, LOSS_L2SVM, LOSS_LOGISTIC = 0, 1, 2
+LOSSES = {"ls": LOSS_LS, "l2svm": LOSS_L2SVM, "logistic": LOSS_LOGISTIC}
+ENCODING_IDS = {"pair": 0, "compact": 1}
 
 STATUS_RUNNING = 1
 STATUS_CLEARING = 2
@@ -65,7 +86,7 @@ STATUS_READING = 4
 STATUS_T_SATURATED = 8
 STATUS_X_SATURATED = 16
 
-PIPE_LATENCY_BASE = 6  # enabled cycles from the last beat of a sample to its first model write, minus the tree
+PIPE_LATENCY_BASE = 9  # enabled cycles from the last beat of a sample to its first model write, minus the tree
 
 
 def _pow2_at_least(n):
@@ -80,42 +101,65 @@ class SgdEngine(Engine):
     bias included); ``store_beats`` (depth of the on-chip sample store, in beats); ``shift_add`` (lane products
     as partial-product sums instead of multipliers, for small iCE40 parts; same arithmetic); ``stochastic_grad``
     (end-to-end option: the gradient's ``>> nb`` rounded stochastically with on-chip xorshift32 lanes, the
-    twin of ``models.zipml.rng.Xorshift32Lanes``; b in {2, 4, 8})."""
+    twin of ``models.zipml.rng.Xorshift32Lanes``; b in {2, 4, 8}); ``encoding`` (``pair``: 2b-bit slots,
+    ``compact``: interval index + one up/down bit per copy, b + 1 bits, ``hw.sgd.layout``); ``model_bits``
+    (end-to-end option: the model stored at w < 32 bits with ``model_frac_bits`` fractional bits, written with
+    stochastic rounding by on-chip xorshift32 lanes, the twin of ``engine_run(..., model_rng=...)``)."""
 
     engine_id = "ZSGD"
 
     def __init__(self, bits: int = 4, bus_bits: int = 512, max_features: int = 4096, store_beats: int = 4096,
-                 shift_add: bool = False, stochastic_grad: bool = False):
+                 shift_add: bool = False, stochastic_grad: bool = False, encoding: str = "pair",
+                 model_bits: int = 32, model_frac_bits: int | None = None):
         check_bits(bits)
         check_bus_bits(bus_bits)
+        check_encoding(bits, encoding)
+        if not 4 <= model_bits <= 32:
+            raise ValueError(f"model_bits must be in 4..32, got {model_bits}")
+        if model_frac_bits is None:
+            model_frac_bits = 23 if model_bits == 32 else model_bits - 4  # models within +-8
+        if model_bits < 32 and not (0 <= model_frac_bits < 23 and model_bits - 1 + 23 - model_frac_bits <= 31):
+            raise ValueError(f"model_frac_bits must be in 0..22 with at most 8 integer bits, got {model_frac_bits} "
+                             f"for {model_bits}-bit words")
+        self.model_bits = model_bits
+        self.model_frac_bits = model_frac_bits if model_bits < 32 else 23
+        self.model_drop = 23 - self.model_frac_bits
         if not 1 <= max_features <= 65535:
             raise ValueError(f"max_features must be in 1..65535, got {max_features}")
         if store_beats < 2:
             raise ValueError(f"store_beats must be at least 2, got {store_beats}")
         self.bits = bits
         self.bus_bits = bus_bits
-        self.slot = slot_bits(bits)
-        self.lanes = lanes_of(bits, bus_bits)
-        self.rows = beats_per_sample(max_features, bits, bus_bits)
+        self.encoding = encoding
+        self.slot = slot_bits(bits, encoding)
+        self.lanes = lanes_of(bits, bus_bits, encoding)
+        self.rows = beats_per_sample(max_features, bits, bus_bits, encoding)
         self.max_features = max_features
         self.tree_latency = tree_levels(self.lanes)
         self.pipe_latency = PIPE_LATENCY_BASE + self.tree_latency
-        self.fifo_depth = _pow2_at_least(self.rows + self.tree_latency + 8)
+        self.fifo_depth = _pow2_at_least(self.rows + self.pipe_latency + 2)  # beats in flight: <= R + latency
         self.store_beats = store_beats
         self.shift_add = bool(shift_add) and bits != 32
         params = {"bits": bits, "bus_bits": bus_bits, "max_features": max_features, "store_beats": store_beats,
                   "lanes": self.lanes, "pipe_latency": self.pipe_latency}
         if self.shift_add:
             params["shift_add"] = True
+        if encoding != "pair":
+            params["encoding"] = encoding
+        if model_bits < 32:
+            params["model_bits"] = model_bits
+            params["model_frac_bits"] = self.model_frac_bits
         self.stochastic_grad = bool(stochastic_grad) and bits not in (1, 32)
         if self.stochastic_grad:
             params["stochastic_grad"] = True
         super().__init__(params)
         L = self.lanes
         self.store = memory.Memory(shape=unsigned(bus_bits), depth=store_beats, init=[])
-        self.model_x = memory.Memory(shape=unsigned(32 * L), depth=self.rows, init=[])
-        self.model_y = memory.Memory(shape=unsigned(32 * L), depth=self.rows, init=[])
+        mw = self.model_bits
+        self.model_x = memory.Memory(shape=unsigned(mw * L), depth=self.rows, init=[])
+        self.model_y = memory.Memory(shape=unsigned(mw * L), depth=self.rows, init=[])
         self.fifo = memory.Memory(shape=unsigned(bus_bits), depth=self.fifo_depth, init=[])
+        self.sigmoid = memory.Memory(shape=unsigned(24), depth=SIGMOID_ENTRIES, init=sigmoid_table().tolist())
 
     # --- lane arithmetic, shared with the unit tests
     def _codes(self, payload, copy, sgn):
@@ -123,7 +167,14 @@ class SgdEngine(Engine):
         b, s = self.bits, self.slot
         out = []
         for j in range(self.lanes):
-            if b == 32:
+            if self.encoding == "compact":  # q = lowest level + interval + up/down bit of the copy
+                f = payload[j * s: j * s + s]
+                q = Signal(signed(b + 1), name=f"q{copy}_{j}")
+                ell = f[:b - 1].as_unsigned()
+                up = f[b - 1 + copy]
+                self._decoders.append(q.eq(Mux(sgn, ell + up - (1 << (b - 2)), ell + up)))
+                out.append(q)
+            elif b == 32:
                 f = payload[32 * j:32 * j + 32]
                 out.append(Mux(sgn, f.as_signed(), f.as_unsigned()))
             else:
@@ -134,6 +185,11 @@ class SgdEngine(Engine):
     def _mul(self, x, q):
         """x * q for a small code q.  With ``shift_add`` as explicit partial products (no ``$mul`` cell, so no
         DSP is inferred: for iCE40 parts with few DSPs); same value either way."""
+        if self.bits == 2:  # codes in [-2, 2]: select and negate, no multiplier (Fmax, no DSP blocks)
+            neg = q < 0
+            mag = Mux(neg, -q, q)
+            v = Mux(mag[1], x << 1, Mux(mag[0], x, 0))
+            return Mux(neg, -v, v)
         if not self.shift_add:
             return x * q
         n = len(q)
@@ -160,16 +216,22 @@ class SgdEngine(Engine):
     def elaborate(self, platform):
         m = Module()
         W, L, b = self.bus_bits, self.lanes, self.bits
-        lane_bits = (L - 1).bit_length()
         m.submodules.store = self.store
         m.submodules.model_x = self.model_x
         m.submodules.model_y = self.model_y
         m.submodules.fifo = self.fifo
+        m.submodules.sigmoid = self.sigmoid
+        self._decoders = []
         sw = self.store.write_port()
         sr = self.store.read_port()
-        xw = self.model_x.write_port(granularity=32)
+        mw, drop = self.model_bits, self.model_drop
+
+        def stored_to_q23(v):  # a stored model word as the int32 Q.23 value it stands for
+            return v.as_signed() << drop if mw < 32 else v.as_signed()
+
+        xw = self.model_x.write_port(granularity=mw)
         xr = self.model_x.read_port(transparent_for=(xw,))
-        yw = self.model_y.write_port(granularity=32)
+        yw = self.model_y.write_port(granularity=mw)
         yr = self.model_y.read_port()
         fw = self.fifo.write_port()
         fr = self.fifo.read_port()
@@ -180,7 +242,10 @@ class SgdEngine(Engine):
         run_samples = Signal(32)
         step_shift = Signal(6)
         batch_mask = Signal(32)
-        flags = Signal(2)
+        flags = Signal(4)
+        loss = Signal(2)
+        ovr_class = Signal(32)
+        step_shift_neg = Signal(6)
         in_mode = Signal(2)
         store_waddr = Signal(range(self.store_beats))
         store_base = Signal(range(self.store_beats))
@@ -230,6 +295,12 @@ class SgdEngine(Engine):
                     m.d.sync += store_base.eq(self.reg_wdata)
                 with m.Case(REG_STORE_WRAP):
                     m.d.sync += store_wrap.eq(self.reg_wdata)
+                with m.Case(REG_LOSS):
+                    m.d.sync += loss.eq(self.reg_wdata)
+                with m.Case(REG_CLASS):
+                    m.d.sync += ovr_class.eq(self.reg_wdata)
+                with m.Case(REG_STEP_SHIFT_NEG):
+                    m.d.sync += step_shift_neg.eq(self.reg_wdata)
         rd = Signal(32)
         with m.Switch(self.reg_addr):
             with m.Case(REG_STATUS):
@@ -256,6 +327,12 @@ class SgdEngine(Engine):
                 m.d.comb += rd.eq(store_wrap)
             with m.Case(REG_MODEL_WADDR):
                 m.d.comb += rd.eq(model_waddr)
+            with m.Case(REG_LOSS):
+                m.d.comb += rd.eq(loss)
+            with m.Case(REG_CLASS):
+                m.d.comb += rd.eq(ovr_class)
+            with m.Case(REG_STEP_SHIFT_NEG):
+                m.d.comb += rd.eq(step_shift_neg)
             with m.Case(REG_CYCLES):
                 m.d.comb += rd.eq(cnt_cycles)
             with m.Case(REG_BEATS_IN):
@@ -278,6 +355,12 @@ class SgdEngine(Engine):
                 m.d.comb += rd.eq(self.pipe_latency)
             with m.Case(REG_P_ROWS):
                 m.d.comb += rd.eq(self.rows)
+            with m.Case(REG_P_MODEL_BITS):
+                m.d.comb += rd.eq(mw)
+            with m.Case(REG_P_MODEL_FRAC):
+                m.d.comb += rd.eq(self.model_frac_bits)
+            with m.Case(REG_P_ENCODING):
+                m.d.comb += rd.eq(ENCODING_IDS[self.encoding])
         with m.If(self.reg_re):
             m.d.sync += self.reg_rdata.eq(rd)
 
@@ -291,8 +374,13 @@ class SgdEngine(Engine):
         mode_write = self.reg_we & (self.reg_addr == REG_IN_MODE)
         waddr_write = self.reg_we & (self.reg_addr == REG_STORE_WADDR)
         maddr_write = self.reg_we & (self.reg_addr == REG_MODEL_WADDR)
+        # host model words go to (row, lane) counters: L need not be a power of two (compact slots).  A write of
+        # MODEL_WADDR = v seeks there, one word per clock, before input is taken again.
+        model_wrow = Signal(16)
+        model_wlane = Signal(range(L))
+        model_seek = Signal(16)
         with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
-            m.d.comb += self.i.ready.eq(idle)
+            m.d.comb += self.i.ready.eq(idle & (model_seek == 0))
         with m.Else():
             m.d.comb += self.i.ready.eq(~beat_full | beat_take)
         beat_next = Cat(beat_sr[8:], self.i.payload)
@@ -322,10 +410,16 @@ class SgdEngine(Engine):
             m.d.sync += [in_mode.eq(self.reg_wdata), beat_cnt.eq(0), beat_full.eq(0), word_cnt.eq(0)]
         with m.If(waddr_write):
             m.d.sync += store_waddr.eq(self.reg_wdata)
+        def next_word(row, lane):
+            return [lane.eq(Mux(lane == L - 1, 0, lane + 1)), row.eq(Mux(lane == L - 1, row + 1, row))]
+
         with m.If(maddr_write):
-            m.d.sync += model_waddr.eq(self.reg_wdata)
+            m.d.sync += [model_waddr.eq(self.reg_wdata), model_wrow.eq(0), model_wlane.eq(0),
+                         model_seek.eq(self.reg_wdata)]
+        with m.Elif(model_seek != 0):
+            m.d.sync += [model_seek.eq(model_seek - 1), *next_word(model_wrow, model_wlane)]
         with m.Elif(model_word_we):
-            m.d.sync += model_waddr.eq(model_waddr + 1)
+            m.d.sync += [model_waddr.eq(model_waddr + 1), *next_word(model_wrow, model_wlane)]
 
         # --- beat source: the on-chip store (one beat per clock) or the link's beat assembler
         src_valid = Signal()
@@ -394,22 +488,35 @@ class SgdEngine(Engine):
         lab1 = Signal(signed(32))
         rem1 = Signal(signed(18))
         refresh = ((i_in & batch_mask) == batch_mask) | (i_in + 1 == run_samples)
+        raw_lab = src_payload[W - 32:]
+        one = 1 << 23
+        ovr_lab = Mux(raw_lab == ovr_class, one, Mux(loss == LOSS_LOGISTIC, 0, -one))
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
-                         lab1.eq(src_payload[W - 32:].as_signed()), rem1.eq(features - base)]
+                         lab1.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())), rem1.eq(features - base)]
         tw = 34
         m.submodules.tree = tree = AdderTree(L, tw)
         m.d.comb += tree.ce.eq(ce)
-        q1 = self._codes(p1, 0, sgn)
+        # S1b: the model row and the beat registered once more (the block RAM's clock-to-out is not in front of
+        # the lane products: Fmax)
+        v1b, last1b, ref1b = Signal(), Signal(), Signal()
+        p1b = Signal(W)
+        lab1b = Signal(signed(32))
+        rem1b = Signal(signed(18))
+        yrow = Signal(mw * L)
+        with m.If(ce):
+            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1), p1b.eq(p1), lab1b.eq(lab1),
+                         rem1b.eq(rem1), yrow.eq(yr.data)]
+        q1 = self._codes(p1b, 0, sgn)
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
         with m.If(ce):
-            m.d.sync += [v2.eq(v1), last2.eq(last1), ref2.eq(ref1), lab2.eq(lab1)]
+            m.d.sync += [v2.eq(v1b), last2.eq(last1b), ref2.eq(ref1b), lab2.eq(lab1b)]
             for j in range(L):
-                xj = yr.data[32 * j:32 * j + 32].as_signed()
+                xj = stored_to_q23(yrow[mw * j:mw * j + mw])
                 term = self._shift_nb(self._mul(xj, q1[j]), sgn)
-                m.d.sync += terms[j].eq(Mux(rem1 > j, term, 0))
+                m.d.sync += terms[j].eq(Mux(rem1b > j, term, 0))
         m.d.comb += tree.i.eq(terms)
         # delay lines alongside the tree
         va, lasta, refa, laba = v2, last2, ref2, lab2
@@ -436,19 +543,42 @@ class SgdEngine(Engine):
         with m.If(start):
             m.d.sync += acc.eq(0)
 
-        # --- scalar stage: t = sat32((dot - label) >> step_shift)
+        # --- sigmoid table read: index clamp(dot >> SIGMOID_IN_SHIFT) + SIGMOID_ENTRIES / 2
+        half = SIGMOID_ENTRIES // 2
+        sig_rd = self.sigmoid.read_port()
+        coarse = dot >> SIGMOID_IN_SHIFT
+        m.d.comb += [sig_rd.en.eq(ce),
+                     sig_rd.addr.eq(Mux(coarse < -half, 0, Mux(coarse >= half, 2 * half - 1, coarse + half)))]
+        sv, sref = Signal(), Signal()
+        sdot = Signal(signed(acc_w))
+        slab = Signal(signed(32))
+        with m.If(ce):
+            m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
+
+        # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met
+        # (two register stages: the difference and its margin test, then the shift and the saturation)
+        f_dot = Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)
+        diff_c = Signal(signed(acc_w + 1))
+        m.d.comb += diff_c.eq(f_dot - slab)
+        pos = slab > 0
         diff = Signal(signed(acc_w + 1))
-        m.d.comb += diff.eq(dot - dlab)
+        active = Signal()
+        shift = Signal(6)
+        dv2, dref2 = Signal(), Signal()
+        with m.If(ce):
+            m.d.sync += [diff.eq(diff_c), dv2.eq(sv), dref2.eq(sref),
+                         active.eq(Mux(loss == LOSS_L2SVM, Mux(pos, diff_c < 0, diff_c > 0), 1)),
+                         shift.eq(Mux(flags[3] & ~pos, step_shift_neg, step_shift))]
         shifted = Signal(signed(acc_w + 1))
-        m.d.comb += shifted.eq(diff >> step_shift)
+        m.d.comb += shifted.eq(diff >> shift)
         t_hi = shifted > 2**31 - 1
         t_lo = shifted < -2**31
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
         with m.If(ce):
-            m.d.sync += [tv.eq(dv), tref.eq(dref),
-                         t.eq(Mux(t_hi, 2**31 - 1, Mux(t_lo, -2**31, shifted)))]
-            with m.If(dv & (t_hi | t_lo)):
+            m.d.sync += [tv.eq(dv2), tref.eq(dref2),
+                         t.eq(Mux(active, Mux(t_hi, 2**31 - 1, Mux(t_lo, -2**31, shifted)), 0))]
+            with m.If(dv2 & active & (t_hi | t_lo)):
                 m.d.sync += t_sat.eq(1)
 
         # --- update pass: one model row per enabled cycle
@@ -474,50 +604,66 @@ class SgdEngine(Engine):
         with m.If(start):
             m.d.sync += u_active.eq(0)
         q2 = self._codes(fr.data, 1, sgn)
-        rand = [None] * L
-        if self.stochastic_grad:
-            # one xorshift32 per lane; a row with features steps every lane (the twin's element-to-lane mapping:
-            # feature j -> lane j % L at step j // L of the sample's request)
-            states = [Signal(32, name=f"rng{j}") for j in range(L)]
-            rng_lane = Signal(range(L + 1))
+        # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
+        # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
+        # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
+        ub_rem = Signal(signed(18))
+        upd_we = Signal()
+        rng_sets = [name for name, on in [("g", self.stochastic_grad), ("m", mw < 32)] if on]
+        all_states = {name: [Signal(32, name=f"rng{name}{j}") for j in range(L)] for name in rng_sets}
+        rand = {"g": [None] * L, "m": [None] * L}
+        if rng_sets:
+            load_order = [st for name in rng_sets for st in all_states[name]]
+            rng_lane = Signal(range(len(load_order) + 1))
             with m.If(mode_write):
                 m.d.sync += rng_lane.eq(0)
             with m.Elif(rng_word_we):
                 m.d.sync += rng_lane.eq(rng_lane + 1)
                 with m.Switch(rng_lane):
-                    for j in range(L):
+                    for j, st in enumerate(load_order):
                         with m.Case(j):
-                            m.d.sync += states[j].eq(word_next)
-            for j in range(L):
-                x1 = Signal(32, name=f"xs{j}a")
-                x2 = Signal(32, name=f"xs{j}b")
-                x3 = Signal(32, name=f"xs{j}c")
-                m.d.comb += [x1.eq(states[j] ^ (states[j] << 13)[:32]), x2.eq(x1 ^ (x1 >> 17)),
-                             x3.eq(x2 ^ (x2 << 5)[:32])]
-                rand[j] = x3
-                with m.If(ce & ua_v & (ua_rem > 0)):
-                    m.d.sync += states[j].eq(x3)
+                            m.d.sync += st.eq(word_next)
+        for name in rng_sets:
+            step = ce & ua_v & (ua_rem > 0) if name == "g" else upd_we & (ub_rem > 0)
+            for j, st in enumerate(all_states[name]):
+                x1 = Signal(32, name=f"xs{name}{j}a")
+                x2 = Signal(32, name=f"xs{name}{j}b")
+                x3 = Signal(32, name=f"xs{name}{j}c")
+                m.d.comb += [x1.eq(st ^ (st << 13)[:32]), x2.eq(x1 ^ (x1 >> 17)), x3.eq(x2 ^ (x2 << 5)[:32])]
+                rand[name][j] = x3
+                with m.If(step):
+                    m.d.sync += st.eq(x3)
         gw = 34
         g = Signal(data.ArrayLayout(signed(gw), L))
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
         ub_row = Signal(16)
         with m.If(ce):
-            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row)]
+            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
+                         ub_rem.eq(ua_rem)]
             for j in range(L):
                 prod = self._mul(ua_t, q2[j])
-                gj = self._round_nb(prod, rand[j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
+                gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
                 m.d.sync += g[j].eq(Mux(ua_rem > j, gj, 0))
         new_lanes = []
         any_sat = []
         for j in range(L):
-            xj = xr.data[32 * j:32 * j + 32].as_signed()
+            xj = stored_to_q23(xr.data[mw * j:mw * j + mw])
             nv = Signal(signed(gw + 1), name=f"new{j}")
             m.d.comb += nv.eq(xj - g[j])
             hi, lo = nv > 2**31 - 1, nv < -2**31
-            any_sat.append(hi | lo)
-            new_lanes.append(Mux(hi, Const(2**31 - 1, 32), Mux(lo, Const(2**31, 32), nv[:32])))
+            sat = Mux(hi, Const(2**31 - 1, 32), Mux(lo, Const(2**31, 32), nv[:32]))
+            if mw < 32:  # stochastic rounding on write to w bits, then saturate to the w-bit range
+                n32 = Signal(signed(32), name=f"n32_{j}")
+                rnd = Signal(signed(33 - drop), name=f"rnd{j}")
+                m.d.comb += [n32.eq(sat), rnd.eq((n32 >> drop) + (rand["m"][j][32 - drop:] < n32[:drop]))]
+                whi, wlo = rnd > 2**(mw - 1) - 1, rnd < -2**(mw - 1)
+                any_sat.append(hi | lo | whi | wlo)
+                new_lanes.append(Mux(whi, Const(2**(mw - 1) - 1, mw), Mux(wlo, Const(2**(mw - 1), mw), rnd[:mw])))
+            else:
+                any_sat.append(hi | lo)
+                new_lanes.append(sat)
         new_row = Cat(*new_lanes)
-        upd_we = ce & ub_v
+        m.d.comb += upd_we.eq(ce & ub_v)
         with m.If(upd_we):
             with m.If(Cat(*any_sat).any()):
                 m.d.sync += x_sat.eq(1)
@@ -529,6 +675,8 @@ class SgdEngine(Engine):
         # --- model memory ports: the update pass, clearing, host word writes, host reads
         all_lanes = (1 << L) - 1
         rd_word = Signal(16)
+        rd_row = Signal(16)
+        rd_lane = Signal(range(L))
         with m.If(running):
             m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce),
                          xw.addr.eq(ub_row), xw.data.eq(new_row), xw.en.eq(Mux(upd_we, all_lanes, 0)),
@@ -537,13 +685,13 @@ class SgdEngine(Engine):
             m.d.comb += [xw.addr.eq(clear_row), xw.data.eq(0), xw.en.eq(all_lanes),
                          yw.addr.eq(clear_row), yw.data.eq(0), yw.en.eq(all_lanes)]
         with m.Else():
-            word_lane = model_waddr[:lane_bits] if lane_bits else 0
             lane_en = Signal(L)
-            m.d.comb += lane_en.eq(Const(1, L) << word_lane)
-            m.d.comb += [xr.addr.eq(rd_word >> lane_bits), xr.en.eq(1),
-                         xw.addr.eq(model_waddr >> lane_bits), xw.data.eq(Cat(*([word_next] * L))),
-                         yw.addr.eq(model_waddr >> lane_bits), yw.data.eq(Cat(*([word_next] * L)))]
-            with m.If(model_word_we & (model_waddr < self.rows * L)):
+            m.d.comb += lane_en.eq(Const(1, L) << model_wlane)
+            host_word = word_next[drop:drop + mw]  # host words are Q.23; stored truncated to w bits
+            m.d.comb += [xr.addr.eq(rd_row), xr.en.eq(1),
+                         xw.addr.eq(model_wrow), xw.data.eq(Cat(*([host_word] * L))),
+                         yw.addr.eq(model_wrow), yw.data.eq(Cat(*([host_word] * L)))]
+            with m.If(model_word_we & (model_wrow < self.rows)):
                 m.d.comb += [xw.en.eq(lane_en), yw.en.eq(lane_en)]
 
         with m.If(cmd_clear):
@@ -558,22 +706,23 @@ class SgdEngine(Engine):
         rd_byte = Signal(2)
         rd_latch = Signal(32)
         with m.If(cmd_read):
-            m.d.sync += [reading.eq(features != 0), rd_word.eq(0), rd_phase.eq(0), rd_byte.eq(0)]
+            m.d.sync += [reading.eq(features != 0), rd_word.eq(0), rd_row.eq(0), rd_lane.eq(0), rd_phase.eq(0),
+                         rd_byte.eq(0)]
         with m.Elif(reading):
             with m.Switch(rd_phase):
                 with m.Case(0):
                     m.d.sync += rd_phase.eq(1)
                 with m.Case(1):
-                    lane = rd_word[:lane_bits] if lane_bits else 0
-                    m.d.sync += [rd_latch.eq(xr.data.word_select(lane, 32)), rd_phase.eq(2)]
+                    m.d.sync += [rd_latch.eq(stored_to_q23(xr.data.word_select(rd_lane, mw))), rd_phase.eq(2)]
                 with m.Case(2):
                     m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(rd_latch.word_select(rd_byte, 8))]
                     with m.If(self.o.ready):
                         m.d.sync += rd_byte.eq(rd_byte + 1)
                         with m.If(rd_byte == 3):
-                            m.d.sync += [rd_word.eq(rd_word + 1), rd_phase.eq(0)]
+                            m.d.sync += [rd_word.eq(rd_word + 1), rd_phase.eq(0), *next_word(rd_row, rd_lane)]
                             with m.If(rd_word + 1 == features):
                                 m.d.sync += reading.eq(0)
 
+        m.d.comb += self._decoders
         m.d.comb += self.busy.eq(running | clearing | reading)
         return m

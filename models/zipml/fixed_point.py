@@ -38,7 +38,7 @@ import numpy as np
 from .rng import stochastic_round_fixed
 
 __all__ = ["FRAC_BITS", "to_fixed", "from_fixed", "FixedSGDResult", "qfixed_sgd", "EngineRunResult", "engine_run",
-           "saturate32"]
+           "saturate32", "sigmoid_table", "sigmoid_fixed", "ovr_labels", "ENGINE_LOSSES"]
 
 FRAC_BITS = 23
 _I32 = (-(2**31), 2**31 - 1)
@@ -142,8 +142,37 @@ class EngineRunResult:
     x_saturated: bool = False
 
 
+# --- classifier losses of the engine: the sigmoid table and one-vs-rest labels ------------------------------------
+
+ENGINE_LOSSES = ("ls", "l2svm", "logistic")
+SIGMOID_IN_SHIFT = 18       # table bin = 2**(18 - 23) = 1/32 of Q.23 input
+SIGMOID_ENTRIES = 512       # inputs clamped to [-8, 8)
+
+
+def sigmoid_table() -> np.ndarray:
+    """The engine's sigmoid ROM: entry k = round(2**23 * sigmoid(bin centre)), bin k covering
+    [(k - 256) / 32, (k - 255) / 32); 24-bit unsigned words (the gateware's memory init)."""
+    half = SIGMOID_ENTRIES // 2
+    centre = (np.arange(SIGMOID_ENTRIES) - half + 0.5) * 2.0**(SIGMOID_IN_SHIFT - FRAC_BITS)
+    return np.floor(2.0**FRAC_BITS / (1.0 + np.exp(-centre)) + 0.5).astype(np.int64)
+
+
+def sigmoid_fixed(dot) -> np.ndarray:
+    """Bit-exact twin of the engine's table lookup for Q.23 inputs (any int size)."""
+    half = SIGMOID_ENTRIES // 2
+    idx = np.clip(np.asarray(dot, dtype=np.int64) >> SIGMOID_IN_SHIFT, -half, half - 1) + half
+    return sigmoid_table()[idx]
+
+
+def ovr_labels(classes, positive: int, loss: str) -> np.ndarray:
+    """The engine's one-vs-rest labels (FLAG_OVR) in Q.23: +1 for ``positive``, else -1 (0 for logistic)."""
+    one = 1 << FRAC_BITS
+    return np.where(np.asarray(classes) == positive, one, 0 if loss == "logistic" else -one).astype(np.int64)
+
+
 def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift: int, batch_mask: int = 0,
-               delay: int = 2, grad_rng=None) -> EngineRunResult:
+               delay: int = 2, grad_rng=None, loss: str = "ls", step_shift_neg: int | None = None,
+               model_bits: int = 32, model_frac_bits: int = FRAC_BITS, model_rng=None) -> EngineRunResult:
     """Bit-exact model of one RUN of the zippix SGD engine (``hw.sgd``) over the samples in order.
 
     The engine is the qFSGD datapath above with two differences that come from its II=1 pipeline:
@@ -160,6 +189,15 @@ def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift:
     counts from 0 at the start of the run (a multi-epoch run continues counting across epochs).
     ``grad_rng`` (a :class:`~models.zipml.rng.Xorshift32Lanes` with one lane per engine lane; engines built with
     ``stochastic_grad``): the gradient's ``>> nb`` is rounded stochastically, one request of d words per sample.
+
+    ``loss``: ``ls`` (t from dot - b), ``l2svm`` (the same, but t = 0 when the margin is met: b > 0 and
+    dot >= b, or b <= 0 and dot <= b; labels +-1 in Q.23), ``logistic`` (t from sigmoid_fixed(dot) - b, labels
+    0/1 in Q.23).  ``step_shift_neg``: the step shift of samples with b <= 0 (class-weighted steps).
+
+    ``model_bits`` w < 32 (end-to-end low precision, ZipML §3): the model is stored as w-bit words with
+    ``model_frac_bits`` f fractional bits.  Each new word (after the int32 saturation) is stochastically rounded
+    to f fractional bits by ``model_rng`` (one request of d words per sample; the engine's model lanes) and
+    saturated to the w-bit range (flagged as model saturation); ``x0`` must be representable.
     """
     q1 = np.asarray(q1, dtype=np.int64)
     q2 = np.asarray(q2, dtype=np.int64)
@@ -171,6 +209,12 @@ def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift:
         raise ValueError(f"{n} samples but {bl.shape[0]} labels")
     if delay < 1:
         raise ValueError("delay must be >= 1")
+    if loss not in ENGINE_LOSSES:
+        raise ValueError(f"loss must be one of {ENGINE_LOSSES}, got {loss!r}")
+    shift_neg = int(step_shift if step_shift_neg is None else step_shift_neg)
+    drop = FRAC_BITS - int(model_frac_bits)
+    if model_bits < 32 and (model_rng is None or drop <= 0):
+        raise ValueError("model_bits < 32 needs model_rng and model_frac_bits < 23")
     if bits == 1:
         nb = 0
     else:
@@ -186,7 +230,13 @@ def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift:
         while pending and pending[0][0] <= j - delay:
             y = pending.pop(0)[1]
         dot = int(np.sum((y * q1[j]) >> nb))
-        t = (dot - int(bl[j])) >> int(step_shift)
+        lab = int(bl[j])
+        f = int(sigmoid_fixed(dot)) if loss == "logistic" else dot
+        diff = f - lab
+        if loss == "l2svm" and not (diff < 0 if lab > 0 else diff > 0):
+            t = 0
+        else:
+            t = diff >> (int(step_shift) if lab > 0 else shift_neg)
         if t < I32_MIN or t > I32_MAX:
             t_sat = True
             t = min(max(t, I32_MIN), I32_MAX)
@@ -196,6 +246,13 @@ def engine_run(x0, q1, q2, labels_fixed, bits: int, *, signed: bool, step_shift:
         if new.min() < I32_MIN or new.max() > I32_MAX:
             x_sat = True
             new = saturate32(new)
+        if model_bits < 32:
+            r = stochastic_round_fixed(new, drop, model_rng)
+            lim = 1 << (model_bits - 1)
+            if r.min() < -lim or r.max() > lim - 1:
+                x_sat = True
+                r = np.clip(r, -lim, lim - 1)
+            new = r << drop
         x = new
         if (j & mask) == mask or j == n - 1:
             pending.append((j, x.copy()))

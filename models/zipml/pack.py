@@ -16,6 +16,12 @@ Format (all functions here):
   ``(n_rows, words_per_row * word_bits // 32)`` with dtype ``<u4``; chunk ``c`` of a row is bits
   ``[32c, 32c+32)`` of its bit string, so ``packed.tobytes()`` is exactly the little-endian byte image in memory.
   :func:`words_as_ints` turns rows into Python integers, one per bus word.
+
+Compact double sampling (ZipML §2.2, "the second sample costs about one extra bit"; shared reference
+docs/zipml.md §2.4): both copies of a feature lie in the same quantization interval ``[lo + l, lo + l + 1]``, so
+a ``(b + 1)``-bit slot ``l | (u1 << (b-1)) | (u2 << b)`` holds both (``l``: b - 1 bits, ``u``: up/down bit of a
+copy), :func:`compact_double_sample_slots`.  Such slots do not divide 32; :func:`pack_beat_slots` puts a fixed
+number of them in each bus word from bit 0 (the SGD engine's lanes) and leaves the word's top bits unused.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .quantize import from_field, to_field
 __all__ = [
     "slots_per_word", "pack_fields", "unpack_fields", "double_sample_slots", "pack_double_sampled",
     "unpack_double_sampled", "pack_rows_with_label", "unpack_rows_with_label", "words_as_ints",
+    "compact_double_sample_slots", "decode_compact_slots", "pack_beat_slots", "unpack_beat_slots",
 ]
 
 
@@ -140,3 +147,67 @@ def words_as_ints(packed, word_bits: int = 512) -> list:
         raise ValueError(f"row length {p.shape[1]} chunks is not a whole number of {word_bits}-bit words")
     return [[int.from_bytes(row[w * cpw:(w + 1) * cpw].astype("<u4").tobytes(), "little")
              for w in range(p.shape[1] // cpw)] for row in p]
+
+
+def _compact_range(bits: int, signed: bool):
+    if bits not in (2, 4, 8):
+        raise ValueError(f"compact slots need bits in 2, 4, 8, got {bits}")
+    nb = bits - 2 if signed else bits - 1
+    return (-(1 << nb) if signed else 0), 1 << (bits - 1)  # lowest level, number of intervals
+
+
+def compact_double_sample_slots(q1, q2, bits: int, *, signed: bool) -> np.ndarray:
+    """``(b + 1)``-bit slots ``l | (u1 << (b-1)) | (u2 << b)`` of two copies ``q1``, ``q2`` (integer codes) that
+    lie in one interval (``|q1 - q2| <= 1``, as two stochastic roundings of one value do); raises otherwise."""
+    q1 = np.asarray(q1, dtype=np.int64)
+    q2 = np.asarray(q2, dtype=np.int64)
+    if q1.shape != q2.shape:
+        raise ValueError(f"copies differ in shape: {q1.shape} vs {q2.shape}")
+    lo, intervals = _compact_range(bits, signed)
+    hi = lo + intervals
+    if q1.size and (min(q1.min(), q2.min()) < lo or max(q1.max(), q2.max()) > hi):
+        raise ValueError(f"a code is outside [{lo}, {hi}] for {bits}-bit {'signed' if signed else 'unsigned'} data")
+    ell = np.minimum(np.minimum(q1, q2) - lo, intervals - 1)
+    u1, u2 = q1 - lo - ell, q2 - lo - ell
+    if q1.size and (u1.min() < 0 or u1.max() > 1 or u2.min() < 0 or u2.max() > 1):
+        raise ValueError("the two copies of a feature are not in one quantization interval (|q1 - q2| > 1): "
+                         "the compact encoding holds only two stochastic roundings of the same value")
+    return (ell | (u1 << (bits - 1)) | (u2 << bits)).astype(np.uint64)
+
+
+def decode_compact_slots(slots, bits: int, *, signed: bool):
+    """Inverse of :func:`compact_double_sample_slots` (the gateware's lane decode): integer codes ``(q1, q2)``."""
+    s = np.asarray(slots, dtype=np.int64)
+    lo, _ = _compact_range(bits, signed)
+    ell = s & ((1 << (bits - 1)) - 1)
+    return lo + ell + ((s >> (bits - 1)) & 1), lo + ell + ((s >> bits) & 1)
+
+
+def pack_beat_slots(slots, slot_bits: int, per_word: int, word_bits: int, words: int) -> np.ndarray:
+    """Rows of ``n`` slots (any width) into ``words`` bus words per row, ``per_word`` slots per word from bit 0
+    (slot ``j`` in word ``j // per_word`` at bit ``(j % per_word) * slot_bits``); the rest of each word is zero.
+    Returns little-endian uint32 chunks, shape ``(n_rows, words * word_bits // 32)``."""
+    s = np.atleast_2d(np.asarray(slots)).astype(np.uint64)
+    rows, n = s.shape
+    if per_word * slot_bits > word_bits or word_bits % 32:
+        raise ValueError(f"{per_word} slots of {slot_bits} bits do not fit a {word_bits}-bit word")
+    if n > words * per_word:
+        raise ValueError(f"{n} slots do not fit {words} words of {per_word}")
+    if s.size and (s.max() >> np.uint64(slot_bits)) != 0:
+        raise ValueError(f"a slot does not fit in {slot_bits} bits")
+    grid = np.zeros((rows, words, per_word), dtype=np.uint64)
+    grid.reshape(rows, -1)[:, :n] = s
+    bits = ((grid[..., None] >> np.arange(slot_bits, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+    wbits = np.zeros((rows, words, word_bits), dtype=np.uint8)
+    wbits[:, :, :per_word * slot_bits] = bits.reshape(rows, words, -1)
+    raw = np.packbits(wbits, axis=2, bitorder="little")
+    return np.ascontiguousarray(raw).reshape(rows, -1).view("<u4")
+
+
+def unpack_beat_slots(packed, slot_bits: int, per_word: int, word_bits: int, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_beat_slots`: the first ``n`` slots of each row, as int64."""
+    p = np.ascontiguousarray(np.atleast_2d(np.asarray(packed, dtype="<u4")))
+    rows = p.shape[0]
+    wbits = np.unpackbits(p.view(np.uint8).reshape(rows, -1, word_bits // 8), axis=2, bitorder="little")
+    b = wbits[:, :, :per_word * slot_bits].reshape(rows, -1, slot_bits).astype(np.int64)
+    return (b << np.arange(slot_bits)).sum(axis=2)[:, :n]
