@@ -44,7 +44,7 @@ icarus:
 	else echo "note: no iverilog and no apt-get; the Icarus runs of the cocotb suites are skipped"; fi
 
 test: venv icarus
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 sim: venv icarus
 	$(PY) -m pytest -q sim
