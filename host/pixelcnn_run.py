@@ -124,20 +124,6 @@ def check_args(args) -> None:
         C.check_distinct({"--json": args.json, **outs})
 
 
-def _tile(images, levels, ncol):
-    """(N, C, H, W) ints -> one (rows*(H+1)+1, ncol*(W+1)+1, 3) image in [0, 1] with 1-pixel white borders
-    (as ``models.pixelcnn.sample.grid``, without importing torch)."""
-    x = np.asarray(images, np.float64) / (levels - 1)
-    n, C, H, W = x.shape
-    x = np.repeat(x, 3, axis=1) if C == 1 else x
-    rows = -(-n // ncol)
-    out = np.ones((rows * (H + 1) + 1, ncol * (W + 1) + 1, 3))
-    for t in range(n):
-        r, c = divmod(t, ncol)
-        out[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[t].transpose(1, 2, 0)
-    return out
-
-
 def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
     """PNG: the engine's samples (left) next to as many test images (right), each panel titled, nearest-
     neighbour upscaled to at least ~1000 px wide; returns the path."""
@@ -146,7 +132,8 @@ def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
     import matplotlib.pyplot as plt
     n = len(samples)
     ncol = max(1, min(ncol, n))
-    a, b = _tile(samples, levels, ncol), _tile(test_images, levels, ncol)
+    from models.pixelcnn.grid import grid
+    a, b = grid(samples, levels, ncol), grid(test_images, levels, ncol)
     panel_w = 4.8
     panel_h = max(1.2, panel_w * a.shape[0] / a.shape[1])
     fig, axes = plt.subplots(1, 2, figsize=(2 * panel_w + 0.6, panel_h + 1.0), dpi=110)

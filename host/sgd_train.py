@@ -251,6 +251,23 @@ def _wire_bytes(payload: int, max_frame: int = 512) -> int:
     return payload + -(-payload // 254) + frames * (6 + 9)
 
 
+def _engine_fit(p: dict, name: str, bits: int, n: int, d: int):
+    """Check that ``n`` samples of ``d`` words (bias included) at ``bits`` fit the engine with parameters ``p``;
+    returns ``(bus_bits, encoding, beats per sample, samples per store load, staleness in samples)``."""
+    if p["bits"] != bits:
+        raise TrainError(f"the device's engine is built for {p['bits']}-bit samples, not {bits}; open it with "
+                         f"design_for({bits})")
+    if d > p["max_features"]:
+        raise TrainError(f"dataset {name} has {d - 1} features (+1 bias = {d}) but the engine holds at most "
+                         f"{p['max_features']} model words")
+    bus, enc = p["bus_bits"], p["encoding"]
+    R = beats_per_sample(d, bits, bus, enc)
+    chunk = min(n, p["store_beats"] // R)
+    if chunk < 1:
+        raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
+    return bus, enc, R, chunk, staleness(p["pipe_latency"], R)
+
+
 def step_shift_at(step_shift: int, epoch: int, decay_every: int) -> int:
     """The RTL's shift decay: step ``2**-(step_shift + epoch // decay_every)``; ``decay_every=0``: constant."""
     return step_shift + (epoch // decay_every if decay_every else 0)
@@ -310,18 +327,7 @@ def train(device, *, dataset, bits, epochs, model="linreg", progress=True, seed=
 
     drv = SgdDriver(device)
     p = drv.params
-    if p["bits"] != bits:
-        raise TrainError(f"the device's engine is built for {p['bits']}-bit samples, not {bits}; open it with "
-                         f"design_for({bits})")
-    if d > p["max_features"]:
-        raise TrainError(f"dataset {ds.name} has {d - 1} features (+1 bias = {d}) but the engine holds at most "
-                         f"{p['max_features']} model words")
-    bus, enc = p["bus_bits"], p["encoding"]
-    R = beats_per_sample(d, bits, bus, enc)
-    chunk = min(n, p["store_beats"] // R)
-    if chunk < 1:
-        raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
-    delay = staleness(p["pipe_latency"], R)
+    bus, enc, R, chunk, delay = _engine_fit(p, ds.name, bits, n, d)
 
     if grad_rounding == "stochastic" and not drv.stochastic_grad:
         raise TrainError("grad_rounding='stochastic' needs an engine built with stochastic_grad=True "
@@ -462,18 +468,7 @@ def train_classifier(device, *, dataset, bits, epochs, loss, model="linreg", pro
 
     drv = SgdDriver(device)
     p = drv.params
-    if p["bits"] != bits:
-        raise TrainError(f"the device's engine is built for {p['bits']}-bit samples, not {bits}; open it with "
-                         f"design_for({bits})")
-    if d > p["max_features"]:
-        raise TrainError(f"dataset {ds.name} has {d - 1} features (+1 bias = {d}) but the engine holds at most "
-                         f"{p['max_features']} model words")
-    bus, enc = p["bus_bits"], p["encoding"]
-    R = beats_per_sample(d, bits, bus, enc)
-    chunk = min(n, p["store_beats"] // R)
-    if chunk < 1:
-        raise TrainError(f"one sample needs {R} beats but the sample store holds {p['store_beats']}")
-    delay = staleness(p["pipe_latency"], R)
+    bus, enc, R, chunk, delay = _engine_fit(p, ds.name, bits, n, d)
     _, mtwin = drv.load_rng(seed, grad=False)
     models = {k: np.zeros(d, dtype=np.int64) for k in positives}
     gold = {k: np.zeros(d, dtype=np.int64) for k in positives}

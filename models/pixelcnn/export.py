@@ -184,6 +184,16 @@ def save_export(path, spec):
     np.savez_compressed(path, **d)
 
 
+def _read_common(z, spec, int_keys):
+    """The fields every export format has: ``int_keys``, the input LUT, the scales and the dataset name."""
+    for k in int_keys:
+        spec[k] = int(_need(z, k, np.int32))
+    spec["input_lut"] = _need(z, "input_lut", np.int8, (spec["levels"],))
+    for k in ("input_scale", "logit_scale", "float_bits_per_dim", "int_bits_per_dim"):
+        spec[k] = float(_need(z, k, np.float64))
+    spec["dataset"] = _need(z, "dataset", "str")
+
+
 def _need(z, key, dtype, shape=None, what=""):
     if key not in z:
         raise ExportError(f"{what}missing key {key!r}")
@@ -220,13 +230,8 @@ def load_export(path, max_channels=None, kernels=None):
     if ver != VERSION:
         raise ExportError(f"export version {ver} is not supported (this reader handles version {VERSION})")
     spec = {"format": fmt, "version": ver}
-    for k in ("channels", "levels", "height", "width", "n_layers"):
-        spec[k] = int(_need(z, k, np.int32))
+    _read_common(z, spec, ("channels", "levels", "height", "width", "n_layers"))
     C, L = spec["channels"], spec["levels"]
-    spec["input_lut"] = _need(z, "input_lut", np.int8, (L,))
-    for k in ("input_scale", "logit_scale", "float_bits_per_dim", "int_bits_per_dim"):
-        spec[k] = float(_need(z, k, np.float64))
-    spec["dataset"] = _need(z, "dataset", "str")
     layers, cin = [], C
     for i in range(spec["n_layers"]):
         p, w = f"layer{i}_", f"layer {i}: "
@@ -522,13 +527,8 @@ def load_graph_export(z, what=""):
             "architecture": _need(z, "architecture", "str")}
     if spec["version"] != GRAPH_VERSION:
         raise ExportError(f"gated export version {spec['version']} is not supported (reader: {GRAPH_VERSION})")
-    for k in ("channels", "levels", "height", "width", "cond_channels", "n_ops"):
-        spec[k] = int(_need(z, k, np.int32))
+    _read_common(z, spec, ("channels", "levels", "height", "width", "cond_channels", "n_ops"))
     C, L = spec["channels"], spec["levels"]
-    spec["input_lut"] = _need(z, "input_lut", np.int8, (L,))
-    for k in ("input_scale", "logit_scale", "float_bits_per_dim", "int_bits_per_dim"):
-        spec[k] = float(_need(z, k, np.float64))
-    spec["dataset"] = _need(z, "dataset", "str")
     chans = {"x": C}
     if spec["cond_channels"]:
         chans["cond"] = spec["cond_channels"]

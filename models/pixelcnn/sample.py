@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .grid import grid  # noqa: F401  (re-exported: sample.grid)
 from .layers import gate
 from .models import GatedPixelCNN, GrayscalePixelCNN, PyramidPixelCNN
 
@@ -246,20 +247,6 @@ def sampling_cost(model, shape, batch=64, seed=0):
     sync()
     return {"macs_per_image": fc.get_total_flops() / 2 / 2, "sequential_steps_per_image": sequential_steps(model, shape),
             "s_per_image": (time.perf_counter() - t) / batch, "batch": batch, "device": dev.type}
-
-
-def grid(images, levels, ncol=8):
-    """(N, C, H, W) ints -> (rows*H+, ncol*W+, 3) float image in [0, 1] with 1-pixel white borders."""
-    x = np.asarray(images, np.float64) / (levels - 1)
-    n, C, H, W = x.shape
-    if C == 1:
-        x = np.repeat(x, 3, axis=1)
-    rows = -(-n // ncol)
-    out = np.ones((rows * (H + 1) + 1, ncol * (W + 1) + 1, 3))
-    for t in range(n):
-        r, c = divmod(t, ncol)
-        out[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[t].transpose(1, 2, 0)
-    return out
 
 
 def save_grid(path, samples, test_images, levels, ncol=8, scale=4):
