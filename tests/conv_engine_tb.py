@@ -33,11 +33,11 @@ class EngineSim:
     def wait_mode_idle(self):
         self.ops.append(("idle",))
 
-    def program(self, spec, width, height, channels=None):
+    def program(self, spec, width, height, channels=None, feat=0):
         imgs = prog.pack(spec, self.e.cfg, width, height)
         self.send(prog.load_stream(imgs, self.e.cfg))
         self.ops.append(("poll", E.REG_STATUS, 1, 1))
-        for reg, value in E.run_registers(spec, width, height, channels):
+        for reg, value in E.run_registers(spec, width, height, channels, feat):
             self.reg(reg, value)
 
     def run(self, max_cycles=2_000_000, vcd=None):
