@@ -253,7 +253,13 @@ class ConvDevice:
     def program(self, spec, width, height, channels=None, feat=0):
         """Check the fit, load all memories over the link and set the image geometry; ``feat``: the
         feature-memory register (``engine.FEAT_*``: COND map from the feature memory, upsampled, bases)."""
-        images = prog.pack(spec, self.params, width, height)
+        self.load([("", spec, width, height)])
+        self.select("", channels, feat)
+
+    def load(self, runs):
+        """Load several specs at once (``runs``: (name, spec, width, height); ``program.pack_many``) over
+        the link; ``select`` then chooses the one to run. Sets ``loaded_bytes``."""
+        images, bases = prog.pack_many([(s, w, h) for _, s, w, h in runs], self.params)
         if self.reg(E.REG_CTRL) != E.MODE_IDLE:
             self.reg(E.REG_CTRL, E.MODE_IDLE)
         before = self.reg(E.REG_LOAD_WORDS)
@@ -266,10 +272,15 @@ class ConvDevice:
         got = (self.reg(E.REG_LOAD_WORDS) - before) & 0xFFFFFFFF
         if got != words:
             raise RuntimeError(f"engine loaded {got} words, expected {words}")
-        for reg, value in E.run_registers(spec, width, height, channels, feat):
+        self.loaded = {name: (spec, w, h, base) for (name, spec, w, h), base in zip(runs, bases)}
+        self.loaded_bytes = sum(len(v) for v in images.values())
+
+    def select(self, name, channels=None, feat=0):
+        """Set the registers of the loaded spec ``name`` (its ops, image geometry, feature memory use)."""
+        spec, width, height, base = self.loaded[name]
+        for reg, value in E.run_registers(spec, width, height, channels, feat, base):
             self.reg(reg, value)
         self.spec, self.width, self.height, self.feat = spec, width, height, bool(feat & E.FEAT_IN)
-        self.loaded_bytes = sum(len(v) for v in images.values())
 
     def conditioner(self, a=None):
         """Run the programmed conditioner pass over one image: ``a`` (1, 1, H, W) levels streamed in
@@ -459,19 +470,41 @@ def _add(total, cnt):
     return total
 
 
-def _conditioner_passes(cd, runs, a, feat_base):
+def load_groups(runs, params):
+    """How the stages are loaded: all at once if the engine's memories hold them together, else the
+    prior alone and the rest together, else one at a time (reloaded for every pass)."""
+    for groups in ([runs], [runs[:1], runs[1:]]):
+        try:
+            for g in groups:
+                prog.pack_many([(s, w, h) for _, s, w, h in g], params)
+            return groups
+        except prog.EngineFitError:
+            pass
+    return [[r] for r in runs]
+
+
+def use_stage(cd, groups, name, feat=0):
+    """Select stage ``name``, loading its group first when it is not loaded; returns the bytes loaded."""
+    loaded = 0
+    if name not in getattr(cd, "loaded", {}):
+        cd.load(next(g for g in groups if any(r[0] == name for r in g)))
+        loaded = cd.loaded_bytes
+    cd.select(name, feat=feat)
+    return loaded
+
+
+def _conditioner_passes(cd, groups, runs, a, feat_base):
     """The conditioner passes of one auxiliary image ``a`` (1, 1, H', W'): their last op fills the feature
     memory (gray: rows 0..; pyramid: the coarse pass at ``feat_base``, the fine pass reads it upsampled
     and writes rows 0..). Returns the summed counters and the bytes loaded."""
     total, loaded = {}, 0
     for name, spec, w, h in runs:
         if spec.get("cond_channels"):  # input map from the feature memory, nearest-upsampled
-            cd.program(spec, w, h, feat=E.FEAT_IN | E.FEAT_UP | (feat_base << 8))
+            loaded += use_stage(cd, groups, name, E.FEAT_IN | E.FEAT_UP | (feat_base << 8))
             _add(total, cd.conditioner())
         else:
-            cd.program(spec, w, h, feat=(feat_base << 16) if len(runs) > 1 else 0)
+            loaded += use_stage(cd, groups, name, (feat_base << 16) if len(runs) > 1 else 0)
             _add(total, cd.conditioner(a))
-        loaded += cd.loaded_bytes
     return total, loaded
 
 
@@ -487,7 +520,8 @@ def run_chain(args):
     design, params, b, ds = getattr(args, "job", None) or load_job(args)
     C, H, W, L = export_geometry(args.model, b)
     runs = stage_runs(args.model, b)
-    (_, prior, Wa, Ha), cond_runs, (_, cspec, _, _) = runs[0], runs[1:-1], runs[-1]
+    (pname, prior, Wa, Ha), cond_runs, (cname, cspec, _, _) = runs[0], runs[1:-1], runs[-1]
+    groups = load_groups(runs, params)
     base = params.feat_rows // 2 if len(cond_runs) > 1 else 0
     test, n_samples = run_sizes(args, ds.test)
     seed_prior, seed_cond = sample_seeds(args)
@@ -496,28 +530,27 @@ def run_chain(args):
     a = CE.aux_image(b, test)
     ref_a, ref_x = CE.reference_bits(b, test)
     bpd_ref = float((ref_a.sum() + ref_x.sum()) / test.size)
-    cnt_c, cnt_x, smp_c, smp_x, loaded = {}, {}, {}, {}, 0
+    cnt_c, cnt_x, smp_c, smp_x = {}, {}, {}, {}
     with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
                      quiet=False) as dev:
         cd = ConvDevice(dev)
-        cd.program(prior, Wa, Ha)
+        loaded = use_stage(cd, groups, pname)
         lg_a, cnt_a = cd.likelihood_logits(a, _progress(progress, "likelihood (auxiliary image)"))
         gs, scnt_a = cd.sample(n_samples, seed=seed_prior) if n_samples else (None, None)
         lg_x, bar = [], _progress(progress, "likelihood (conditioners + x | a, per image)")
         for k in range(len(test)):
-            c, nb = _conditioner_passes(cd, cond_runs, a[k:k + 1], base)
+            c, nb = _conditioner_passes(cd, groups, cond_runs, a[k:k + 1], base)
             _add(cnt_c, c)
-            cd.program(cspec, W, H, feat=E.FEAT_IN)
+            loaded += nb + use_stage(cd, groups, cname, E.FEAT_IN)
             lg, cnt = cd.likelihood_logits(test[k:k + 1])
-            loaded += nb + cd.loaded_bytes
             lg_x.append(lg)
             _add(cnt_x, cnt)
             if bar:
                 bar((k + 1) / len(test))
         xs = []
         for k in range(n_samples):
-            _add(smp_c, _conditioner_passes(cd, cond_runs, gs[k:k + 1], base)[0])
-            cd.program(cspec, W, H, feat=E.FEAT_IN)
+            _add(smp_c, _conditioner_passes(cd, groups, cond_runs, gs[k:k + 1], base)[0])
+            use_stage(cd, groups, cname, E.FEAT_IN)
             x1, cnt = cd.sample(1, seed=seed_cond if k == 0 else None)
             xs.append(x1)
             _add(smp_x, cnt)
@@ -552,7 +585,8 @@ def run_chain(args):
         "cycles_per_pixel_likelihood": cyc_img / (H * W),
         "mac_lower_bound_cycles_per_pixel": useful / (H * W) / params.lanes,
         "mac_utilization": useful / (params.lanes * cyc_img),
-        "load_bytes_per_image": loaded / n,  # the per-image reprogramming of the conditioner and x | a passes
+        "load_groups": [[r[0] for r in g] for g in groups],
+        "load_bytes": loaded,  # engine memories loaded over the link for the likelihood run
         "samples": int(n_samples), "samples_equal_twin": twin_ok,
         "stages": {"prior": rep_a, "conditioners": cond_img, "conditional": rep_x},
         "engine_params": params.as_dict(),

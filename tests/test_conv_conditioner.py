@@ -14,13 +14,17 @@ from models.pixelcnn import integer
 
 
 def small_engine(row_slots=4):
-    return ConvEngine(lanes=4, max_channels=8, max_width=8, max_layers=8, weight_depth=1024, bias_depth=128,
+    return ConvEngine(lanes=4, max_channels=8, max_width=8, max_layers=16, weight_depth=1024, bias_depth=128,
                       in_fifo=16, out_fifo=512, max_maps=8, row_slots=row_slots, feat_rows=8)
 
 
-def run_pass(s, spec, H, W, x=None, feat=0):
-    """Queue a conditioner pass: program, run one image (mode 1 with image bytes, else mode 2), wait."""
-    s.program(spec, W, H, feat=feat)
+def run_pass(s, spec, H, W, x=None, feat=0, base=None):
+    """Queue a conditioner pass: program (or select the loaded spec at ``base``), run one image (mode 1
+    with image bytes, else mode 2), wait."""
+    if base is None:
+        s.program(spec, W, H, feat=feat)
+    else:
+        s.select(spec, W, H, base, feat=feat)
     if x is not None:
         s.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
         s.send(prog.input_stream(spec, x))
@@ -33,9 +37,12 @@ def run_pass(s, spec, H, W, x=None, feat=0):
     s.read(E.REG_MAC_BEATS, f"beats{len(s.ops)}")
 
 
-def run_gated_from_feat(s, spec, x, base):
+def run_gated_from_feat(s, spec, x, fbase, base=None):
     n, _, H, W = x.shape
-    s.program(spec, W, H, feat=E.FEAT_IN | (base << 8))
+    if base is None:
+        s.program(spec, W, H, feat=E.FEAT_IN | (fbase << 8))
+    else:
+        s.select(spec, W, H, base, feat=E.FEAT_IN | (fbase << 8))
     s.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
     nout = len(spec["ops"][-1]["bias"])
     s.send(prog.input_stream(spec, x, feat=True))
@@ -44,12 +51,15 @@ def run_gated_from_feat(s, spec, x, base):
     return np.frombuffer(bytes(r["logits"]), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2), r
 
 
-@pytest.mark.parametrize("kernels,row_slots,idle,stall", [((3, 3), 4, 0.3, 0.4), ((5, 3), 8, 0.0, 0.2)])
-def test_image_conditioner_then_gated(kernels, row_slots, idle, stall):
-    """Grayscale-style: non-causal convs over the image -> feature memory -> the gated pass's COND map."""
+@pytest.mark.parametrize("kernels,row_slots,idle,stall,together", [((3, 3), 4, 0.3, 0.4, False),
+                                                                   ((5, 3), 8, 0.0, 0.2, True)])
+def test_image_conditioner_then_gated(kernels, row_slots, idle, stall, together):
+    """Grayscale-style: non-causal convs over the image -> feature memory -> the gated pass's COND map
+    (``together``: both specs loaded at once, each run selected by REG_BASE, input tables of different
+    sizes side by side)."""
     rng = np.random.default_rng(sum(kernels) + row_slots)
     H, W = 4, 5
-    cspec = prog.random_conditioner_spec(rng, kernels, hidden=4)
+    cspec = prog.random_conditioner_spec(rng, kernels, hidden=4, levels=4)
     gspec = prog.random_gated_spec(rng, cond_channels=4)
     a = rng.integers(0, cspec["levels"], size=(1, 1, H, W))
     x = rng.integers(0, gspec["levels"], size=(1, 1, H, W))
@@ -57,8 +67,14 @@ def test_image_conditioner_then_gated(kernels, row_slots, idle, stall):
     assert np.abs(maps["c0"]).max() >= 90 and len(np.unique(feat)) > 10  # not a constant map
     want = integer.graph_forward(gspec, x, feat)
     s = EngineSim(small_engine(row_slots), seed=row_slots, idle=idle, stall=stall)
-    run_pass(s, cspec, H, W, a)
-    got, r = run_gated_from_feat(s, gspec, x, 0)
+    if together:
+        bc, bg = s.load([(gspec, W, H), (cspec, W, H)])
+        assert bc == (0, 0) and bg == (len(prog.engine_ops(gspec)[0]), gspec["levels"])
+        run_pass(s, cspec, H, W, a, base=bg)
+        got, r = run_gated_from_feat(s, gspec, x, 0, base=bc)
+    else:
+        run_pass(s, cspec, H, W, a)
+        got, r = run_gated_from_feat(s, gspec, x, 0)
     assert np.array_equal(got, want)
     beats = next(v for k, v in r.items() if k.startswith("beats"))
     assert beats == H * W * prog.mac_beats_per_pixel(cspec, 4)

@@ -58,6 +58,8 @@ REG_FEAT = 13       # feature memory: bit 0 the COND map is filled from it (not 
 #                     op writes it (no output bytes); bit 2 fill reads (row >> 1, col >> 1) (nearest
 #                     upsampling by 2); bits 15:8 row base of the fill; bits 23:16 row base of the writes
 FEAT_IN, FEAT_OUT, FEAT_UP = 1, 2, 4
+REG_BASE = 14       # bits 7:0 index of the run's first op in the op memories (several programs loaded at
+#                     once, ``program.pack_many``); bits 15:8 offset of its input table
 REG_CYC_ACTIVE = 16  # r: cycles spent computing (not waiting for input bytes or output space)
 REG_MAC_BEATS = 17   # r: MAC beats issued (each = `lanes` multiplies)
 REG_PIXELS = 18      # r: pixels finished
@@ -72,14 +74,15 @@ REG_LOAD_WORDS = 25  # r: words written by load packets since reset
 REGISTERS = {k: v for k, v in globals().items() if k.startswith("REG_")}
 
 
-def run_registers(spec, width, height, channels=None, feat=0):
+def run_registers(spec, width, height, channels=None, feat=0, base=(0, 0)):
     """(register, value) pairs that set up a run of ``spec`` on a ``width`` x ``height`` image
     (after its memories are loaded); ``channels`` overrides the input bytes per pixel; ``feat``: the
-    REG_FEAT value (a conditioner pass writes the feature memory: FEAT_OUT is set for it)."""
+    REG_FEAT value (a conditioner pass writes the feature memory: FEAT_OUT is set for it); ``base``:
+    (first op, input-table offset) of the spec in memories loaded by ``program.pack_many``."""
     g = prog.geometry(spec)
     if prog.is_conditioner(spec):
         feat |= FEAT_OUT
-    return [(REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
+    return [(REG_BASE, base[0] | (base[1] << 8)), (REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
             (REG_CHANNELS, g["channels"] if channels is None else channels), (REG_LEVELS, spec["levels"]),
             (REG_COND, g["cond_channels"] | (g["cond_map"] << 8)), (REG_FLUSH, g["flush"]), (REG_FEAT, feat)]
 
@@ -87,7 +90,7 @@ def run_registers(spec, width, height, channels=None, feat=0):
 class ConvEngine(Engine):
     engine_id = "CONV"
 
-    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=16, weight_depth=8192,
+    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=32, weight_depth=8192,
                  bias_depth=1024, in_fifo=512, out_fifo=4096, max_maps=16, row_slots=4, feat_rows=32):
         self.cfg = prog.EngineParams(lanes=lanes, max_channels=max_channels, max_width=max_width,
                                      max_layers=max_layers, weight_depth=weight_depth, bias_depth=bias_depth,
@@ -196,7 +199,9 @@ class ConvEngine(Engine):
         rowmode = Signal()          # computing the row phase (row-phase ops over every column)
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
-        m.d.comb += crd.addr.eq(layer)
+        op_base, in_base = Signal(8), Signal(8)
+        abs_layer = Signal(lbits + 1)  # the op's index in the op memories
+        m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
         m.d.comb += last_layer.eq(layer + 1 == nlayers)
         rq_og = Signal(8)
@@ -208,7 +213,7 @@ class ConvEngine(Engine):
         with m.If(mac.out_valid):
             m.d.sync += rq_row.eq(op_row)
         m.d.comb += [lb.row.eq(op_row), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
-        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], layer[:lbits]))]
+        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], abs_layer[:lbits]))]
         tap_dy = trd.data[:3].as_signed()
         tap_dx = trd.data[3:6].as_signed()
         tap_res = trd.data[6]
@@ -242,7 +247,7 @@ class ConvEngine(Engine):
             rq.base.eq(rq_og * P), rq.acc.eq(mac.out_acc), rq.centre.eq(centre),
             rq.bbase.eq(cfg.bbase), rq.mult.eq(cfg.mult), rq.shift.eq(cfg.shift), rq.residual.eq(cfg.flags[0]),
             rq.gated.eq(cfg.flags[1]), rq.gmult.eq(cfg.gmult), rq.gshift.eq(cfg.gshift), rq.out_map.eq(cfg.out_map),
-            rq.layer.eq(layer),
+            rq.layer.eq(abs_layer),
         ]
         with m.If(mac.out_valid):
             m.d.sync += rq_og.eq(rq_og + 1)
@@ -250,7 +255,7 @@ class ConvEngine(Engine):
         # op's parameters); beats at the centre tap (any map at the current pixel may be the one that
         # drain writes) and group ends (a new requant start) wait for the drain.
         prev_pending = Signal()
-        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != layer[:lbits]))
+        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
         can_last = ~(rq.reading | mac.last_pending | prev_pending)
         all_idle = ~(issued | mac.busy | rq.busy | smp.busy)
         mac_idle = ~(issued | mac.busy)
@@ -259,7 +264,7 @@ class ConvEngine(Engine):
         # requantiser outputs: their map in the line buffers, or the output stream / sampler
         in_wr_en, in_wr_c, in_wr_data, in_wr_map = Signal(), Signal(cbits), Signal(signed(8)), Signal(mbits)
         out_last = Signal()
-        m.d.comb += out_last.eq(rq.cur_layer + 1 == nlayers)
+        m.d.comb += out_last.eq(rq.cur_layer + 1 == op_base + nlayers)
         to_next = rq.out_valid & ~out_last
         m.d.comb += [
             lb.slot.eq(Mux(to_next, rq_row, row)[:sbits]),
@@ -374,7 +379,7 @@ class ConvEngine(Engine):
                     m.d.sync += rowmode.eq(1)
                     m.next = "LAYER_START"
             with m.State("IN_WAIT"):
-                m.d.comb += [ird.addr.eq(inq.r_data), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
+                m.d.comb += [ird.addr.eq(inq.r_data + in_base), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
                 with m.If(ctrl_we | (mode == MODE_IDLE)):
                     m.d.comb += inq.r_en.eq(0)
                     m.next = "IDLE"
@@ -427,7 +432,7 @@ class ConvEngine(Engine):
                     m.next = "LAYER_START"
             with m.State("PIX_END"):
                 with m.If(mode == MODE_SAMPLE):
-                    m.d.comb += [ird.addr.eq(smp.sample), ird.en.eq(1)]
+                    m.d.comb += [ird.addr.eq(smp.sample + in_base), ird.en.eq(1)]
                     m.next = "SAMPLE_WRITE"
                 with m.Else():
                     m.next = "ADVANCE"
@@ -477,6 +482,8 @@ class ConvEngine(Engine):
                     m.d.sync += nrow.eq(self.reg_wdata)
                 with m.Case(REG_COND):
                     m.d.sync += [cond_n.eq(self.reg_wdata[:8]), cond_map.eq(self.reg_wdata[8:16])]
+                with m.Case(REG_BASE):
+                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:16])]
                 with m.Case(REG_FLUSH):
                     m.d.sync += flush.eq(self.reg_wdata[:8])
                 with m.Case(REG_FEAT):
@@ -492,7 +499,7 @@ class ConvEngine(Engine):
                                   (REG_WIDTH, width), (REG_HEIGHT, height), (REG_CHANNELS, channels),
                                   (REG_LEVELS, levels), (REG_SEED, smp.state), (REG_LOGIT_MULT, lmult),
                                   (REG_NIMAGES, nimages), (REG_NROW, nrow),
-                                  (REG_COND, Cat(cond_n, cond_map)), (REG_FLUSH, flush),
+                                  (REG_COND, Cat(cond_n, cond_map)), (REG_FLUSH, flush), (REG_BASE, Cat(op_base, in_base)),
                                   (REG_FEAT, Cat(feat_in, feat_out, feat_up, Signal(5), feat_rbase, feat_wbase)),
                                   (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
                                   (REG_PIXELS, pixels), (REG_IMAGES, images), (REG_PARAMS, params),

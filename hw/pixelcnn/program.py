@@ -35,7 +35,7 @@ class EngineParams:
     lanes: int = 16           # P: parallel multiply-accumulates (output channels per group)
     max_channels: int = 32    # feature-map channels (layer inputs); power of two
     max_width: int = 32       # image width; power of two
-    max_layers: int = 16      # ops (layers); power of two
+    max_layers: int = 32      # ops (layers, of all specs loaded at once); power of two
     weight_depth: int = 8192  # weight words of `lanes` bytes
     bias_depth: int = 1024    # int32 biases (all ops)
     in_fifo: int = 512
@@ -331,42 +331,61 @@ def check_fits(spec, params: EngineParams, width=None, height=None):
 
 def pack(spec, params: EngineParams, width=None, height=None):
     """Memory images (bytes per load target) for ``spec``; checks the fit first."""
-    check_fits(spec, params, width, height)
+    return pack_many([(spec, width, height)], params)[0]
+
+
+def pack_many(runs, params: EngineParams):
+    """Memory images holding several specs at once (``runs``: (spec, width, height) each; the engine runs
+    one of them at a time, chosen by its REG_BASE: first op and input-table offset). Checks every spec's fit
+    and the totals; returns (images, [(op base, input-table base)] per spec)."""
     P = params.lanes
-    ops, _, _, _ = engine_ops(spec)
-    wbytes, bbytes, lbytes = bytearray(), bytearray(), bytearray()
+    wbytes, bbytes, lbytes, inlut = bytearray(), bytearray(), bytearray(), bytearray()
     taps_img = bytearray(params.max_layers * MAX_TAPS * TAP_BYTES)
     cfg = bytearray()
-    wbase = bbase = 0
-    for i, o in enumerate(ops):
-        co = o["cout"]
-        groups = -(-co // P)
-        for tws in o["blocks"] or [o["tap_weights"]]:  # parity ops: four blocks of `wblock` words
-            for g in range(groups):
-                n = min(P, co - g * P)
-                for w in tws:
-                    for ch in range(w.shape[1]):
-                        lane = np.zeros(P, np.int64)
-                        lane[:n] = w[g * P:g * P + n, ch]
-                        wbytes += (lane & 0xFF).astype(np.uint8).tobytes()
-        for t, (src, dy, dx, nch, res) in enumerate(o["taps"]):
-            a = (i * MAX_TAPS + t) * TAP_BYTES
-            taps_img[a:a + 3] = bytes([(dy & 7) | ((dx & 7) << 3) | (int(res) << 6), src, nch])
-        bbytes += np.asarray(o["bias"], "<i4").tobytes()
-        lbytes += (o["lut"] & 0xFF).astype(np.uint8).tobytes()
-        flags = FLAG_RESIDUAL * o["residual"] | FLAG_GATED * o["gated"] | FLAG_RELU_IN * o["relu_in"] | \
-            FLAG_PARITY * (o["blocks"] is not None)
-        wblock = groups * sum(t[3] for t in o["taps"])
-        cfg += co.to_bytes(2, "little") + bytes([groups, len(o["taps"])])
-        cfg += wbase.to_bytes(2, "little") + bbase.to_bytes(2, "little")
-        cfg += o["mult"].to_bytes(4, "little") + bytes([o["shift"], flags, o["out"], o["gshift"]])
-        cfg += o["gmult"].to_bytes(2, "little") + bytes([o["delay"]]) + wblock.to_bytes(2, "little")
-        cfg += bytes(CONFIG_BYTES - 21)
-        wbase += wblock * (4 if o["blocks"] else 1)
-        bbase += co
-    inlut = (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
-    return {T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
-            T_CONFIG: bytes(cfg), T_INLUT: inlut}
+    wbase = bbase = i = 0
+    bases = []
+    for spec, width, height in runs:
+        check_fits(spec, params, width, height)
+        bases.append((i, len(inlut)))
+        for o in engine_ops(spec)[0]:
+            if i >= params.max_layers:
+                raise EngineFitError(f"{sum(len(engine_ops(r[0])[0]) for r in runs)} ops together, the engine "
+                                     f"holds at most {params.max_layers}")
+            co = o["cout"]
+            groups = -(-co // P)
+            for tws in o["blocks"] or [o["tap_weights"]]:  # parity ops: four blocks of `wblock` words
+                for g in range(groups):
+                    n = min(P, co - g * P)
+                    for w in tws:
+                        for ch in range(w.shape[1]):
+                            lane = np.zeros(P, np.int64)
+                            lane[:n] = w[g * P:g * P + n, ch]
+                            wbytes += (lane & 0xFF).astype(np.uint8).tobytes()
+            for t, (src, dy, dx, nch, res) in enumerate(o["taps"]):
+                a = (i * MAX_TAPS + t) * TAP_BYTES
+                taps_img[a:a + 3] = bytes([(dy & 7) | ((dx & 7) << 3) | (int(res) << 6), src, nch])
+            bbytes += np.asarray(o["bias"], "<i4").tobytes()
+            lbytes += (o["lut"] & 0xFF).astype(np.uint8).tobytes()
+            flags = FLAG_RESIDUAL * o["residual"] | FLAG_GATED * o["gated"] | FLAG_RELU_IN * o["relu_in"] | \
+                FLAG_PARITY * (o["blocks"] is not None)
+            wblock = groups * sum(t[3] for t in o["taps"])
+            cfg += co.to_bytes(2, "little") + bytes([groups, len(o["taps"])])
+            cfg += wbase.to_bytes(2, "little") + bbase.to_bytes(2, "little")
+            cfg += o["mult"].to_bytes(4, "little") + bytes([o["shift"], flags, o["out"], o["gshift"]])
+            cfg += o["gmult"].to_bytes(2, "little") + bytes([o["delay"]]) + wblock.to_bytes(2, "little")
+            cfg += bytes(CONFIG_BYTES - 21)
+            wbase += wblock * (4 if o["blocks"] else 1)
+            bbase += co
+            i += 1
+        inlut += (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
+    if wbase > params.weight_depth:
+        raise EngineFitError(f"weights need {wbase} words of {P} bytes together, the engine has {params.weight_depth}")
+    if bbase > params.bias_depth:
+        raise EngineFitError(f"biases need {bbase} entries together, the engine has {params.bias_depth}")
+    if len(inlut) > 256:
+        raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has 256")
+    return ({T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
+             T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}, bases)
 
 
 def geometry(spec):
