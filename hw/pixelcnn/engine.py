@@ -6,7 +6,15 @@ the row's first pixel: the vertical stack at row i sees only rows < i of the ima
 layer's vertical and horizontal convs read it one column ahead) and its horizontal stack, links and
 heads as pixel ops. An op reads any feature maps of the line buffers through its tap list
 (map, dy, dx, channels) and writes one map; gated ops pair their accumulators (tanh and sigmoid tables,
-requantised product). A conditioning map (COND register) is streamed in per row, before the row phase.
+requantised product). A conditioning map (COND register) is streamed in per row, before the row phase,
+or filled from the whole-image feature memory (FEAT register).
+
+Conditioner passes (non-causal convs over a fully known image, ``program.is_conditioner``): row-phase
+ops only, each with a row ``delay`` d (at stream row r it computes output row r - d, its taps reading
+rows r - d + dy, dy up to +2), FLUSH extra rows after the image with no input, and the last op writing
+the feature memory instead of the output stream. A later pass's COND map is filled from that memory,
+optionally nearest-upsampled by 2; a ``parity`` op picks one of four weight blocks by (i & 1, j & 1)
+(the 2x2 stride-2 transposed conv). REG_BASE selects one of several specs loaded at once.
 
 Schedule (per pixel p, layers in order): for each layer, for each group of ``lanes`` output channels,
 one MAC beat per (tap, input channel) of the layer's nonzero-tap list (taps masked out are not in the

@@ -7,7 +7,9 @@ one op per layer (map l -> map l+1), a gated op graph (``ops``, ``models.pixelcn
 ops and names its maps by index. Op execution (per pixel, ops in order; row-phase ops once per row for
 every column before the row's first pixel): accumulators in groups of ``lanes``; for each group, every
 (tap, input channel) pair of the op's tap list (taps over several maps) is one MAC beat (``lanes``
-multiplies in parallel, one activation broadcast); masked-out taps are not in the list.
+multiplies in parallel, one activation broadcast); masked-out taps are not in the list. Conditioner
+passes (``is_conditioner``) are op graphs of delayed row-phase ops whose last op fills the engine's
+feature memory; ``pack_many`` loads several specs at once.
 """
 from dataclasses import asdict, dataclass
 
