@@ -87,8 +87,12 @@ def _is_export(path) -> bool:
 
 def _load_export(model, path, params):
     """The export of ``model`` at ``path``: a spec (pixelcnn, masked-pixelcnn) or a bundle of stages."""
-    from models.pixelcnn.cond_export import MODEL_OF, load_bundle
+    from models.pixelcnn.cond_export import BUNDLE_FORMAT, MODEL_OF, load_bundle
     from models.pixelcnn.export import ExportError, load_export
+    if model not in CHAIN_MODELS and _is_export(path):
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) == BUNDLE_FORMAT:
+                raise ExportError(f"{path} is a {z['model']}-pixelcnn bundle; run it with --model {z['model']}-pixelcnn")
     if model in CHAIN_MODELS:
         b = load_bundle(path)
         if b["model"] != MODEL_OF[model]:
@@ -446,6 +450,7 @@ def run_pixelcnn(args):
         "model": args.model, "dataset": args.dataset, "backend": args.backend, "channels": C,
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": spec["float_bits_per_dim"],
+        "float_dataset": spec.get("dataset", ""),
         "bpd_equal": bpd == bpd_ref, "logits_equal": exact,
         "samples": int(n_samples), "sample_seed": seed,
         "samples_equal_twin": bool(np.array_equal(smp, twin)) if n_samples else None,
@@ -580,7 +585,8 @@ def run_chain(args):
         "test_images": int(n), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": b["float_bits_per_dim"],
         "bpd_parts": {"aux_prior": float(bits_a.sum() / test.size), "x_given_aux": float(bits_x.sum() / test.size)},
-        "bpd_float_parts": b["float_parts"], "bpd_equal": bpd == bpd_ref, "logits_equal": exact,
+        "bpd_float_parts": b["float_parts"], "float_dataset": b["dataset"], "bpd_equal": bpd == bpd_ref,
+        "logits_equal": exact,
         "cycles_per_image": cyc_img, "cycles_per_pixel": cyc_img / (H * W),
         "cycles_per_pixel_likelihood": cyc_img / (H * W),
         "mac_lower_bound_cycles_per_pixel": useful / (H * W) / params.lanes,
@@ -612,7 +618,7 @@ def print_chain(r):
           f"x|a {r['bpd_parts']['x_given_aux']:.4f})")
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  "
           f"({'identical' if r['bpd_equal'] else 'DIFFERENT'}, logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
-    print(f"  bits/dim float model : {r['bpd_float']:.4f}")
+    print(f"  bits/dim float model : {r['bpd_float']:.4f} (on the {r['float_dataset']} test set)")
     print(f"  cycles per image (likelihood, all stages): {r['cycles_per_image']:,.0f} "
           f"({r['cycles_per_pixel']:,.1f} per pixel; MAC lower bound {r['mac_lower_bound_cycles_per_pixel']:,.1f}); "
           f"conditioners {r['stages']['conditioners']['cycles_per_image']:,.0f}; MAC utilization "
@@ -630,7 +636,7 @@ def print_result(r):
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  ({'identical' if r['bpd_equal'] else 'DIFFERENT'}"
           f", logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
     if r.get("bpd_float") is not None and not math.isnan(r["bpd_float"]):
-        print(f"  bits/dim float model : {r['bpd_float']:.4f}")
+        print(f"  bits/dim float model : {r['bpd_float']:.4f} (on the {r['float_dataset']} test set)")
     print(f"  cycles per image (likelihood): {r['cycles_per_image']:,.0f}  "
           f"({r['cycles_per_pixel_likelihood']:,.1f} per pixel, {r['lanes']} MAC lanes; MAC lower bound "
           f"{r['mac_lower_bound_cycles_per_pixel']:,.1f} per pixel)")
