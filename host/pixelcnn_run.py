@@ -521,6 +521,7 @@ def run_chain(args):
     ``(result, grids)`` like ``run_pixelcnn``."""
     from host.backends import open_device
     from models.pixelcnn import cond_export as CE
+    from models.pixelcnn.integer import graph_forward
 
     design, params, b, ds = getattr(args, "job", None) or load_job(args)
     C, H, W, L = export_geometry(args.model, b)
@@ -563,7 +564,6 @@ def run_chain(args):
     bits_a, bits_x = CE.stage_bits(prior, lg_a, a), CE.stage_bits(cspec, lg_x, test)
     bpd = float((bits_a.sum() + bits_x.sum()) / test.size)
     feats = CE.feature_maps(b, a)
-    from models.pixelcnn.integer import graph_forward
     exact = bool(np.array_equal(lg_a, graph_forward(prior, a)) and np.array_equal(lg_x, graph_forward(cspec, test, feats)))
     twin_ok, xs = None, (np.concatenate(xs) if n_samples else None)
     if n_samples:

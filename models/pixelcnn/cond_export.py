@@ -19,7 +19,6 @@ pyramid (one coarser level, x_1 = 2x2 average pool of x):
 The chain functions (``aux_image``, ``feature_maps``, ``reference_bits``) are NumPy only and are the
 integer reference the host compares the engine with.
 """
-import math
 import sys
 
 import numpy as np
