@@ -39,7 +39,7 @@ PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 JOB_FLAGS = {
     "linreg": {"dataset", "bits", "epochs", "loss", "encoding", "seed", "step", "batch", "decay", "save_model", "load_model",
                "json", "plot", "workers", "sync_every", "sync_bits", "scale_step", "checkpoint"},
-    "pixelcnn": {"dataset", "samples", "limit", "seed", "json", "plot"},
+    "pixelcnn": {"dataset", "weights", "samples", "limit", "seed", "json", "plot"},
     "info": set(),
     "echo": {"bytes"},
 }

@@ -1,12 +1,19 @@
-"""PixelCNN likelihood and on-chip sampling on the convolution engine (``hw.pixelcnn``).
+"""PixelCNN likelihood and on-chip sampling on the convolution engine (``hw.pixelcnn``): every model.
 
-``python host/run.py --model pixelcnn --dataset digits [--backend verilator|amaranth|serial]
-[--samples N] [--json OUT]``: loads the committed integer export (``pixelcnn``: the Gated PixelCNN,
-vertical and horizontal stacks without a blind spot; ``masked-pixelcnn``: the plain masked-conv net), checks it fits the engine, streams the
-test set through the engine (likelihood mode: the engine returns every pixel's logits; bits/dim is
-computed from them exactly as ``models.pixelcnn.integer.bits_per_dim`` does from the NumPy reference
-logits), generates N images on chip (sample mode) into a PNG grid, and reports hardware cycle
-counters. ``--model gray-pixelcnn`` chains two stages on the engine (see ``host.pixelcnn_aux``).
+``python host/run.py --model pixelcnn|masked-pixelcnn|gray-pixelcnn|pyramid-pixelcnn --dataset
+digits|PATH [--weights EXPORT.npz] [--backend verilator|amaranth|serial] [--samples N] [--json OUT]``:
+loads the bundled integer export for the dataset (or ``--weights``; an image ``.npz``/folder is scored
+with the bundled export of its shape), checks it fits the engine, streams the test set through the
+engine (likelihood mode: the engine returns every pixel's logits; bits/dim is computed from them exactly
+as ``models.pixelcnn.integer`` does from the NumPy reference logits), generates N images on chip (sample
+mode) into a PNG grid, and reports hardware cycle counters.
+
+``pixelcnn``: the Gated PixelCNN (vertical and horizontal stacks, no blind spot); ``masked-pixelcnn``: the
+plain masked-conv net; ``gray-pixelcnn`` / ``pyramid-pixelcnn`` (``run_chain``): the bundle's stages one
+after the other on the same engine, reprogrammed over the link in between: the prior over the auxiliary
+image a = f(x), the conditioner passes (non-causal convs over a whole known image, writing the engine's
+feature memory; ``models.pixelcnn.cond_export``) and the conditional gated net over x whose conditioning
+map the engine fills from that memory. The host only chains the stages: it computes no conditioning.
 
 ``ConvDevice`` is the scriptable API (used by the benchmark and the tests). ``check_args`` is the CLI's
 check of the export, the data, the engine fit and the output paths before any device work; ``main`` writes
@@ -54,50 +61,126 @@ def sample_seeds(args):
     return seed, second
 
 
+_REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = _REPO / "models" / "pixelcnn" / "weights"
+# the bundled exports per model (file names as models.pixelcnn.export / cond_export write them), found
+# without torch: gated and plain masked nets are one op graph / layer list; gray and pyramid are bundles
+# of stages (prior, conditioner passes, conditional gated net)
+EXPORT_GLOBS = {"pixelcnn": "gated_{}_int8.npz", "masked-pixelcnn": "stream_{}_int8.npz",
+                "gray-pixelcnn": "gray_{}_int8.npz", "pyramid-pixelcnn": "pyramid_{}_int8.npz"}
+CHAIN_MODELS = ("gray-pixelcnn", "pyramid-pixelcnn")
+
+
+def export_datasets(model: str) -> list[str]:
+    """Datasets with a bundled export for ``model``."""
+    head, tail = EXPORT_GLOBS[model].split("{}")
+    return sorted(p.name[len(head):-len(tail)] for p in WEIGHTS.glob(EXPORT_GLOBS[model].format("*")))
+
+
+def _is_export(path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "format" in z.files
+    except Exception:
+        return False
+
+
+def _load_export(model, path, params):
+    """The export of ``model`` at ``path``: a spec (pixelcnn, masked-pixelcnn) or a bundle of stages."""
+    from models.pixelcnn.cond_export import BUNDLE_FORMAT, MODEL_OF, load_bundle
+    from models.pixelcnn.export import ExportError, load_export
+    if model not in CHAIN_MODELS and _is_export(path):
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) == BUNDLE_FORMAT:
+                raise ExportError(f"{path} is a {z['model']}-pixelcnn bundle; run it with --model {z['model']}-pixelcnn")
+    if model in CHAIN_MODELS:
+        b = load_bundle(path)
+        if b["model"] != MODEL_OF[model]:
+            raise ExportError(f"{path} is a {b['model']}-pixelcnn export, not {model}")
+        return b
+    spec = load_export(path, max_channels=params.max_channels)
+    if ("ops" in spec) != (model == "pixelcnn"):
+        raise ExportError(f"{path} is a {'gated' if 'ops' in spec else 'plain masked'} export; --model "
+                          f"{'pixelcnn' if 'ops' in spec else 'masked-pixelcnn'} runs it")
+    return spec
+
+
+def export_geometry(model, exp):
+    """(channels, height, width, levels) of the images an export models."""
+    return exp["channels"], exp["height"], exp["width"], exp["levels"]
+
+
+def stage_runs(model, exp):
+    """(name, spec, width, height) of every engine pass of one image, in order."""
+    C, H, W, L = export_geometry(model, exp)
+    if model not in CHAIN_MODELS:
+        return [("pixels", exp, W, H)]
+    st = exp["stages"]
+    if exp["model"] == "gray":
+        return [("prior", st["prior"], W, H), ("cond", st["cond"], W, H), ("colour", st["colour"], W, H)]
+    return [("coarse", st["coarse"], W // 2, H // 2), ("up_coarse", st["up_coarse"], W // 2, H // 2),
+            ("up_fine", st["up_fine"], W, H), ("fine", st["fine"], W, H)]
+
+
 def load_job(args):
-    """Everything the run needs that can fail on a bad request, before any device work: the export, the data
-    and the engine fit.  Raises ``host.cli_checks.UsageError`` naming the problem."""
+    """Everything the run needs that can fail on a bad request, before any device work: the export
+    (``--weights``, or the bundled one for the dataset's name or image shape), the data and the engine
+    fit of every stage.  Raises ``host.cli_checks.UsageError`` naming the problem."""
     from host.cli_checks import UsageError
     from models.pixelcnn import data
-    from models.pixelcnn.export import ExportError, committed_export_path, load_export
+    from models.pixelcnn.export import ExportError
     design = default_design()
     params = prog.EngineParams(**design.engine_args)
-    kind = "stream" if args.model == "masked-pixelcnn" else "gated"  # pixelcnn: the gated model
+    model, weights, dataset = args.model, getattr(args, "weights", None), str(args.dataset)
+    if weights is None and dataset.endswith(".npz") and _is_export(dataset):
+        weights, dataset = dataset, None  # an export given as --dataset: scored on its own dataset
+    ds = None
+    if dataset is not None and dataset not in export_datasets(model) and weights is None:
+        try:
+            ds = data.load(dataset)
+        except (KeyError, ValueError, OSError) as exc:
+            raise UsageError(f"--dataset {dataset}: {exc}") from None
+        for name in export_datasets(model):
+            path = WEIGHTS / EXPORT_GLOBS[model].format(name)
+            g = export_geometry(model, _load_export(model, str(path), params))
+            if g[:3] == tuple(ds.shape) and ds.levels <= g[3]:
+                weights = path
+                break
+        else:
+            raise UsageError(f"--dataset {dataset}: images {'x'.join(map(str, ds.shape))} with {ds.levels} levels; "
+                             f"no bundled {model} export models that shape (give one with --weights)")
+    if weights is None:
+        weights = WEIGHTS / EXPORT_GLOBS[model].format(dataset)
     try:
-        spec = load_export(committed_export_path(args.dataset, kind) if not str(args.dataset).endswith(".npz")
-                           else args.dataset, max_channels=params.max_channels)
-        ds = data.load(spec["dataset"] or args.dataset)
-    except (ExportError, KeyError, ValueError, OSError) as exc:
-        raise UsageError(f"--dataset {args.dataset}: {exc}") from None
-    H, W = ds.shape[1], ds.shape[2]
-    try:
-        prog.check_fits(spec, params, W, H)
-    except prog.EngineFitError as exc:
-        raise UsageError(f"the export does not fit the engine: {exc}") from None
-    return design, params, spec, ds
+        exp = _load_export(model, str(weights), params)
+    except ExportError as exc:
+        raise UsageError(f"--weights {weights}: {exc}") from None
+    C, H, W, L = export_geometry(model, exp)
+    if ds is None:
+        try:
+            ds = data.load(dataset or exp["dataset"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise UsageError(f"--dataset {dataset or exp['dataset']}: {exc}") from None
+    if tuple(ds.shape) != (C, H, W) or ds.levels > L:
+        raise UsageError(f"--dataset {dataset or exp['dataset']} has images {'x'.join(map(str, ds.shape))} with "
+                         f"{ds.levels} levels, but the export {weights} models {C}x{H}x{W} images with {L} levels")
+    for name, spec, w, h in stage_runs(model, exp):
+        try:
+            prog.check_fits(spec, params, w, h)
+        except prog.EngineFitError as exc:
+            stage = "" if name == "pixels" else f"stage {name} of "
+            raise UsageError(f"{stage}the export does not fit the engine: {exc}") from None
+    if model in CHAIN_MODELS and H > params.feat_rows // 2:
+        raise UsageError(f"the {H}-row conditioning maps exceed the engine's feature memory ({params.feat_rows} rows)")
+    return design, params, exp, ds
 
 
 def grid_paths(args):
     """The sample grid PNG(s) this run writes: ``--plot`` or the default under results/."""
     png = Path(args.plot) if args.plot else Path("results") / f"conv_{args.model}_{Path(str(args.dataset)).stem}_{args.backend}.png"
-    if args.model in OWN_MODELS:
+    if args.model not in CHAIN_MODELS:
         return [png]
     return [png, png.with_name(png.stem + "_aux.png")]
-
-
-_REPO = Path(__file__).resolve().parent.parent
-# the committed exports (file names as models.pixelcnn.export / aux_export write them), found without torch
-OWN_MODELS = ("pixelcnn", "masked-pixelcnn")  # run here; the auxiliary-variable models in host.pixelcnn_aux
-EXPORT_GLOBS = {"pixelcnn": (_REPO / "models" / "pixelcnn" / "weights", "gated_", "_int8.npz"),
-                "masked-pixelcnn": (_REPO / "models" / "pixelcnn" / "weights", "stream_", "_int8.npz"),
-                "gray-pixelcnn": (_REPO / "hw" / "pixelcnn" / "weights", "gray4_", "_cond_int8.npz"),
-                "pyramid-pixelcnn": (_REPO / "hw" / "pixelcnn" / "weights", "pyramid2_", "_cond_int8.npz")}
-
-
-def export_datasets(model: str) -> list[str]:
-    """Datasets with a committed export for ``model``."""
-    folder, head, tail = EXPORT_GLOBS[model]
-    return sorted(p.name[len(head):-len(tail)] for p in folder.glob(f"{head}*{tail}"))
 
 
 def check_args(args) -> None:
@@ -108,15 +191,15 @@ def check_args(args) -> None:
         raise C.UsageError(f"--seed {args.seed}: the on-chip sampler needs a nonzero 32-bit seed (1..{2**32 - 1})")
     if args.samples == 0 and args.plot is not None:
         raise C.UsageError("--plot names the sample grid, but --samples 0 generates no samples")
+    weights = getattr(args, "weights", None)
+    if weights is not None:
+        C.check_input(weights, "--weights")
     have = export_datasets(args.model)
-    if not str(args.dataset).endswith(".npz") and args.dataset not in have:
-        raise C.UsageError(f"--dataset {args.dataset}: no committed {args.model} export for it; choose "
-                           f"{', '.join(have)} or give an export .npz")
-    if args.model in OWN_MODELS:
-        args.job = load_job(args)
-    else:
-        from host import pixelcnn_aux
-        args.job = pixelcnn_aux.load_job(args)
+    ds = str(args.dataset)
+    if weights is None and ds not in have and not (ds.endswith(".npz") or Path(ds).exists()):
+        raise C.UsageError(f"--dataset {args.dataset}: no bundled {args.model} export for it; choose "
+                           f"{', '.join(have)}, an image .npz / folder, or give an export with --weights")
+    args.job = load_job(args)
     if run_sizes(args, [])[1]:
         outs = {"--plot" + ("" if i == 0 else " (auxiliary view)"): C.check_output(p, "--plot",
                                                                                   suffixes=C.PLOT_SUFFIXES)
@@ -171,9 +254,16 @@ class ConvDevice:
             return self.dev.read_engine_reg(index)
         self.dev.write_engine_reg(index, value)
 
-    def program(self, spec, width, height, channels=None):
-        """Check the fit, load all memories over the link and set the image geometry."""
-        images = prog.pack(spec, self.params, width, height)
+    def program(self, spec, width, height, channels=None, feat=0):
+        """Check the fit, load all memories over the link and set the image geometry; ``feat``: the
+        feature-memory register (``engine.FEAT_*``: COND map from the feature memory, upsampled, bases)."""
+        self.load([("", spec, width, height)])
+        self.select("", channels, feat)
+
+    def load(self, runs):
+        """Load several specs at once (``runs``: (name, spec, width, height); ``program.pack_many``) over
+        the link; ``select`` then chooses the one to run. Sets ``loaded_bytes``."""
+        images, bases = prog.pack_many([(s, w, h) for _, s, w, h in runs], self.params)
         if self.reg(E.REG_CTRL) != E.MODE_IDLE:
             self.reg(E.REG_CTRL, E.MODE_IDLE)
         before = self.reg(E.REG_LOAD_WORDS)
@@ -186,9 +276,34 @@ class ConvDevice:
         got = (self.reg(E.REG_LOAD_WORDS) - before) & 0xFFFFFFFF
         if got != words:
             raise RuntimeError(f"engine loaded {got} words, expected {words}")
-        for reg, value in E.run_registers(spec, width, height, channels):
+        self.loaded = {name: (spec, w, h, base) for (name, spec, w, h), base in zip(runs, bases)}
+        self.loaded_bytes = sum(len(v) for v in images.values())
+
+    def select(self, name, channels=None, feat=0):
+        """Set the registers of the loaded spec ``name`` (its ops, image geometry, feature memory use)."""
+        spec, width, height, base = self.loaded[name]
+        for reg, value in E.run_registers(spec, width, height, channels, feat, base):
             self.reg(reg, value)
-        self.spec, self.width, self.height = spec, width, height
+        self.spec, self.width, self.height, self.feat = spec, width, height, bool(feat & E.FEAT_IN)
+
+    def conditioner(self, a=None):
+        """Run the programmed conditioner pass over one image: ``a`` (1, 1, H, W) levels streamed in
+        (likelihood mode), or none (its input map comes from the feature memory: one image in sample
+        mode, which returns to idle by itself). Its last op fills the feature memory; returns the
+        counters."""
+        if a is not None:
+            self.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
+            self.dev.send(prog.input_stream(self.spec, a), timeout=self.timeout)
+        else:
+            self.reg(E.REG_NIMAGES, 1)
+            self.reg(E.REG_CTRL, E.MODE_SAMPLE | 0x100)
+        deadline = time.monotonic() + self.timeout
+        while self.reg(E.REG_IMAGES) < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the conditioner pass did not finish")
+        cnt = self.counters()
+        self.reg(E.REG_CTRL, E.MODE_IDLE)
+        return cnt
 
     def counters(self):
         return {"cycles_active": self.reg(E.REG_CYC_ACTIVE), "cycles_wait": self.reg(E.REG_CYC_WAIT),
@@ -202,7 +317,7 @@ class ConvDevice:
         x = np.asarray(x, np.int64)
         n, C, H, W = x.shape
         nout = prog.engine_ops(self.spec)[0][-1]["cout"]
-        stream = prog.input_stream(self.spec, x, cond)
+        stream = prog.input_stream(self.spec, x, cond, feat=self.feat)
         row_in = len(stream) // (n * H)
         cap_out = (self.params.out_fifo - self.params.max_outputs) // nout
         rows = max(1, min(self.params.in_fifo // (2 * row_in), cap_out // (2 * W), H))
@@ -228,18 +343,20 @@ class ConvDevice:
 
     def sample(self, n, seed=DEFAULT_SEED, mult=None, cond=None, progress=None):
         """Generate n images on chip (channel 0 sampled; ``cond`` (n, C-1, H, W) feeds the other input
-        channels). Returns int64 (n, 1, H, W) and the counters."""
+        channels, unless the conditioning map comes from the feature memory). ``seed`` None: the sampler
+        continues from its current state. Returns int64 (n, 1, H, W) and the counters."""
         spec, H, W = self.spec, self.height, self.width
         graph = "ops" in spec
         C = 1 if graph else spec["layers"][0]["in"]
         mult = mult or S.logit_mult(spec["logit_scale"])
-        self.reg(E.REG_SEED, seed)
+        if seed is not None:
+            self.reg(E.REG_SEED, seed)
         self.reg(E.REG_LOGIT_MULT, mult)
         self.reg(E.REG_NIMAGES, n)
         self.reg(E.REG_CTRL, E.MODE_SAMPLE | 0x100)
         out = bytearray()
         for k in range(n):
-            if graph and spec.get("cond_channels"):  # the conditioning map, row by row
+            if graph and spec.get("cond_channels") and not self.feat:  # the conditioning map, row by row
                 self.dev.send(prog.input_stream(spec, np.zeros((1, 1, H, W), np.int64), cond[k:k + 1], sample=True),
                               timeout=self.timeout)
             elif C > 1:
@@ -333,6 +450,7 @@ def run_pixelcnn(args):
         "model": args.model, "dataset": args.dataset, "backend": args.backend, "channels": C,
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": spec["float_bits_per_dim"],
+        "float_dataset": spec.get("dataset", ""),
         "bpd_equal": bpd == bpd_ref, "logits_equal": exact,
         "samples": int(n_samples), "sample_seed": seed,
         "samples_equal_twin": bool(np.array_equal(smp, twin)) if n_samples else None,
@@ -348,6 +466,169 @@ def run_pixelcnn(args):
     return result, grids
 
 
+COUNTER_KEYS = ("cycles_active", "cycles_wait", "mac_beats", "pixels", "images")
+
+
+def _add(total, cnt):
+    for k in COUNTER_KEYS:
+        total[k] = total.get(k, 0) + cnt[k]
+    return total
+
+
+def load_groups(runs, params):
+    """How the stages are loaded: all at once if the engine's memories hold them together, else the
+    prior alone and the rest together, else one at a time (reloaded for every pass)."""
+    for groups in ([runs], [runs[:1], runs[1:]]):
+        try:
+            for g in groups:
+                prog.pack_many([(s, w, h) for _, s, w, h in g], params)
+            return groups
+        except prog.EngineFitError:
+            pass
+    return [[r] for r in runs]
+
+
+def use_stage(cd, groups, name, feat=0):
+    """Select stage ``name``, loading its group first when it is not loaded; returns the bytes loaded."""
+    loaded = 0
+    if name not in getattr(cd, "loaded", {}):
+        cd.load(next(g for g in groups if any(r[0] == name for r in g)))
+        loaded = cd.loaded_bytes
+    cd.select(name, feat=feat)
+    return loaded
+
+
+def _conditioner_passes(cd, groups, runs, a, feat_base):
+    """The conditioner passes of one auxiliary image ``a`` (1, 1, H', W'): their last op fills the feature
+    memory (gray: rows 0..; pyramid: the coarse pass at ``feat_base``, the fine pass reads it upsampled
+    and writes rows 0..). Returns the summed counters and the bytes loaded."""
+    total, loaded = {}, 0
+    for name, spec, w, h in runs:
+        if spec.get("cond_channels"):  # input map from the feature memory, nearest-upsampled
+            loaded += use_stage(cd, groups, name, E.FEAT_IN | E.FEAT_UP | (feat_base << 8))
+            _add(total, cd.conditioner())
+        else:
+            loaded += use_stage(cd, groups, name, (feat_base << 16) if len(runs) > 1 else 0)
+            _add(total, cd.conditioner(a))
+    return total, loaded
+
+
+def run_chain(args):
+    """Grayscale / Pyramid PixelCNN on the engine, every stage and conditioner there: the prior over the
+    auxiliary image a = f(x) (all test images in one pass), then per image the conditioner passes over a
+    (feature memory) and the conditional gated net over x reading that memory (the engine is reprogrammed
+    between passes); sampling: a on chip, then per image the conditioners and x on chip. Returns
+    ``(result, grids)`` like ``run_pixelcnn``."""
+    from host.backends import open_device
+    from models.pixelcnn import cond_export as CE
+    from models.pixelcnn.integer import graph_forward
+
+    design, params, b, ds = getattr(args, "job", None) or load_job(args)
+    C, H, W, L = export_geometry(args.model, b)
+    runs = stage_runs(args.model, b)
+    (pname, prior, Wa, Ha), cond_runs, (cname, cspec, _, _) = runs[0], runs[1:-1], runs[-1]
+    groups = load_groups(runs, params)
+    base = params.feat_rows // 2 if len(cond_runs) > 1 else 0
+    test, n_samples = run_sizes(args, ds.test)
+    seed_prior, seed_cond = sample_seeds(args)
+    progress = not getattr(args, "no_progress", False)
+    t0 = time.time()
+    a = CE.aux_image(b, test)
+    ref_a, ref_x = CE.reference_bits(b, test)
+    bpd_ref = float((ref_a.sum() + ref_x.sum()) / test.size)
+    cnt_c, cnt_x, smp_c, smp_x = {}, {}, {}, {}
+    with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
+                     quiet=False) as dev:
+        cd = ConvDevice(dev)
+        loaded = use_stage(cd, groups, pname)
+        lg_a, cnt_a = cd.likelihood_logits(a, _progress(progress, "likelihood (auxiliary image)"))
+        gs, scnt_a = cd.sample(n_samples, seed=seed_prior) if n_samples else (None, None)
+        lg_x, bar = [], _progress(progress, "likelihood (conditioners + x | a, per image)")
+        for k in range(len(test)):
+            c, nb = _conditioner_passes(cd, groups, cond_runs, a[k:k + 1], base)
+            _add(cnt_c, c)
+            loaded += nb + use_stage(cd, groups, cname, E.FEAT_IN)
+            lg, cnt = cd.likelihood_logits(test[k:k + 1])
+            lg_x.append(lg)
+            _add(cnt_x, cnt)
+            if bar:
+                bar((k + 1) / len(test))
+        xs = []
+        for k in range(n_samples):
+            _add(smp_c, _conditioner_passes(cd, groups, cond_runs, gs[k:k + 1], base)[0])
+            use_stage(cd, groups, cname, E.FEAT_IN)
+            x1, cnt = cd.sample(1, seed=seed_cond if k == 0 else None)
+            xs.append(x1)
+            _add(smp_x, cnt)
+    lg_x = np.concatenate(lg_x)
+    bits_a, bits_x = CE.stage_bits(prior, lg_a, a), CE.stage_bits(cspec, lg_x, test)
+    bpd = float((bits_a.sum() + bits_x.sum()) / test.size)
+    feats = CE.feature_maps(b, a)
+    exact = bool(np.array_equal(lg_a, graph_forward(prior, a)) and np.array_equal(lg_x, graph_forward(cspec, test, feats)))
+    twin_ok, xs = None, (np.concatenate(xs) if n_samples else None)
+    if n_samples:
+        g_tw = S.sample_images_twin(prior, n_samples, Ha, Wa, seed_prior, S.logit_mult(prior["logit_scale"]))
+        x_tw = S.sample_images_twin(cspec, n_samples, H, W, seed_cond, S.logit_mult(cspec["logit_scale"]),
+                                    cond=CE.feature_maps(b, g_tw))
+        twin_ok = bool(np.array_equal(gs, g_tw) and np.array_equal(xs, x_tw))
+    n = len(test)
+    rep_a = cycle_report(prior, params, cnt_a, n, scnt_a, n_samples, Ha, Wa)
+    rep_x = cycle_report(cspec, params, cnt_x, n, smp_x or None, n_samples, H, W)
+    cyc_img = rep_a["cycles_per_image"] + cnt_c["cycles_active"] / n + rep_x["cycles_per_image"]
+    useful = sum(prog.useful_macs_per_pixel(s) * w * h for _, s, w, h in runs)  # per image
+    cond_img = {"cycles_per_image": cnt_c["cycles_active"] / n, "mac_beats_per_image": cnt_c["mac_beats"] / n,
+                "useful_macs_per_image": sum(prog.useful_macs_per_pixel(s) * w * h for _, s, w, h in cond_runs),
+                "passes": [name for name, *_ in cond_runs]}
+    result = {
+        "model": args.model, "dataset": args.dataset, "backend": args.backend, "architecture": "gated",
+        "channels": C, "height": H, "width": W, "lanes": params.lanes,
+        "test_images": int(n), "test_images_total": int(len(ds.test)),
+        "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": b["float_bits_per_dim"],
+        "bpd_parts": {"aux_prior": float(bits_a.sum() / test.size), "x_given_aux": float(bits_x.sum() / test.size)},
+        "bpd_float_parts": b["float_parts"], "float_dataset": b["dataset"], "bpd_equal": bpd == bpd_ref,
+        "logits_equal": exact,
+        "cycles_per_image": cyc_img, "cycles_per_pixel": cyc_img / (H * W),
+        "cycles_per_pixel_likelihood": cyc_img / (H * W),
+        "mac_lower_bound_cycles_per_pixel": useful / (H * W) / params.lanes,
+        "mac_utilization": useful / (params.lanes * cyc_img),
+        "load_groups": [[r[0] for r in g] for g in groups],
+        "load_bytes": loaded,  # engine memories loaded over the link for the likelihood run
+        "samples": int(n_samples), "samples_equal_twin": twin_ok,
+        "stages": {"prior": rep_a, "conditioners": cond_img, "conditional": rep_x},
+        "engine_params": params.as_dict(),
+    }
+    grids = []
+    if n_samples:
+        cyc_smp = scnt_a["cycles_active"] + smp_c["cycles_active"] + smp_x["cycles_active"]
+        result.update(cycles_per_sampled_image=cyc_smp / n_samples, cycles_per_sampled_pixel=cyc_smp / (n_samples * H * W))
+        png, gpng = grid_paths(args)
+        title = f"{args.model} on {args.dataset}, {args.backend}: {bpd:.4f} bits/dim"
+        grids = [(png, xs, ds.test[:n_samples], ds.levels, title),
+                 (gpng, gs, CE.aux_image(b, ds.test[:n_samples]), b["aux_levels"], title + " (auxiliary image a)")]
+        result.update(png=str(png), png_aux=str(gpng), sample_seeds=[seed_prior, seed_cond])
+    result["wall_s"] = time.time() - t0
+    return result, grids
+
+
+def print_chain(r):
+    print(f"{r['model']} on {r['dataset']} ({r['backend']}): {r['test_images']} of {r['test_images_total']} test "
+          f"images; prior over a = f(x), conditioner passes ({', '.join(r['stages']['conditioners']['passes'])}), "
+          f"x | a: every stage on the engine")
+    print(f"  bits/dim engine      : {r['bpd']:.12f}  (a {r['bpd_parts']['aux_prior']:.4f} + "
+          f"x|a {r['bpd_parts']['x_given_aux']:.4f})")
+    print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  "
+          f"({'identical' if r['bpd_equal'] else 'DIFFERENT'}, logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
+    print(f"  bits/dim float model : {r['bpd_float']:.4f} (on the {r['float_dataset']} test set)")
+    print(f"  cycles per image (likelihood, all stages): {r['cycles_per_image']:,.0f} "
+          f"({r['cycles_per_pixel']:,.1f} per pixel; MAC lower bound {r['mac_lower_bound_cycles_per_pixel']:,.1f}); "
+          f"conditioners {r['stages']['conditioners']['cycles_per_image']:,.0f}; MAC utilization "
+          f"{100 * r['mac_utilization']:.1f}%")
+    if r.get("cycles_per_sampled_pixel"):
+        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per x pixel (all stages); "
+              f"identical to the twin: {r['samples_equal_twin']}")
+        print(f"  samples              : {r['png']} (auxiliary image: {r['png_aux']})")
+
+
 def print_result(r):
     print(f"{r['model']} ({r['architecture']}) on {r['dataset']} ({r['backend']}): {r['test_images']} of "
           f"{r['test_images_total']} test images")
@@ -355,7 +636,7 @@ def print_result(r):
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  ({'identical' if r['bpd_equal'] else 'DIFFERENT'}"
           f", logits {'identical' if r['logits_equal'] else 'DIFFERENT'})")
     if r.get("bpd_float") is not None and not math.isnan(r["bpd_float"]):
-        print(f"  bits/dim float model : {r['bpd_float']:.4f}")
+        print(f"  bits/dim float model : {r['bpd_float']:.4f} (on the {r['float_dataset']} test set)")
     print(f"  cycles per image (likelihood): {r['cycles_per_image']:,.0f}  "
           f"({r['cycles_per_pixel_likelihood']:,.1f} per pixel, {r['lanes']} MAC lanes; MAC lower bound "
           f"{r['mac_lower_bound_cycles_per_pixel']:,.1f} per pixel)")
@@ -373,13 +654,12 @@ def main(args) -> int:
     """Entry point for ``python host/run.py --model pixelcnn|masked-pixelcnn|gray-pixelcnn|pyramid-pixelcnn`` (after
     ``check_args``): 0, or 3 when the engine differs from the integer reference or the sampler's twin."""
     from host.cli_checks import EXIT_MISMATCH, EXIT_OK
-    if args.model in OWN_MODELS:
+    if args.model in CHAIN_MODELS:
+        r, grids = run_chain(args)
+        print_chain(r)
+    else:
         r, grids = run_pixelcnn(args)
         print_result(r)
-    else:
-        from host import pixelcnn_aux
-        r, grids = pixelcnn_aux.run(args)
-        pixelcnn_aux.print_result(r)
     if args.json:  # the results first: a figure that fails must not lose them
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(r, indent=2, default=float) + "\n")

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "gray-pixelcnn, pyramid-pixelcnn, masked-pixelcnn (plain masked convs): likelihood "
                           "and sampling on the convolution engine (default: linreg)")
     job.add_argument("--dataset", default=None, metavar="NAME_OR_PATH", help=_dataset_help())
+    job.add_argument("--weights", type=Path, default=None, metavar="EXPORT",
+                     help="PixelCNN models: the integer export (.npz) to run (default: the bundled export for "
+                          "--dataset, or for the shape of its images)")
     job.add_argument("--bits", type=int, default=None, metavar="B",
                      help="linreg: sample precision: 1, 2, 4, 8, or 32 for the full-precision datapath "
                           "(default: 4)")

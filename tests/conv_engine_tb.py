@@ -33,11 +33,19 @@ class EngineSim:
     def wait_mode_idle(self):
         self.ops.append(("idle",))
 
-    def program(self, spec, width, height, channels=None):
-        imgs = prog.pack(spec, self.e.cfg, width, height)
+    def program(self, spec, width, height, channels=None, feat=0):
+        base = self.load([(spec, width, height)])[0]
+        self.select(spec, width, height, base, channels, feat)
+
+    def load(self, runs):
+        """Load several (spec, width, height) at once (``program.pack_many``); returns their bases."""
+        imgs, bases = prog.pack_many(runs, self.e.cfg)
         self.send(prog.load_stream(imgs, self.e.cfg))
         self.ops.append(("poll", E.REG_STATUS, 1, 1))
-        for reg, value in E.run_registers(spec, width, height, channels):
+        return bases
+
+    def select(self, spec, width, height, base, channels=None, feat=0):
+        for reg, value in E.run_registers(spec, width, height, channels, feat, base):
             self.reg(reg, value)
 
     def run(self, max_cycles=2_000_000, vcd=None):

@@ -61,22 +61,78 @@ def test_fit_error_names_layer_and_limit():
     prog.check_fits(spec, prog.EngineParams(), 24, 24)  # the default engine runs the faces model
 
 
-@pytest.mark.parametrize("kind", ["gray", "pyramid"])
-def test_aux_exports_fit_and_condition(kind):
-    from models.pixelcnn import aux_export as A
+@pytest.mark.parametrize("model", ["gray-pixelcnn", "pyramid-pixelcnn"])
+def test_bundles_fit_and_match_float(model):
+    """The bundled Grayscale/Pyramid exports: every stage fits the default engine, the conditioner passes
+    are non-causal (a pixel's feature depends on auxiliary pixels below and right of it), and the integer
+    chain's bits/dim on 40 test images is within 0.05 of the float model's."""
+    from models.pixelcnn import cond_export as CE
     from models.pixelcnn import data
-    prior, cond = (A.load_aux(p) for p in A.aux_paths(kind, "digits"))
-    x = data.load("digits").test[:3]
-    a = A.aux_view(kind, x, 17)
-    prog.check_fits(prior, prog.EngineParams(), a.shape[3], a.shape[2])
-    prog.check_fits(cond, prog.EngineParams(), 8, 8)
-    cin = A.aux_cond_input(kind, x, 17)
-    assert cin.shape == (3, 4, 8, 8) and cin.max() < 17
-    assert not np.any(cond["layers"][0]["weight"][:, 0, 2, 2])  # x never sees itself
-    if kind == "pyramid":  # channel 1 = coarse pixel under (i, j); 3 = the one below (0 past the edge)
-        assert np.array_equal(cin[:, 1], np.kron(a[:, 0], np.ones((2, 2), np.int64)))
-        assert not cin[:, 3, 6:].any()
-    assert prog.logits_any(cond, cin).shape == (3, 17, 8, 8)
+    b = CE.load_bundle(R.WEIGHTS / R.EXPORT_GLOBS[model].format("digits"))
+    for name, spec, w, h in R.stage_runs(model, b):
+        prog.check_fits(spec, prog.EngineParams(), w, h)
+    x = data.load("digits").test[:40]
+    a = CE.aux_image(b, x)
+    f = CE.feature_maps(b, a)
+    a2 = a.copy()
+    a2[:, :, -1, -1] = (a2[:, :, -1, -1] + 1) % b["aux_levels"]  # change the last auxiliary pixel only
+    assert not np.array_equal(CE.feature_maps(b, a2)[:, :, 5, 5], f[:, :, 5, 5])
+    bits = sum(float(v.sum()) for v in CE.reference_bits(b, x)) / x.size
+    import torch
+    from models.pixelcnn.train import load_checkpoint
+    fm, _ = load_checkpoint(R.WEIGHTS / f"engine_{CE.MODEL_OF[model]}_digits.pt")
+    with torch.no_grad():
+        fb = float(fm.double().bpd(torch.as_tensor(x)).sum()) / len(x)
+    assert abs(bits - fb) < 0.05
+
+
+def _usage(**kw):
+    from host.cli_checks import UsageError
+    with pytest.raises(UsageError) as e:
+        R.load_job(_args(**kw))
+    return str(e.value)
+
+
+def test_dataset_path_and_weights_mismatches(tmp_path):
+    """An image .npz of the right shape is scored with the bundled export of that shape; a wrong shape,
+    too many levels, another model's export or an engine that is too small get one clear message."""
+    from models.pixelcnn import data
+    x = data.load("digits").test[:5]
+    good, wide, deep = tmp_path / "good.npz", tmp_path / "wide.npz", tmp_path / "deep.npz"
+    np.savez(good, x=x, levels=17)
+    np.savez(wide, x=np.zeros((5, 1, 8, 12), np.int64), levels=17)
+    np.savez(deep, x=x * 15, levels=256)
+    _, _, exp, ds = R.load_job(_args(model="gray-pixelcnn", dataset=str(good)))
+    assert exp["model"] == "gray" and ds.shape == (1, 8, 8)
+    assert "1x8x12" in _usage(model="gray-pixelcnn", dataset=str(wide))
+    assert "256 levels" in _usage(model="pyramid-pixelcnn", dataset=str(deep))
+    gated = R.WEIGHTS / "gated_digits_int8.npz"
+    assert "not a Grayscale/Pyramid bundle" in _usage(model="gray-pixelcnn", weights=gated)
+    pyr = R.WEIGHTS / "pyramid_digits_int8.npz"
+    assert "is a pyramid-pixelcnn export, not gray-pixelcnn" in _usage(model="gray-pixelcnn", weights=pyr)
+    small = R.default_design(max_layers=8)
+    import unittest.mock as M
+    with M.patch.object(R, "default_design", lambda: small):
+        assert "stage coarse of the export does not fit the engine: 16 ops" in _usage(model="pyramid-pixelcnn")
+
+
+@pytest.mark.slow  # ~25 s each on the Verilator backend (plus its build on first use)
+@pytest.mark.parametrize("model", ["gray-pixelcnn", "pyramid-pixelcnn"])
+def test_cli_chain_models_verilator(tmp_path, model):
+    """``host/run.py --model gray-pixelcnn|pyramid-pixelcnn``: every stage and conditioner on the engine,
+    one test image scored with logits identical to the integer chain, one sample identical to the twin."""
+    import json
+
+    from host import run
+    out = tmp_path / "o.json"
+    rc = run.main(["--model", model, "--dataset", "digits", "--limit", "1", "--samples", "1",
+                   "--json", str(out), "--plot", str(tmp_path / "s.png"), "--no-progress"])
+    r = json.loads(out.read_text())
+    assert rc == 0 and r["bpd"] == r["bpd_integer_reference"] and r["logits_equal"] and r["samples_equal_twin"]
+    st = r["stages"]
+    assert r["test_images"] == 1 and st["conditional"]["mac_beats_per_pixel"] * 64 <= st["conditional"]["cycles_per_image"]
+    assert st["conditioners"]["mac_beats_per_image"] * 16 >= st["conditioners"]["useful_macs_per_image"] > 0
+    assert (tmp_path / "s_aux.png").exists()
 
 
 @pytest.mark.slow  # includes the default design's Verilator build on first use (cached afterwards)

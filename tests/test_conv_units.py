@@ -1,5 +1,5 @@
 """Amaranth-simulator unit tests of the convolution engine's blocks against NumPy/Python models:
-line buffer (taps, ring of row slots, zero padding), MAC array, requantiser (saturation, residual),
+line buffer (taps, ring of row slots, zero padding above and below), MAC array, requantiser (saturation, residual),
 Gumbel-max sampler (bit-exact twin)."""
 import numpy as np
 import pytest
@@ -26,11 +26,12 @@ def test_line_buffer_taps_and_padding():
 
     async def bench(ctx):
         ctx.set(dut.width, W)
+        ctx.set(dut.height, H)
         for i in range(H):
             for j in range(W):
                 ctx.set(dut.row, i)
                 ctx.set(dut.col, j)
-                ctx.set(dut.slot, i % 3)
+                ctx.set(dut.slot, i % 4)
                 for layer in range(NL):  # write this pixel of every layer
                     for c in range(C):
                         ctx.set(dut.wr_en, 1)
@@ -56,9 +57,29 @@ def test_line_buffer_taps_and_padding():
                     want = int(maps[layer, c, y, x]) if 0 <= y and 0 <= x < W else 0
                     checked.append((got, want, (i, j, dy, dx)))
 
+        # non-causal reads once the image is written (a delayed op at output row i reads rows i-2..i+2):
+        # the ring still holds the last 4 rows; rows below the image read 0
+        for i in range(H - 2, H):
+            for j in range(W):
+                ctx.set(dut.row, i)
+                ctx.set(dut.col, j)
+                for dy in range(-1, 3):
+                    layer, c, dx = int(rng.integers(NL)), int(rng.integers(C)), int(rng.integers(-2, 3))
+                    ctx.set(dut.rd_en, 1)
+                    ctx.set(dut.rd_layer, layer)
+                    ctx.set(dut.rd_c, c)
+                    ctx.set(dut.rd_dy, dy)
+                    ctx.set(dut.rd_dx, dx)
+                    await ctx.tick()
+                    ctx.set(dut.rd_en, 0)
+                    y, x = i + dy, j + dx
+                    want = int(maps[layer, c, y, x]) if y < H and 0 <= x < W else 0
+                    checked.append((ctx.get(dut.rd_data), want, (i, j, dy, dx)))
+
     _run(dut, bench)
     bad = [t for t in checked if t[0] != t[1]]
-    assert len(checked) == H * W * 6 and not bad, bad[:5]
+    assert len(checked) == H * W * 6 + 2 * W * 4 and not bad, bad[:5]
+    assert sum(t[1] == 0 for t in checked[H * W * 6:]) >= 2 * W * 2  # the padding rows below were read
 
 
 @pytest.mark.parametrize("lanes", [1, 5])

@@ -6,7 +6,15 @@ the row's first pixel: the vertical stack at row i sees only rows < i of the ima
 layer's vertical and horizontal convs read it one column ahead) and its horizontal stack, links and
 heads as pixel ops. An op reads any feature maps of the line buffers through its tap list
 (map, dy, dx, channels) and writes one map; gated ops pair their accumulators (tanh and sigmoid tables,
-requantised product). A conditioning map (COND register) is streamed in per row, before the row phase.
+requantised product). A conditioning map (COND register) is streamed in per row, before the row phase,
+or filled from the whole-image feature memory (FEAT register).
+
+Conditioner passes (non-causal convs over a fully known image, ``program.is_conditioner``): row-phase
+ops only, each with a row ``delay`` d (at stream row r it computes output row r - d, its taps reading
+rows r - d + dy, dy up to +2), FLUSH extra rows after the image with no input, and the last op writing
+the feature memory instead of the output stream. A later pass's COND map is filled from that memory,
+optionally nearest-upsampled by 2; a ``parity`` op picks one of four weight blocks by (i & 1, j & 1)
+(the 2x2 stride-2 transposed conv). REG_BASE selects one of several specs loaded at once.
 
 Schedule (per pixel p, layers in order): for each layer, for each group of ``lanes`` output channels,
 one MAC beat per (tap, input channel) of the layer's nonzero-tap list (taps masked out are not in the
@@ -33,7 +41,7 @@ from .units import LineBuffer, MacArray, Requant, Sampler, clog2
 
 LayerConfig = data.StructLayout({
     "cout": 16, "groups": 8, "ntaps": 8, "wbase": 16, "bbase": 16,
-    "mult": 32, "shift": 8, "flags": 8, "out_map": 8, "gshift": 8, "gmult": 16, "pad": 48,
+    "mult": 32, "shift": 8, "flags": 8, "out_map": 8, "gshift": 8, "gmult": 16, "delay": 8, "wblock": 16, "pad": 24,
 })
 assert LayerConfig.size == 8 * prog.CONFIG_BYTES
 
@@ -53,6 +61,13 @@ REG_NIMAGES = 9     # sample mode: images to generate
 REG_NROW = 10       # ops 0..NROW-1 run in the row phase (before each row's first pixel, every column)
 REG_COND = 11       # conditioning bytes per pixel (bits 7:0), streamed per row before its row phase,
 #                     into map bits 15:8 (raw int8, no input table)
+REG_FLUSH = 12      # rows run after the image's last row (row phase only: delayed non-causal convs)
+REG_FEAT = 13       # feature memory: bit 0 the COND map is filled from it (not streamed); bit 1 the last
+#                     op writes it (no output bytes); bit 2 fill reads (row >> 1, col >> 1) (nearest
+#                     upsampling by 2); bits 15:8 row base of the fill; bits 23:16 row base of the writes
+FEAT_IN, FEAT_OUT, FEAT_UP = 1, 2, 4
+REG_BASE = 14       # bits 7:0 index of the run's first op in the op memories (several programs loaded at
+#                     once, ``program.pack_many``); bits 15:8 offset of its input table
 REG_CYC_ACTIVE = 16  # r: cycles spent computing (not waiting for input bytes or output space)
 REG_MAC_BEATS = 17   # r: MAC beats issued (each = `lanes` multiplies)
 REG_PIXELS = 18      # r: pixels finished
@@ -67,23 +82,28 @@ REG_LOAD_WORDS = 25  # r: words written by load packets since reset
 REGISTERS = {k: v for k, v in globals().items() if k.startswith("REG_")}
 
 
-def run_registers(spec, width, height, channels=None):
+def run_registers(spec, width, height, channels=None, feat=0, base=(0, 0)):
     """(register, value) pairs that set up a run of ``spec`` on a ``width`` x ``height`` image
-    (after its memories are loaded); ``channels`` overrides the input bytes per pixel."""
+    (after its memories are loaded); ``channels`` overrides the input bytes per pixel; ``feat``: the
+    REG_FEAT value (a conditioner pass writes the feature memory: FEAT_OUT is set for it); ``base``:
+    (first op, input-table offset) of the spec in memories loaded by ``program.pack_many``."""
     g = prog.geometry(spec)
-    return [(REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
-            (REG_CHANNELS, channels or g["channels"]), (REG_LEVELS, spec["levels"]),
-            (REG_COND, g["cond_channels"] | (g["cond_map"] << 8))]
+    if prog.is_conditioner(spec):
+        feat |= FEAT_OUT
+    return [(REG_BASE, base[0] | (base[1] << 8)), (REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
+            (REG_CHANNELS, g["channels"] if channels is None else channels), (REG_LEVELS, spec["levels"]),
+            (REG_COND, g["cond_channels"] | (g["cond_map"] << 8)), (REG_FLUSH, g["flush"]), (REG_FEAT, feat)]
 
 
 class ConvEngine(Engine):
     engine_id = "CONV"
 
-    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=16, weight_depth=8192,
-                 bias_depth=1024, in_fifo=512, out_fifo=4096, max_maps=16):
+    def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=32, weight_depth=8192,
+                 bias_depth=1024, in_fifo=512, out_fifo=4096, max_maps=16, row_slots=4, feat_rows=32):
         self.cfg = prog.EngineParams(lanes=lanes, max_channels=max_channels, max_width=max_width,
                                      max_layers=max_layers, weight_depth=weight_depth, bias_depth=bias_depth,
-                                     in_fifo=in_fifo, out_fifo=out_fifo, max_maps=max_maps)
+                                     in_fifo=in_fifo, out_fifo=out_fifo, max_maps=max_maps, row_slots=row_slots,
+                                     feat_rows=feat_rows)
         super().__init__(self.cfg.as_dict())
 
     def elaborate(self, platform):
@@ -92,13 +112,18 @@ class ConvEngine(Engine):
         P = c.lanes
         lbits, wbits, cbits = clog2(c.max_layers), clog2(c.max_width), clog2(c.max_channels)
         mbits = clog2(c.max_maps)
+        sbits, fbits = clog2(c.row_slots), clog2(c.feat_rows)
 
         m.submodules.inq = inq = fifo.SyncFIFOBuffered(width=8, depth=c.in_fifo)
         m.submodules.outq = outq = fifo.SyncFIFOBuffered(width=8, depth=c.out_fifo)
         m.d.comb += [inq.w_data.eq(self.i.payload), inq.w_en.eq(self.i.valid), self.i.ready.eq(inq.w_rdy),
                      self.o.payload.eq(outq.r_data), self.o.valid.eq(outq.r_rdy), outq.r_en.eq(self.o.ready)]
 
-        m.submodules.lb = lb = LineBuffer(c.max_maps, c.max_width, c.max_channels)
+        m.submodules.lb = lb = LineBuffer(c.max_maps, c.max_width, c.max_channels, c.row_slots)
+        # whole-image feature memory: a conditioner pass's last op writes it, a later pass fills its
+        # COND map from it (address {row, column, channel})
+        m.submodules.fmem = fmem = memory.Memory(shape=signed(8), depth=c.feat_rows << (wbits + cbits), init=[])
+        frd, fwr = fmem.read_port(), fmem.write_port()
         m.submodules.mac = mac = MacArray(P)
         m.submodules.rq = rq = Requant(P, c.max_layers, c.bias_depth, c.max_channels)
         m.submodules.smp = smp = Sampler()
@@ -125,6 +150,9 @@ class ConvEngine(Engine):
         nrow = Signal(lbits + 1)
         cond_n = Signal(8)
         cond_map = Signal(mbits)
+        flush = Signal(8)
+        feat_in, feat_out, feat_up = Signal(), Signal(), Signal()
+        feat_rbase, feat_wbase = Signal(8), Signal(8)
         cyc_active, cyc_wait, beats, pixels, images = (Signal(32, name=n) for n in
                                                        ("cyc_active", "cyc_wait", "beats", "pixels", "images"))
         ctrl_we = self.reg_we & (self.reg_addr == REG_CTRL)
@@ -171,7 +199,6 @@ class ConvEngine(Engine):
         # --- sequencer state
         row = Signal(16)
         col = Signal(wbits + 1)
-        slot = Signal(2)
         layer = Signal(lbits + 1)   # the op being computed
         og = Signal(8)
         tap = Signal(8)
@@ -180,14 +207,21 @@ class ConvEngine(Engine):
         rowmode = Signal()          # computing the row phase (row-phase ops over every column)
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
-        m.d.comb += crd.addr.eq(layer)
+        op_base, in_base = Signal(8), Signal(8)
+        abs_layer = Signal(lbits + 1)  # the op's index in the op memories
+        m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
         m.d.comb += last_layer.eq(layer + 1 == nlayers)
         rq_og = Signal(8)
         centre = Signal(data.ArrayLayout(signed(8), c.max_channels))
 
-        m.d.comb += [lb.row.eq(row), lb.col.eq(col), lb.slot.eq(slot), lb.width.eq(width)]
-        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], layer[:lbits]))]
+        op_row = Signal(signed(18))  # the op's output row (row-phase ops of a conditioner: delayed)
+        rq_row = Signal(signed(18))  # output row of the group the requantiser drains
+        m.d.comb += op_row.eq(row - cfg.delay)
+        with m.If(mac.out_valid):
+            m.d.sync += rq_row.eq(op_row)
+        m.d.comb += [lb.row.eq(op_row), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
+        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], abs_layer[:lbits]))]
         tap_dy = trd.data[:3].as_signed()
         tap_dx = trd.data[3:6].as_signed()
         tap_res = trd.data[6]
@@ -221,7 +255,7 @@ class ConvEngine(Engine):
             rq.base.eq(rq_og * P), rq.acc.eq(mac.out_acc), rq.centre.eq(centre),
             rq.bbase.eq(cfg.bbase), rq.mult.eq(cfg.mult), rq.shift.eq(cfg.shift), rq.residual.eq(cfg.flags[0]),
             rq.gated.eq(cfg.flags[1]), rq.gmult.eq(cfg.gmult), rq.gshift.eq(cfg.gshift), rq.out_map.eq(cfg.out_map),
-            rq.layer.eq(layer),
+            rq.layer.eq(abs_layer),
         ]
         with m.If(mac.out_valid):
             m.d.sync += rq_og.eq(rq_og + 1)
@@ -229,7 +263,7 @@ class ConvEngine(Engine):
         # op's parameters); beats at the centre tap (any map at the current pixel may be the one that
         # drain writes) and group ends (a new requant start) wait for the drain.
         prev_pending = Signal()
-        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != layer[:lbits]))
+        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
         can_last = ~(rq.reading | mac.last_pending | prev_pending)
         all_idle = ~(issued | mac.busy | rq.busy | smp.busy)
         mac_idle = ~(issued | mac.busy)
@@ -238,9 +272,12 @@ class ConvEngine(Engine):
         # requantiser outputs: their map in the line buffers, or the output stream / sampler
         in_wr_en, in_wr_c, in_wr_data, in_wr_map = Signal(), Signal(cbits), Signal(signed(8)), Signal(mbits)
         out_last = Signal()
-        m.d.comb += out_last.eq(rq.cur_layer + 1 == nlayers)
+        m.d.comb += out_last.eq(rq.cur_layer + 1 == op_base + nlayers)
         to_next = rq.out_valid & ~out_last
         m.d.comb += [
+            lb.slot.eq(Mux(to_next, rq_row, row)[:sbits]),
+            fwr.addr.eq(Cat(rq.out_o[:cbits], col[:wbits], (rq_row + feat_wbase)[:fbits])),
+            fwr.data.eq(rq.out_data), fwr.en.eq(rq.out_valid & out_last & feat_out),
             lb.wr_en.eq(to_next | in_wr_en),
             lb.wr_layer.eq(Mux(to_next, rq.cur_map, in_wr_map)),
             lb.wr_c.eq(Mux(to_next, rq.out_o, in_wr_c)),
@@ -248,9 +285,9 @@ class ConvEngine(Engine):
         ]
         sample_push = Signal()
         m.d.comb += [
-            outq.w_en.eq((rq.out_valid & out_last & (mode == MODE_LIKELIHOOD)) | sample_push),
+            outq.w_en.eq((rq.out_valid & out_last & (mode == MODE_LIKELIHOOD) & ~feat_out) | sample_push),
             outq.w_data.eq(Mux(sample_push, smp.sample, rq.out_data)),
-            smp.in_valid.eq(rq.out_valid & out_last & (mode == MODE_SAMPLE) & (rq.out_o < levels)),
+            smp.in_valid.eq(rq.out_valid & out_last & (mode == MODE_SAMPLE) & ~feat_out & (rq.out_o < levels)),
             smp.in_first.eq(rq.out_o == 0), smp.in_last.eq(rq.out_o + 1 == levels),
             smp.in_logit.eq(rq.out_data), smp.mult.eq(lmult),
             smp.seed.eq(self.reg_wdata), smp.seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED)),
@@ -261,6 +298,21 @@ class ConvEngine(Engine):
         waiting = Signal()
         first_ch = Mux(mode == MODE_SAMPLE, 1, 0)
         has_row_phase = (nrow != 0) | (cond_n != 0)
+        flushing = Signal()  # a flush row after the image (row phase only, no pixels)
+        m.d.comb += flushing.eq(row >= height)
+        no_pixel_ops = nrow == nlayers  # a conditioner pass: the pixels only fill map 0
+
+        def next_row():
+            m.d.sync += [col.eq(0), row.eq(row + 1), row_done.eq(0)]
+            with m.If(row + 1 == height + flush):
+                m.d.sync += [row.eq(0), images.eq(images + 1)]
+                with m.If((mode == MODE_SAMPLE) & (images + 1 >= nimages)):
+                    m.d.sync += mode.eq(MODE_IDLE)
+                    m.next = "IDLE"
+
+        # the COND map's fill from the feature memory: (row, col) or nearest-upsampled (row/2, col/2)
+        m.d.comb += frd.addr.eq(Cat(ch[:cbits], Mux(feat_up, col >> 1, col)[:wbits],
+                                    (Mux(feat_up, row >> 1, row) + feat_rbase)[:fbits]))
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -275,21 +327,40 @@ class ConvEngine(Engine):
                 with m.Elif((col == 0) & ~row_done & has_row_phase):
                     # likelihood: not before the row's first byte is here (a run may end after any
                     # image, and a mode change must find the sequencer idle)
-                    with m.If((mode == MODE_SAMPLE) | inq.r_rdy):
+                    with m.If((mode == MODE_SAMPLE) | inq.r_rdy | flushing | (channels == 0)):
                         m.d.sync += [ch.eq(0), layer.eq(0)]
-                        with m.If(cond_n == 0):
+                        with m.If((cond_n == 0) | flushing):
                             m.next = "ROW_OPS"
+                        with m.Elif(feat_in):
+                            m.next = "COND_FEAT"
                         with m.Else():
                             m.next = "COND_WAIT"
                     with m.Else():
                         m.d.comb += waiting.eq(1)
+                with m.Elif(flushing):
+                    next_row()
                 with m.Elif(~space):
                     m.d.comb += waiting.eq(1)
                 with m.Elif(first_ch < channels):
                     m.d.sync += ch.eq(first_ch)
                     m.next = "IN_WAIT"
+                with m.Elif(no_pixel_ops):
+                    m.next = "ADVANCE"
                 with m.Else():
                     m.next = "LAYER_START"
+            # row phase, 1 (feature memory): the COND map's row from the feature memory, 2 cycles a byte
+            with m.State("COND_FEAT"):
+                m.d.comb += frd.en.eq(1)
+                m.next = "COND_FEAT_WR"
+            with m.State("COND_FEAT_WR"):
+                m.d.comb += [in_wr_en.eq(1), in_wr_map.eq(cond_map), in_wr_c.eq(ch), in_wr_data.eq(frd.data)]
+                m.d.sync += ch.eq(ch + 1)
+                m.next = "COND_FEAT"
+                with m.If(ch + 1 == cond_n):
+                    m.d.sync += [ch.eq(0), col.eq(col + 1)]
+                    with m.If(col + 1 == width):
+                        m.d.sync += col.eq(0)
+                        m.next = "ROW_OPS"
             # row phase, 1: the row's conditioning bytes (raw int8) into the conditioning map
             with m.State("COND_WAIT"):
                 m.d.comb += [inq.r_en.eq(1), waiting.eq(~inq.r_rdy),
@@ -310,11 +381,13 @@ class ConvEngine(Engine):
                 with m.If(layer == nrow):
                     m.d.sync += [row_done.eq(1), col.eq(0)]
                     m.next = "PIX_START"
+                with m.Elif((op_row < 0) | (op_row >= height)):  # a delayed op before/after its rows
+                    m.d.sync += layer.eq(layer + 1)
                 with m.Else():
                     m.d.sync += rowmode.eq(1)
                     m.next = "LAYER_START"
             with m.State("IN_WAIT"):
-                m.d.comb += [ird.addr.eq(inq.r_data), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
+                m.d.comb += [ird.addr.eq(inq.r_data + in_base), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
                 with m.If(ctrl_we | (mode == MODE_IDLE)):
                     m.d.comb += inq.r_en.eq(0)
                     m.next = "IDLE"
@@ -323,13 +396,18 @@ class ConvEngine(Engine):
             with m.State("IN_WRITE"):
                 m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(ch), in_wr_data.eq(ird.data), in_wr_map.eq(0)]
                 m.d.sync += ch.eq(ch + 1)
-                with m.If(ch + 1 == channels):
-                    m.next = "LAYER_START"
-                with m.Else():
+                with m.If(ch + 1 != channels):
                     m.next = "IN_WAIT"
+                with m.Elif(no_pixel_ops):
+                    m.next = "ADVANCE"
+                with m.Else():
+                    m.next = "LAYER_START"
             with m.State("LAYER_START"):
                 with m.If(mac_idle):
-                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), wptr.eq(cfg.wbase), rq_og.eq(0)]
+                    # parity ops (transposed conv): weight block (i & 1) * 2 + (j & 1) of the output pixel
+                    poff = Mux(op_row[0], cfg.wblock << 1, 0) + Mux(col[0], cfg.wblock, 0)
+                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0),
+                                 wptr.eq(cfg.wbase + Mux(cfg.flags[3], poff, 0))]
                     m.next = "MAC"
             with m.State("MAC"):
                 with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
@@ -362,7 +440,7 @@ class ConvEngine(Engine):
                     m.next = "LAYER_START"
             with m.State("PIX_END"):
                 with m.If(mode == MODE_SAMPLE):
-                    m.d.comb += [ird.addr.eq(smp.sample), ird.en.eq(1)]
+                    m.d.comb += [ird.addr.eq(smp.sample + in_base), ird.en.eq(1)]
                     m.next = "SAMPLE_WRITE"
                 with m.Else():
                     m.next = "ADVANCE"
@@ -374,12 +452,7 @@ class ConvEngine(Engine):
                 m.d.sync += pixels.eq(pixels + 1)
                 m.next = "PIX_START"
                 with m.If(col + 1 == width):
-                    m.d.sync += [col.eq(0), row.eq(row + 1), slot.eq(Mux(slot == 2, 0, slot + 1)), row_done.eq(0)]
-                    with m.If(row + 1 == height):
-                        m.d.sync += [row.eq(0), slot.eq(0), images.eq(images + 1)]
-                        with m.If((mode == MODE_SAMPLE) & (images + 1 >= nimages)):
-                            m.d.sync += mode.eq(MODE_IDLE)
-                            m.next = "IDLE"
+                    next_row()
                 with m.Else():
                     m.d.sync += col.eq(col + 1)
 
@@ -395,7 +468,7 @@ class ConvEngine(Engine):
         with m.If(self.reg_we):
             with m.Switch(self.reg_addr):
                 with m.Case(REG_CTRL):
-                    m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), slot.eq(0), images.eq(0),
+                    m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), images.eq(0),
                                  row_done.eq(0), rowmode.eq(0)]
                     with m.If(self.reg_wdata[8]):
                         m.d.sync += [cyc_active.eq(0), cyc_wait.eq(0), beats.eq(0), pixels.eq(0)]
@@ -417,6 +490,14 @@ class ConvEngine(Engine):
                     m.d.sync += nrow.eq(self.reg_wdata)
                 with m.Case(REG_COND):
                     m.d.sync += [cond_n.eq(self.reg_wdata[:8]), cond_map.eq(self.reg_wdata[8:16])]
+                with m.Case(REG_BASE):
+                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:16])]
+                with m.Case(REG_FLUSH):
+                    m.d.sync += flush.eq(self.reg_wdata[:8])
+                with m.Case(REG_FEAT):
+                    m.d.sync += [feat_in.eq(self.reg_wdata[0]), feat_out.eq(self.reg_wdata[1]),
+                                 feat_up.eq(self.reg_wdata[2]), feat_rbase.eq(self.reg_wdata[8:16]),
+                                 feat_wbase.eq(self.reg_wdata[16:24])]
 
         # --- register reads (data the cycle after reg_re)
         params = P | (c.max_channels << 8) | (c.max_width << 16) | (c.max_layers << 24)
@@ -426,7 +507,9 @@ class ConvEngine(Engine):
                                   (REG_WIDTH, width), (REG_HEIGHT, height), (REG_CHANNELS, channels),
                                   (REG_LEVELS, levels), (REG_SEED, smp.state), (REG_LOGIT_MULT, lmult),
                                   (REG_NIMAGES, nimages), (REG_NROW, nrow),
-                                  (REG_COND, Cat(cond_n, cond_map)), (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
+                                  (REG_COND, Cat(cond_n, cond_map)), (REG_FLUSH, flush), (REG_BASE, Cat(op_base, in_base)),
+                                  (REG_FEAT, Cat(feat_in, feat_out, feat_up, Signal(5), feat_rbase, feat_wbase)),
+                                  (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
                                   (REG_PIXELS, pixels), (REG_IMAGES, images), (REG_PARAMS, params),
                                   (REG_DEPTHS, c.weight_depth | (c.bias_depth << 16)), (REG_LOAD_ADDR, laddr),
                                   (REG_CYC_WAIT, cyc_wait), (REG_LOAD_WORDS, load_words),

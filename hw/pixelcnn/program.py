@@ -7,7 +7,9 @@ one op per layer (map l -> map l+1), a gated op graph (``ops``, ``models.pixelcn
 ops and names its maps by index. Op execution (per pixel, ops in order; row-phase ops once per row for
 every column before the row's first pixel): accumulators in groups of ``lanes``; for each group, every
 (tap, input channel) pair of the op's tap list (taps over several maps) is one MAC beat (``lanes``
-multiplies in parallel, one activation broadcast); masked-out taps are not in the list.
+multiplies in parallel, one activation broadcast); masked-out taps are not in the list. Conditioner
+passes (``is_conditioner``) are op graphs of delayed row-phase ops whose last op fills the engine's
+feature memory; ``pack_many`` loads several specs at once.
 """
 from dataclasses import asdict, dataclass
 
@@ -21,8 +23,9 @@ CONFIG_BYTES = 24
 TAP_BYTES = 3      # dy | dx << 3 | residual << 6, source map, channels
 LUT_PER_OP = 512   # two 256-entry tables per op (gated: tanh, sigmoid)
 MAX_TAPS = 32  # tap-list slots per op
-MAX_ROWS_BACK = 2  # line buffers hold 3 rows: kernels up to 5x5 (masks A/B), any 1x1
-FLAG_RESIDUAL, FLAG_GATED, FLAG_RELU_IN = 1, 2, 4
+MAX_ROWS_BACK = 2  # causal (pixel-phase) taps: rows -2..0 (kernels up to 5x5 with masks A/B)
+MAX_DY = 2         # row-phase taps of a non-causal conv: rows -2..+2 of the op's output row (K <= 5)
+FLAG_RESIDUAL, FLAG_GATED, FLAG_RELU_IN, FLAG_PARITY = 1, 2, 4, 8
 
 
 class EngineFitError(ValueError):
@@ -34,19 +37,23 @@ class EngineParams:
     lanes: int = 16           # P: parallel multiply-accumulates (output channels per group)
     max_channels: int = 32    # feature-map channels (layer inputs); power of two
     max_width: int = 32       # image width; power of two
-    max_layers: int = 16      # ops (layers); power of two
+    max_layers: int = 32      # ops (layers, of all specs loaded at once); power of two
     weight_depth: int = 8192  # weight words of `lanes` bytes
     bias_depth: int = 1024    # int32 biases (all ops)
     in_fifo: int = 512
     out_fifo: int = 4096
     max_outputs: int = 256    # output channels of one layer (logits: channels * levels)
     max_maps: int = 16        # feature maps in the line buffers; power of two
+    row_slots: int = 4        # rows per map in the line buffers (ring); non-causal 5x5 convs need 8
+    feat_rows: int = 32       # rows of the whole-image feature memory (feat_rows x max_width x max_channels)
 
     def __post_init__(self):
-        for k in ("max_channels", "max_width", "max_layers", "max_maps"):
+        for k in ("max_channels", "max_width", "max_layers", "max_maps", "row_slots", "feat_rows"):
             v = getattr(self, k)
             if v < 2 or v & (v - 1):
                 raise ValueError(f"{k} must be a power of two >= 2, got {v}")
+        if self.row_slots < 4:
+            raise ValueError(f"row_slots must be >= 4, got {self.row_slots}")
         if not 1 <= self.lanes <= 64:
             raise ValueError(f"lanes must be in 1..64, got {self.lanes}")
 
@@ -162,7 +169,9 @@ def engine_ops(spec):
     pair is adjacent in the serial requantiser), ``taps`` [(map, dy, dx, channels, residual)] with
     ``tap_weights`` [(cout, channels) int arrays], ``bias``, ``mult``, ``shift``, ``gmult``, ``gshift``,
     ``lut`` (512 int8: two tables), ``relu_in``, ``residual`` (a tap flagged residual supplies the
-    values added at the centre: the op's own input, or a zero-weight tap over another map)."""
+    values added at the centre: the op's own input, or a zero-weight tap over another map), ``delay``
+    (row-phase ops: the op computes output row ``row - delay``; non-causal convs of a conditioner pass),
+    ``blocks`` (parity ops: four ``tap_weights`` lists, block (i & 1) * 2 + (j & 1) at output (i, j))."""
     ops = []
     if "ops" not in spec:
         layers = spec["layers"]
@@ -171,6 +180,7 @@ def engine_ops(spec):
             w = np.asarray(l["weight"], np.int64)
             taps = [(li, dy, dx, l["in"], bool(l["residual"]) and dy == 0 and dx == 0) for dy, dx in layer_taps(l)]
             ops.append(dict(name=f"layer{li}", row=False, gated=False, out=li + 1, cout=l["out"], taps=taps,
+                            delay=0, blocks=None,
                             tap_weights=[w[:, :, dy + c, dx + c] for _, dy, dx, _, _ in taps],
                             bias=np.asarray(l["bias"], np.int64), mult=int(l["multiplier"]), shift=int(l["shift"]),
                             gmult=0, gshift=0, relu_in=False, residual=bool(l["residual"]),
@@ -187,13 +197,18 @@ def engine_ops(spec):
         if gated:
             perm = np.stack([np.arange(cout // 2), cout // 2 + np.arange(cout // 2)], 1).reshape(-1)
         taps, tw = [], []
+        nblk = 4 if op.get("parity") else 1
+        blocks = [[] for _ in range(nblk)]
         for inp in op["inputs"]:
             if inp["map"] not in idx:
                 raise EngineFitError(f"op {op['name']}: map {inp['map']!r} is read before any op writes it")
             w = np.asarray(inp["weight"], np.int64)[perm]
-            for t, (dy, dx) in enumerate(np.asarray(inp["taps"]).reshape(-1, 2)):
+            tl = np.asarray(inp["taps"]).reshape(-1, 2)
+            for t, (dy, dx) in enumerate(tl):
                 taps.append([idx[inp["map"]], int(dy), int(dx), w.shape[1], False])
                 tw.append(w[:, :, t])
+                for b in range(nblk):
+                    blocks[b].append(w[:, :, b * len(tl) + t])
         if op.get("residual"):
             r = idx[op["residual"]]
             hit = [t for t in taps if t[0] == r and t[1] == 0 and t[2] == 0]
@@ -206,7 +221,8 @@ def engine_ops(spec):
         if op is not spec["ops"][-1] and op["out"] not in idx:
             idx[op["out"]] = len(idx)
             chans[op["out"]] = cout // 2 if gated else cout
-        ops.append(dict(name=op["name"], row=op["phase"] == "row", gated=gated,
+        ops.append(dict(name=op["name"], row=op["phase"] == "row", gated=gated, delay=int(op.get("delay", 0)),
+                        blocks=blocks if nblk > 1 else None,
                         out=idx.get(op["out"], 0), cout=cout, taps=[tuple(t) for t in taps], tap_weights=tw,
                         bias=np.asarray(op["bias"], np.int64)[perm], mult=int(op["multiplier"]),
                         shift=int(op["shift"]), gmult=int(op["gate_multiplier"]), gshift=int(op["gate_shift"]),
@@ -220,19 +236,41 @@ def engine_ops(spec):
     return ops, len(idx), nrow, idx.get("cond")
 
 
+def is_conditioner(spec):
+    """An op graph that computes a feature map (non-causal conditioning network pass) instead of logits:
+    its last op writes the engine's whole-image feature memory."""
+    return spec.get("architecture") == "conditioner"
+
+
+def _row_window(ops, nrow, k, src, cond_map):
+    """Rows of map ``src`` that op ``k`` may read, relative to the stream row r, when it runs:
+    (oldest still in the line buffers' ring, newest written) as offsets, given the schedule (row phase:
+    the conditioning map is filled first, then row-phase ops in order; then the pixels, map 0)."""
+    if src == cond_map:
+        return 0
+    if src == 0:  # the image: its row r arrives in the pixel phase
+        return -1 if k < nrow else 0
+    for j, o in enumerate(ops[:nrow]):
+        if o["out"] == src:
+            return -o["delay"] - (0 if j < k or k >= nrow else 1)
+    return 0  # written by pixel ops: up to the current pixel (checked per tap below)
+
+
 def _check_ops(spec, params: EngineParams, width=None):
-    """Fit checks of an op graph (gated export)."""
+    """Fit checks of an op graph (gated export or conditioner pass)."""
     p = params
-    ops, nmaps, nrow, _ = engine_ops(spec)
-    rowmaps = {0} | {o["out"] for o in ops[:nrow]}  # x is complete in earlier rows only
-    rowmaps.discard(0)
+    ops, nmaps, nrow, cond_map = engine_ops(spec)
+    cond = is_conditioner(spec)
     if len(ops) > p.max_layers:
         raise EngineFitError(f"{len(ops)} ops, the engine holds at most {p.max_layers}")
     if nmaps > p.max_maps:
         raise EngineFitError(f"{nmaps} feature maps, the engine's line buffers hold {p.max_maps}")
     if width is not None and not 1 <= width <= p.max_width:
         raise EngineFitError(f"image width {width} exceeds the engine's line buffers ({p.max_width})")
-    if nrow == len(ops) or ops[-1]["gated"]:
+    if cond:
+        if nrow != len(ops):
+            raise EngineFitError("a conditioner pass runs row-phase ops only")
+    elif nrow == len(ops) or ops[-1]["gated"]:
         raise EngineFitError("the last op must be a plain pixel-phase conv (the logits)")
     if spec.get("cond_channels", 0) > p.max_channels:
         raise EngineFitError(f"{spec['cond_channels']} conditioning channels exceed the engine's {p.max_channels}")
@@ -240,9 +278,9 @@ def _check_ops(spec, params: EngineParams, width=None):
         w = f"op {i} ({o['name']}): "
         last = i == len(ops) - 1
         nout = o["cout"] // 2 if o["gated"] else o["cout"]
-        if o["cout"] > p.max_outputs or (not last and nout > p.max_channels):
-            raise EngineFitError(f"{w}{nout} output channels exceed the engine's "
-                                 f"{p.max_outputs if last else p.max_channels}")
+        limit = p.max_outputs if last and not cond else p.max_channels
+        if o["cout"] > p.max_outputs or nout > limit:
+            raise EngineFitError(f"{w}{nout} output channels exceed the engine's {limit}")
         if o["gated"] and (p.lanes % 2 or not (1 <= o["gmult"] < 2 ** 16 and 1 <= o["gshift"] <= 31)):
             raise EngineFitError(f"{w}a gated op needs an even number of lanes ({p.lanes}) and a gate "
                                  "multiplier < 2**16, shift <= 31")
@@ -250,17 +288,28 @@ def _check_ops(spec, params: EngineParams, width=None):
             raise EngineFitError(f"{w}{len(o['taps'])} taps exceed {MAX_TAPS}")
         if not (1 <= o["mult"] < 2 ** 31 and 1 <= o["shift"] <= 62):
             raise EngineFitError(f"{w}multiplier/shift out of range")
+        if not 0 <= o["delay"] <= 255 or (o["delay"] and not o["row"]):
+            raise EngineFitError(f"{w}delay {o['delay']}: only row-phase ops are delayed (0..255 rows)")
+        if o["blocks"] is not None and (o["residual"] or o["gated"]):
+            raise EngineFitError(f"{w}a parity (transposed-conv) op is a plain conv without residual")
         for src, dy, dx, nch, res in o["taps"]:
             if nch > p.max_channels:
                 raise EngineFitError(f"{w}{nch} input channels exceed the engine's {p.max_channels}")
-            if not (-MAX_ROWS_BACK <= dy <= 0 and -2 <= dx <= 2):
-                raise EngineFitError(f"{w}tap ({dy}, {dx}) outside the line buffers (rows -2..0, columns -2..2)")
-            row_ready = src in rowmaps or (src == 1 and spec.get("cond_channels"))
-            if o["row"] and dy == 0 and not row_ready:
-                raise EngineFitError(f"{w}a row-phase op reads map {src} in the current row before it exists")
+            if not (-MAX_DY <= dy <= (MAX_DY if o["row"] else 0) and -2 <= dx <= 2):
+                raise EngineFitError(f"{w}tap ({dy}, {dx}) outside the line buffers (rows "
+                                     f"{-MAX_DY}..{MAX_DY if o['row'] else 0}, columns -2..2)")
+            newest = _row_window(ops, nrow, i, src, cond_map)
+            rel = dy - o["delay"]
+            if o["row"] and rel > newest:
+                raise EngineFitError(f"{w}tap ({dy}, {dx}) reads row {rel:+d} (from the current row) of map {src}, which exists only up "
+                                     f"to row {newest:+d} (give the op a delay of at least {o['delay'] + rel - newest})")
+            if rel < newest - (p.row_slots - 1):
+                raise EngineFitError(f"{w}tap ({dy}, {dx}) reads row {rel:+d} of map {src}, but the line buffers "
+                                     f"keep {p.row_slots} rows (newest {newest:+d}); use an engine with more row_slots")
+            row_ready = src != 0 and newest == 0 and (src == cond_map or any(x["out"] == src for x in ops[:nrow]))
             if not o["row"] and dy == 0 and dx > 0 and not row_ready:
                 raise EngineFitError(f"{w}tap ({dy}, {dx}) reads a future pixel of map {src}")
-    wwords = sum(-(-o["cout"] // p.lanes) * sum(t[3] for t in o["taps"]) for o in ops)
+    wwords = sum(-(-o["cout"] // p.lanes) * sum(t[3] for t in o["taps"]) * (4 if o["blocks"] else 1) for o in ops)
     bwords = sum(o["cout"] for o in ops)
     if wwords > p.weight_depth:
         raise EngineFitError(f"weights need {wwords} words of {p.lanes} bytes, the engine has {p.weight_depth}")
@@ -284,47 +333,71 @@ def check_fits(spec, params: EngineParams, width=None, height=None):
 
 def pack(spec, params: EngineParams, width=None, height=None):
     """Memory images (bytes per load target) for ``spec``; checks the fit first."""
-    check_fits(spec, params, width, height)
+    return pack_many([(spec, width, height)], params)[0]
+
+
+def pack_many(runs, params: EngineParams):
+    """Memory images holding several specs at once (``runs``: (spec, width, height) each; the engine runs
+    one of them at a time, chosen by its REG_BASE: first op and input-table offset). Checks every spec's fit
+    and the totals; returns (images, [(op base, input-table base)] per spec)."""
     P = params.lanes
-    ops, _, _, _ = engine_ops(spec)
-    wbytes, bbytes, lbytes = bytearray(), bytearray(), bytearray()
+    wbytes, bbytes, lbytes, inlut = bytearray(), bytearray(), bytearray(), bytearray()
     taps_img = bytearray(params.max_layers * MAX_TAPS * TAP_BYTES)
     cfg = bytearray()
-    wbase = bbase = 0
-    for i, o in enumerate(ops):
-        co = o["cout"]
-        groups = -(-co // P)
-        for g in range(groups):
-            n = min(P, co - g * P)
-            for w in o["tap_weights"]:
-                for ch in range(w.shape[1]):
-                    lane = np.zeros(P, np.int64)
-                    lane[:n] = w[g * P:g * P + n, ch]
-                    wbytes += (lane & 0xFF).astype(np.uint8).tobytes()
-        for t, (src, dy, dx, nch, res) in enumerate(o["taps"]):
-            a = (i * MAX_TAPS + t) * TAP_BYTES
-            taps_img[a:a + 3] = bytes([(dy & 7) | ((dx & 7) << 3) | (int(res) << 6), src, nch])
-        bbytes += np.asarray(o["bias"], "<i4").tobytes()
-        lbytes += (o["lut"] & 0xFF).astype(np.uint8).tobytes()
-        flags = FLAG_RESIDUAL * o["residual"] | FLAG_GATED * o["gated"] | FLAG_RELU_IN * o["relu_in"]
-        cfg += co.to_bytes(2, "little") + bytes([groups, len(o["taps"])])
-        cfg += wbase.to_bytes(2, "little") + bbase.to_bytes(2, "little")
-        cfg += o["mult"].to_bytes(4, "little") + bytes([o["shift"], flags, o["out"], o["gshift"]])
-        cfg += o["gmult"].to_bytes(2, "little") + bytes(CONFIG_BYTES - 18)
-        wbase += groups * sum(t[3] for t in o["taps"])
-        bbase += co
-    inlut = (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
-    return {T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
-            T_CONFIG: bytes(cfg), T_INLUT: inlut}
+    wbase = bbase = i = 0
+    bases = []
+    for spec, width, height in runs:
+        check_fits(spec, params, width, height)
+        bases.append((i, len(inlut)))
+        for o in engine_ops(spec)[0]:
+            if i >= params.max_layers:
+                raise EngineFitError(f"{sum(len(engine_ops(r[0])[0]) for r in runs)} ops together, the engine "
+                                     f"holds at most {params.max_layers}")
+            co = o["cout"]
+            groups = -(-co // P)
+            for tws in o["blocks"] or [o["tap_weights"]]:  # parity ops: four blocks of `wblock` words
+                for g in range(groups):
+                    n = min(P, co - g * P)
+                    for w in tws:
+                        for ch in range(w.shape[1]):
+                            lane = np.zeros(P, np.int64)
+                            lane[:n] = w[g * P:g * P + n, ch]
+                            wbytes += (lane & 0xFF).astype(np.uint8).tobytes()
+            for t, (src, dy, dx, nch, res) in enumerate(o["taps"]):
+                a = (i * MAX_TAPS + t) * TAP_BYTES
+                taps_img[a:a + 3] = bytes([(dy & 7) | ((dx & 7) << 3) | (int(res) << 6), src, nch])
+            bbytes += np.asarray(o["bias"], "<i4").tobytes()
+            lbytes += (o["lut"] & 0xFF).astype(np.uint8).tobytes()
+            flags = FLAG_RESIDUAL * o["residual"] | FLAG_GATED * o["gated"] | FLAG_RELU_IN * o["relu_in"] | \
+                FLAG_PARITY * (o["blocks"] is not None)
+            wblock = groups * sum(t[3] for t in o["taps"])
+            cfg += co.to_bytes(2, "little") + bytes([groups, len(o["taps"])])
+            cfg += wbase.to_bytes(2, "little") + bbase.to_bytes(2, "little")
+            cfg += o["mult"].to_bytes(4, "little") + bytes([o["shift"], flags, o["out"], o["gshift"]])
+            cfg += o["gmult"].to_bytes(2, "little") + bytes([o["delay"]]) + wblock.to_bytes(2, "little")
+            cfg += bytes(CONFIG_BYTES - 21)
+            wbase += wblock * (4 if o["blocks"] else 1)
+            bbase += co
+            i += 1
+        inlut += (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
+    if wbase > params.weight_depth:
+        raise EngineFitError(f"weights need {wbase} words of {P} bytes together, the engine has {params.weight_depth}")
+    if bbase > params.bias_depth:
+        raise EngineFitError(f"biases need {bbase} entries together, the engine has {params.bias_depth}")
+    if len(inlut) > 256:
+        raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has 256")
+    return ({T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
+             T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}, bases)
 
 
 def geometry(spec):
     """Register values a run needs besides the image size: ops, row-phase ops, input channels per pixel,
-    conditioning channels per pixel (streamed per row) and their map."""
+    conditioning channels per pixel (streamed per row, or filled from the feature memory) and their
+    map, flush rows after the image (the largest op delay)."""
     ops, _, nrow, cond_map = engine_ops(spec)
     chans = spec["channels"] if "ops" in spec else spec["layers"][0]["in"]
     return dict(nops=len(ops), nrow=nrow, channels=chans, cond_channels=spec.get("cond_channels", 0) if "ops" in spec else 0,
-                cond_map=cond_map or 0)
+                cond_map=cond_map or 0, flush=max(o["delay"] for o in ops))
 
 
 def useful_macs_per_pixel(spec):
@@ -341,6 +414,7 @@ def dense_macs_per_pixel(spec):
 
 
 def mac_beats_per_pixel(spec, lanes):
+    """MAC beats per output pixel (a conditioner pass computes every op once per pixel of its map)."""
     return sum(-(-o["cout"] // lanes) * sum(t[3] for t in o["taps"]) for o in engine_ops(spec)[0])
 
 
@@ -403,13 +477,51 @@ def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels
                 input_lut=inlut, logit_scale=0.05, cond_channels=cond_channels, ops=vops + pops)
 
 
-def input_stream(spec, x, cond=None, sample=False):
+def conditioner_delays(kernels, from_image=True):
+    """Row delays of a chain of non-causal convs (kernel k_l, each over the previous one's output): the
+    first reads the image (its row r arrives after the row phase: delay 1 + k // 2) or the conditioning
+    map (filled before it: k // 2); each later op k_l // 2 more than the one before."""
+    d, out = (1 if from_image else 0), []
+    for k in kernels:
+        d += k // 2
+        out.append(d)
+    return out
+
+
+def random_conditioner_spec(rng, kernels=(3, 3), hidden=4, levels=5, cond_channels=0, parity=False, wmax=40,
+                            bias_max=2000, shift=(19, 22)):
+    """A random conditioner pass (op graph, architecture 'conditioner'), for tests: a chain of
+    non-causal k x k convs (all taps, ReLU-like random tables) over the image (levels, ``cond_channels``
+    = 0) or over a conditioning map filled from the feature memory; ``parity``: first a 1x1 transposed-
+    conv op with four weight blocks (the map upsampled by 2)."""
+    ks = ([1] if parity else []) + list(kernels)
+    delays = conditioner_delays(ks, from_image=not cond_channels)
+    src, cin = ("cond", cond_channels) if cond_channels else ("x", 1)
+    ops = []
+    for i, (k, d) in enumerate(zip(ks, delays)):
+        c = k // 2
+        taps = np.asarray([(dy, dx) for dy in range(-c, c + 1) for dx in range(-c, c + 1)], np.int32)
+        nb = 4 if parity and i == 0 else 1
+        ops.append(dict(name=f"C{i}", kind="conv", phase="row", out=f"c{i}", delay=d, parity=nb == 4,
+                        inputs=[dict(map=src, taps=taps, weight=rng.integers(-wmax, wmax + 1, (hidden, cin, nb * len(taps))
+                                                                             ).astype(np.int8))],
+                        residual="", relu_in=False, bias=rng.integers(-bias_max, bias_max + 1, hidden).astype(np.int32),
+                        multiplier=int(rng.integers(1 << 14, 1 << 15)), shift=int(rng.integers(*shift)),
+                        lut=rng.integers(-128, 128, 256).astype(np.int8), gate_multiplier=0, gate_shift=0))
+        src, cin = f"c{i}", hidden
+    inlut = np.floor((2 * np.arange(levels) / (levels - 1) - 1) * 127 + 0.5).astype(np.int8)
+    return dict(format="zippix-pixelcnn-gated-int8", architecture="conditioner", channels=0 if cond_channels else 1,
+                levels=levels, input_lut=inlut, logit_scale=1.0, cond_channels=cond_channels, ops=ops)
+
+
+def input_stream(spec, x, cond=None, sample=False, feat=False):
     """Bytes a run streams in: per row, the conditioning map's bytes of the row (pixel-major, int8; op
-    graphs with ``cond_channels``), then (likelihood) the row's pixels' input bytes (``x``: (N, C, H, W)
-    levels; sample mode: channels 1.. of ``x`` only, the sampled channel 0 is the engine's)."""
+    graphs with ``cond_channels``, unless ``feat``: the engine fills that map from its feature memory),
+    then (likelihood) the row's pixels' input bytes (``x``: (N, C, H, W) levels; sample mode: channels
+    1.. of ``x`` only, the sampled channel 0 is the engine's)."""
     x = np.asarray(x, np.int64)
     n, C, H, W = x.shape
-    cc = spec.get("cond_channels", 0) if "ops" in spec else 0
+    cc = spec.get("cond_channels", 0) if "ops" in spec and not feat else 0
     px = x[:, 1:] if sample else x
     out = bytearray()
     for k in range(n):

@@ -10,9 +10,6 @@ from amaranth.lib.wiring import In, Out
 
 from . import sampler as S
 
-ROW_SLOTS = 3  # rows i-2, i-1, i of every layer's input map
-
-
 def clog2(n):
     return max(1, (n - 1).bit_length())
 
@@ -22,19 +19,23 @@ def _sat8(v):
 
 
 class LineBuffer(wiring.Component):
-    """Every layer's input feature map, three rows deep (a ring of row slots), in one memory.
+    """Every layer's input feature map, ``row_slots`` rows deep (a ring of row slots: row r lives in
+    slot r mod row_slots), in one memory.
 
     Address = ``{layer, slot, column, channel}`` (power-of-two fields, no multiplier). A read names a
-    tap ``(dy, dx)`` (dy in -2..0, dx in -2..2) relative to the current pixel ``(row, col)`` and a
-    channel; taps above the image or left/right of it read 0 (zero padding), one cycle later on
-    ``rd_data``. Writes go to the current pixel of a layer's map.
+    tap ``(dy, dx)`` (dy, dx in -2..2) relative to ``(row, col)`` (``row``: signed, the reading op's
+    output row) and a channel; taps above, below (row + dy >= ``height``) or left/right of the image
+    read 0 (zero padding), one cycle later on ``rd_data``. Writes go to row ``wr_row``, column ``col``
+    of a layer's map (``slot`` port: its low bits select the slot).
     """
 
-    def __init__(self, max_layers=8, max_width=32, max_channels=32):
+    def __init__(self, max_layers=8, max_width=32, max_channels=32, row_slots=4):
         self.max_layers, self.max_width, self.max_channels = max_layers, max_width, max_channels
         self.lbits, self.wbits, self.cbits = clog2(max_layers), clog2(max_width), clog2(max_channels)
+        self.sbits = clog2(row_slots)
         super().__init__({
-            "row": In(16), "col": In(self.wbits + 1), "slot": In(2), "width": In(self.wbits + 1),
+            "row": In(signed(17)), "height": In(16), "col": In(self.wbits + 1), "slot": In(self.sbits),
+            "width": In(self.wbits + 1),
             "rd_en": In(1), "rd_layer": In(self.lbits), "rd_dy": In(signed(3)), "rd_dx": In(signed(3)),
             "rd_c": In(self.cbits), "rd_data": Out(signed(8)),
             "wr_en": In(1), "wr_layer": In(self.lbits), "wr_c": In(self.cbits), "wr_data": In(signed(8)),
@@ -42,18 +43,17 @@ class LineBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        depth = 1 << (self.lbits + 2 + self.wbits + self.cbits)
+        depth = 1 << (self.lbits + self.sbits + self.wbits + self.cbits)
         m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
         rd = mem.read_port()
         wr = mem.write_port()
 
-        slot_m1 = Mux(self.slot == 0, 2, self.slot - 1)
-        slot_m2 = Mux(self.slot == 0, 1, Mux(self.slot == 1, 2, 0))
-        rslot = Signal(2)
-        m.d.comb += rslot.eq(Mux(self.rd_dy == 0, self.slot, Mux(self.rd_dy == -1, slot_m1, slot_m2)))
+        rrow = Signal(signed(18))
+        m.d.comb += rrow.eq(self.row + self.rd_dy)
+        rslot = rrow[:self.sbits]
         colx = Signal(signed(self.wbits + 3))
         m.d.comb += colx.eq(self.col + self.rd_dx)
-        inside = (colx >= 0) & (colx < self.width) & (self.row.as_signed() + self.rd_dy >= 0) & (self.rd_dy <= 0)
+        inside = (colx >= 0) & (colx < self.width) & (rrow >= 0) & (rrow < self.height)
         pad = Signal()
         with m.If(self.rd_en):
             m.d.sync += pad.eq(~inside)

@@ -494,6 +494,11 @@ OP_STR_KEYS = ("name", "kind", "phase", "out", "residual")
 
 def save_graph_export(path, spec):
     """Write an op-graph spec as a flat .npz (no pickles)."""
+    np.savez_compressed(path, **graph_arrays(spec))
+
+
+def graph_arrays(spec):
+    """The flat arrays of an op-graph spec (``save_graph_export``; bundles prefix their keys)."""
     d = {"format": np.str_(GRAPH_FORMAT), "version": np.int32(GRAPH_VERSION),
          "architecture": np.str_(spec.get("architecture", "gated"))}
     for k in ("channels", "levels", "height", "width", "cond_channels"):
@@ -510,6 +515,8 @@ def save_graph_export(path, spec):
         for k in OP_INT_KEYS:
             d[p + k] = np.int32(op[k])
         d[p + "relu_in"] = np.bool_(op.get("relu_in", False))
+        d[p + "delay"] = np.int32(op.get("delay", 0))
+        d[p + "parity"] = np.bool_(op.get("parity", False))
         d[p + "bias"] = np.asarray(op["bias"], np.int32)
         d[p + "lut"] = np.asarray(op["lut"], np.int8)
         d[p + "n_inputs"] = np.int32(len(op["inputs"]))
@@ -518,7 +525,7 @@ def save_graph_export(path, spec):
             d[q + "map"] = np.str_(inp["map"])
             d[q + "taps"] = np.asarray(inp["taps"], np.int32).reshape(-1, 2)
             d[q + "weight"] = np.asarray(inp["weight"], np.int8)
-    np.savez_compressed(path, **d)
+    return d
 
 
 def load_graph_export(z, what=""):
@@ -539,6 +546,9 @@ def load_graph_export(z, what=""):
         for k in OP_INT_KEYS:
             op[k] = int(_need(z, p + k, np.int32, what=w))
         op["relu_in"] = bool(_need(z, p + "relu_in", np.bool_, what=w))
+        # non-causal conditioner ops (optional keys: exports before them have neither)
+        op["delay"] = int(_need(z, p + "delay", np.int32, what=w)) if p + "delay" in z else 0
+        op["parity"] = bool(_need(z, p + "parity", np.bool_, what=w)) if p + "parity" in z else False
         op["bias"] = _need(z, p + "bias", np.int32, what=w)
         if op["kind"] not in ("conv", "gated") or op["phase"] not in ("row", "pixel"):
             raise ExportError(f"{w}kind {op['kind']!r} / phase {op['phase']!r} unknown (conv|gated, row|pixel)")
@@ -558,13 +568,13 @@ def load_graph_export(z, what=""):
             taps = _need(z, q + "taps", np.int32, what=w)
             if taps.ndim != 2 or taps.shape[1] != 2 or np.abs(taps).max(initial=0) > 2:
                 raise ExportError(f"{w}taps of {m!r} must be (T, 2) offsets in -2..2")
-            wt = _need(z, q + "weight", np.int8, (nacc, chans[m], len(taps)), w)
+            wt = _need(z, q + "weight", np.int8, (nacc, chans[m], len(taps) * (4 if op["parity"] else 1)), w)
             op["inputs"].append(dict(map=m, taps=taps, weight=wt))
         if op["residual"] and chans.get(op["residual"]) != nacc:
             raise ExportError(f"{w}residual map {op['residual']!r} must exist with {nacc} channels")
         chans[op["out"]] = nacc // 2 if gated else nacc
         ops.append(op)
-    if not ops or chans[ops[-1]["out"]] != C * L:
+    if spec["architecture"] != "conditioner" and (not ops or chans[ops[-1]["out"]] != C * L):
         raise ExportError(f"the last op must output channels*levels = {C * L} logits")
     spec["ops"] = ops
     return spec

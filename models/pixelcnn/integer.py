@@ -210,16 +210,38 @@ def shifted(m, dy, dx):
     return out
 
 
+def upsample2(m):
+    """Nearest upsampling by 2: out[..., i, j] = m[..., i // 2, j // 2]."""
+    return np.repeat(np.repeat(np.asarray(m), 2, axis=-2), 2, axis=-1)
+
+
+def parity_select(parts):
+    """Four maps (N, C, H, W) -> one: parts[(i & 1) * 2 + (j & 1)] at (i, j)."""
+    out = parts[0].copy()
+    h, w = out.shape[-2:]
+    i, j = np.arange(h)[:, None] & 1, np.arange(w)[None, :] & 1
+    for p in range(1, 4):
+        sel = (2 * i + j) == p
+        out[..., sel] = parts[p][..., sel]
+    return out
+
+
 def op_accumulate(op, maps):
-    """int64 accumulators (N, Cacc, H, W) of one op (int32 overflow is an error)."""
+    """int64 accumulators (N, Cacc, H, W) of one op (int32 overflow is an error). A ``parity`` op
+    (a 2x2 stride-2 transposed conv over a nearest-upsampled map) has four weight blocks per input,
+    ``weight[:, :, p * T:(p + 1) * T]``, block p = (i & 1) * 2 + (j & 1) at output (i, j)."""
     acc = None
+    nblk = 4 if op.get("parity") else 1
     for inp in op["inputs"]:
         m = np.asarray(maps[inp["map"]], np.int64)
         if op.get("relu_in"):
             m = np.maximum(m, 0)
-        w = np.asarray(inp["weight"], np.int64)  # (Cacc, C, T)
-        for t, (dy, dx) in enumerate(inp["taps"]):
-            part = np.einsum("oc,nchw->nohw", w[:, :, t], shifted(m, int(dy), int(dx)))
+        w = np.asarray(inp["weight"], np.int64)  # (Cacc, C, T * nblk)
+        taps = np.asarray(inp["taps"]).reshape(-1, 2)
+        for t, (dy, dx) in enumerate(taps):
+            sh = shifted(m, int(dy), int(dx))
+            parts = [np.einsum("oc,nchw->nohw", w[:, :, b * len(taps) + t], sh) for b in range(nblk)]
+            part = parity_select(parts) if nblk > 1 else parts[0]
             acc = part if acc is None else acc + part
     acc = acc + np.asarray(op["bias"], np.int64)[None, :, None, None]
     if acc.min() < INT32_MIN or acc.max() > INT32_MAX:
@@ -243,13 +265,17 @@ def op_forward(op, maps):
 
 
 def graph_forward(spec, x, cond=None, trace=False):
-    """Integer forward pass of a graph spec over integer images x (N, C, H, W) of levels; ``cond``:
-    int8 conditioning map (N, cond_channels, H, W) when the spec has one. Returns the last op's map
-    (N, C*L, H, W) int64 (and the dict of all maps if trace)."""
-    x = np.asarray(x, np.int64)
-    if x.ndim == 3:
-        x = x[None]
-    maps = {"x": np.asarray(spec["input_lut"], np.int64)[x]}
+    """Integer forward pass of a graph spec over integer images x (N, C, H, W) of levels (None for a
+    graph without image input: a conditioner pass over ``cond`` only); ``cond``: int8 conditioning map
+    (N, cond_channels, H, W) when the spec has one. Returns the last op's map (N, C*L, H, W) int64, a
+    conditioner's feature map (and the dict of all maps if trace). Non-causal taps (dy > 0) are plain
+    zero-padded convolution taps here; the engine runs them as delayed row-phase ops."""
+    maps = {}
+    if x is not None:
+        x = np.asarray(x, np.int64)
+        if x.ndim == 3:
+            x = x[None]
+        maps["x"] = np.asarray(spec["input_lut"], np.int64)[x]
     if spec.get("cond_channels"):
         if cond is None:
             raise ValueError(f"this model needs a conditioning map with {spec['cond_channels']} channels")
