@@ -83,6 +83,7 @@ def test_sampling_cost():
     assert sample.sequential_steps(pm, (3, 4, 4)) == 48 + 12
 
 
+@pytest.mark.slow  # 15 s of CPU; about a minute on a loaded machine
 def test_sampling_bench_dry_run(tmp_path):
     """The sampling benchmark on the committed digits checkpoints, tiny batches: every model has its cost,
     its checkpoint and bits/dim, and its ratios to the baseline measured in the same run."""
