@@ -113,6 +113,10 @@ def test_warm_start(tmp_path):
     x = torch.from_numpy(ds.test)
     with torch.no_grad():                    # lr 0: still the baseline, with zero conditioning inputs
         assert torch.allclose(m.colour(x, m.condition(m.aux(x))), bm(x), atol=1e-6)
+    m2, res2 = train.train("gray", ds, epochs=1, batch_size=4, lr=0.0, arch=arch, progress=False,
+                           log=lambda s: None, warm_start=bm)        # a model in memory (bench --quick)
+    assert res2["warm_start"]["checkpoint"] is None
+    assert res2["test_bits_per_dim"] == res["test_bits_per_dim"]
     with pytest.raises(ValueError, match="gray model only"):
         train.train("pyramid", ds, epochs=1, batch_size=4, arch=TINY["pyramid"], progress=False,
                     log=lambda s: None, warm_start=base)
