@@ -110,7 +110,7 @@ def load_checkpoint(path, device="cpu"):
 
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
-          warm_lr_scale=0.05):
+          warm_lr_scale=0.0):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
@@ -214,9 +214,9 @@ def main(argv=None):
                    help="cpu, cuda (bf16 autocast), or auto (cuda when available)")
     p.add_argument("--warm-start", default=None,
                    help="gray only: a gated baseline checkpoint (same hidden/n_layers) copied into the colour "
-                        "network, its conditioning inputs zeroed, before training (default: none, random init)")
-    p.add_argument("--warm-lr-scale", type=float, default=0.05,
-                   help="with --warm-start: learning-rate factor of the copied baseline weights (0 freezes them)")
+                        "network, its conditioning inputs zeroed, before training (without it: random init)")
+    p.add_argument("--warm-lr-scale", type=float, default=0.0,
+                   help="with --warm-start: learning-rate factor of the copied baseline weights (0 freezes them; 0.05 made the held-out patches worse)")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
