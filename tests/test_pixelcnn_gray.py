@@ -78,3 +78,25 @@ def test_masked_sampling_consistent():
     g2, x2 = sample.sample_grayscale(m, ug, u, cached=False)
     assert torch.equal(g1, g2) and torch.equal(x1, x2)
     assert torch.equal(to_gray(x1, 16, 4), g1)
+
+
+def test_warm_start_colour_is_the_baseline_restricted_to_g():
+    """A colour network warm-started from a baseline computes the baseline's logits exactly (its
+    conditioning inputs are zero), so with the mask every image costs at most the baseline's bits; a
+    baseline of another size is refused with a message."""
+    from models.pixelcnn.models import GatedPixelCNN
+    torch.manual_seed(0)
+    base = GatedPixelCNN(3, 16, hidden=6, n_layers=2).double().eval()
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    m = GrayscalePixelCNN(3, 16, 4, hidden=6, n_layers=2, cond_hidden=4, cond_layers=2).double().eval()
+    m.warm_start_colour(base)
+    x = torch.randint(0, 16, (5, 3, 3, 4))
+    g = m.aux(x)
+    with torch.no_grad():
+        assert torch.equal(m.colour(x, m.condition(g)), base(x))
+        masked = m.colour.nll(x, m.condition(g), m.offset(x, g))
+        assert torch.all(masked <= base.nll(x) + 1e-12) and torch.all(masked < base.nll(x))
+    with pytest.raises(ValueError, match="does not match the colour network"):
+        m.warm_start_colour(GatedPixelCNN(3, 16, hidden=8, n_layers=2))

@@ -81,3 +81,27 @@ def test_sampling_cost():
     pm = PyramidPixelCNN(3, 4, n_levels=2, hidden=4, coarse_layers=1, fine_layers=1, cond_hidden=4)
     assert sample.sequential_steps(gm, (3, 4, 4)) == 16 + 48
     assert sample.sequential_steps(pm, (3, 4, 4)) == 48 + 12
+
+
+@pytest.mark.slow  # 15 s of CPU; about a minute on a loaded machine
+def test_sampling_bench_dry_run(tmp_path):
+    """The sampling benchmark on the committed digits checkpoints, tiny batches: every model has its cost,
+    its checkpoint and bits/dim, and its ratios to the baseline measured in the same run."""
+    import json
+    import runpy
+    import sys
+    argv = sys.argv
+    sys.argv = ["bench", "--out", str(tmp_path), "--datasets", "digits", "-n", "2", "--cost-batch", "2", "--no-grids"]
+    try:
+        runpy.run_path("bench/bench_pixelcnn_sampling.py", run_name="__main__")
+    finally:
+        sys.argv = argv
+    row = json.load(open(tmp_path / "pixelcnn_sampling.json"))["datasets"]["digits"]
+    assert row["pixelcnn_naive_equals_cached"]
+    assert row["pixelcnn_sequential_steps_per_image"] == 64 and row["gray_sequential_steps_per_image"] == 128
+    for m in ("gray", "pyramid"):
+        r = row[f"{m}_vs_baseline"]
+        assert r["macs_ratio"] == row[f"{m}_macs_per_image"] / row["pixelcnn_macs_per_image"] > 0
+        assert abs(r["bits_per_dim_difference"] - (row[f"{m}_bits_per_dim"] - row["pixelcnn_bits_per_dim"])) < 1e-12
+        assert row[f"{m}_checkpoint"] == f"models/pixelcnn/weights/bench_{m}_digits.pt"
+    assert not list(tmp_path.glob("*.png"))

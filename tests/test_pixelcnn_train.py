@@ -96,3 +96,27 @@ def test_checkpoint_device_and_legacy(tmp_path):
     assert torch.allclose(m.eval().bpd(x), m2.eval().bpd(x))
     old, _ = train.load_checkpoint("models/pixelcnn/weights/bench_gray_digits.pt")
     assert not old.exact and old.cond_net.receptive_field == 7
+
+
+def test_warm_start(tmp_path):
+    """--warm-start copies a trained baseline into the gray model's colour network before training (the
+    checkpoint records it); it is refused for other models."""
+    ds = tiny(3, levels=16)
+    base = str(tmp_path / "base.pt")
+    train.train("pixelcnn", ds, epochs=1, batch_size=4, arch=TINY["pixelcnn"], out=base, progress=False,
+                log=lambda s: None)
+    bm, _ = train.load_checkpoint(base)
+    arch = dict(TINY["gray"], gray_levels=4)
+    m, res = train.train("gray", ds, epochs=1, batch_size=4, lr=0.0, arch=arch, out=str(tmp_path / "g.pt"),
+                         progress=False, log=lambda s: None, warm_start=base)
+    assert res["warm_start"]["checkpoint"] == "base.pt"
+    x = torch.from_numpy(ds.test)
+    with torch.no_grad():                    # lr 0: still the baseline, with zero conditioning inputs
+        assert torch.allclose(m.colour(x, m.condition(m.aux(x))), bm(x), atol=1e-6)
+    m2, res2 = train.train("gray", ds, epochs=1, batch_size=4, lr=0.0, arch=arch, progress=False,
+                           log=lambda s: None, warm_start=bm)        # a model in memory (bench --quick)
+    assert res2["warm_start"]["checkpoint"] is None
+    assert res2["test_bits_per_dim"] == res["test_bits_per_dim"]
+    with pytest.raises(ValueError, match="gray model only"):
+        train.train("pyramid", ds, epochs=1, batch_size=4, arch=TINY["pyramid"], progress=False,
+                    log=lambda s: None, warm_start=base)

@@ -182,6 +182,25 @@ class GrayscalePixelCNN(nn.Module):
     def aux(self, x):
         return to_gray(x, self.levels, self.gray_levels)
 
+    @torch.no_grad()
+    def warm_start_colour(self, baseline: GatedPixelCNN):
+        """Copy a trained gated baseline (same channels, levels, hidden, layers, kernel) into the colour
+        network and zero the conditioning inputs (every layer's 1x1 ``cond`` conv): the colour network then
+        computes exactly the baseline's logits, and with ``exact`` it starts as the baseline restricted to
+        the colours consistent with g and renormalised, which gives every sub-pixel at least the baseline's
+        probability. Fine-tuning then learns to use g through the conditioning net."""
+        src, dst = baseline.state_dict(), self.colour.state_dict()
+        own = {k for k in dst if ".cond." not in k and not k.endswith(".mask")}
+        mismatch = [k for k in own if k not in src or src[k].shape != dst[k].shape]
+        if mismatch or baseline.channels != self.channels or baseline.levels != self.levels:
+            raise ValueError(f"warm start: the baseline does not match the colour network "
+                             f"(channels {baseline.channels}/{self.channels}, levels {baseline.levels}/{self.levels}, "
+                             f"mismatched tensors {sorted(mismatch)[:4]})")
+        self.colour.load_state_dict({k: src[k] for k in own}, strict=False)
+        for layer in self.colour.layers:
+            nn.init.zeros_(layer.cond.weight)
+            nn.init.zeros_(layer.cond.bias)
+
     def condition(self, g):
         return self.cond_net(self.prior.scale(g))
 

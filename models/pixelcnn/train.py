@@ -109,9 +109,14 @@ def load_checkpoint(path, device="cpu"):
 
 
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
-          resume=False, progress=True, max_steps=None, log=print, device="cpu"):
+          resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
+          warm_lr_scale=0.0):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
-    The model is built on the CPU from the seed (same initial weights on every device), then moved."""
+    The model is built on the CPU from the seed (same initial weights on every device), then moved.
+    ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
+    colour network (``GrayscalePixelCNN.warm_start_colour``) before training; the copied weights then train
+    at ``warm_lr_scale`` times the learning rate (0: frozen), the new parts (gray prior, conditioning net
+    and inputs) at the full rate."""
     ds = data_mod.load(dataset) if isinstance(dataset, str) else dataset
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -120,8 +125,27 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     meta = {"model": model_name, "dataset": ds.name, "channels": int(ds.shape[0]), "levels": int(ds.levels),
             "arch": arch, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "version": CHECKPOINT_VERSION}
-    model = build(model_name, meta["channels"], ds.levels, **arch).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model = build(model_name, meta["channels"], ds.levels, **arch)
+    if warm_start is not None:
+        if model_name != "gray":
+            raise ValueError(f"--warm-start applies to the gray model only, not {model_name!r}")
+        if isinstance(warm_start, str):
+            base, bck = load_checkpoint(warm_start)
+            meta["warm_start"] = {"checkpoint": os.path.basename(warm_start), "meta": bck["meta"]}
+        else:
+            base = warm_start
+            meta["warm_start"] = {"checkpoint": None}
+        model.warm_start_colour(base.cpu())
+        meta["warm_start"]["lr_scale"] = warm_lr_scale
+    model = model.to(dev)
+    if warm_start is not None:
+        copied = [p for n, p in model.colour.named_parameters() if ".cond." not in n]
+        ids = {id(p) for p in copied}
+        groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},
+                  {"params": copied, "lr": lr * warm_lr_scale}]
+    else:
+        groups = model.parameters()
+    opt = torch.optim.Adam(groups, lr=lr)
     steps_per_epoch = math.ceil(len(ds.train) / batch_size)
     total = max_steps or epochs * steps_per_epoch
     lr_fn = lambda s: 0.05 ** min(1.0, s / max(1, total))
@@ -188,6 +212,11 @@ def main(argv=None):
     p.add_argument("-t", "--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="cpu, cuda (bf16 autocast), or auto (cuda when available)")
+    p.add_argument("--warm-start", default=None,
+                   help="gray only: a gated baseline checkpoint (same hidden/n_layers) copied into the colour "
+                        "network, its conditioning inputs zeroed, before training (without it: random init)")
+    p.add_argument("--warm-lr-scale", type=float, default=0.0,
+                   help="with --warm-start: learning-rate factor of the copied baseline weights (0 freezes them; 0.05 made the held-out patches worse)")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -195,7 +224,8 @@ def main(argv=None):
     name = os.path.basename(a.dataset.rstrip("/")).split(".")[0]
     out = a.out or os.path.join("runs", f"{a.model}_{name}.pt")
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
-                   a.resume, not a.no_progress, device=a.device)
+                   a.resume, not a.no_progress, device=a.device, warm_start=a.warm_start,
+                   warm_lr_scale=a.warm_lr_scale)
     print(json.dumps(res, indent=1))
     if a.json:
         with open(a.json, "w") as f:
