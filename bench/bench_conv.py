@@ -106,7 +106,8 @@ def chained_rows(images, samples, log):
                            str(samples), "--json", str(out), "--plot", str(Path(tmp) / f"{model}.png"),
                            "--no-progress"])
             r = json.loads(out.read_text())
-            rows.append({"model": model, "exit_status": rc, "bpd_equal_reference": r["bpd_equal"],
+            rows.append({"model": model, "architecture": r.get("architecture"), "exit_status": rc,
+                         "bpd_equal_reference": r["bpd_equal"],
                          "likelihood_cycles_per_image": r["cycles_per_image"],
                          "cycles_per_sampled_image": r.get("cycles_per_sampled_image")})
             log(f"{model}: {r['cycles_per_image']:,.0f} likelihood cycles/image, "
@@ -133,14 +134,17 @@ def plot(res, path):
     a.set_title(f"cycles per pixel, P = {rows[0]['lanes']} lanes")
     a.legend(fontsize=8)
     sp = res["images_per_s"]
-    labels, vals = [], []
+    labels, vals, colors = [], [], []
     if sp["engine_sampled_images_per_s_at_fmax"]:
         labels.append(f"engine @ {res['fmax_mhz']:.1f} MHz\n(projected)")
         vals.append(sp["engine_sampled_images_per_s_at_fmax"])
-    for k in sorted(k for k in sp if k.startswith("torch_cached_images_per_s_batch")):
-        labels.append(f"PyTorch cached\nbatch {k.rsplit('batch', 1)[1]}")
+        colors.append("C2")
+    for k in sorted((k for k in sp if k.startswith("torch_cached_images_per_s_batch")),
+                    key=lambda k: int(k.rsplit("batch", 1)[1])):
+        labels.append(f"PyTorch cached, CPU\nbatch {k.rsplit('batch', 1)[1]}")
         vals.append(sp[k])
-    b.bar(range(len(vals)), vals, color=["C2"] + ["C1"] * (len(vals) - 1))
+        colors.append("C1")
+    b.bar(range(len(vals)), vals, color=colors)
     b.set_xticks(range(len(vals)), labels, fontsize=8)
     b.set_yscale("log")
     b.set_ylabel("sampled images / s (8x8 digits, gated)")

@@ -194,28 +194,36 @@ class ConvEngine(Engine):
         tap_src = trd.data[8:8 + mbits]
         tap_nch = trd.data[16:24]
 
-        # MAC beat issue (combinational strobe `issue` in state MAC); the memories' data arrive
-        # LineBuffer.READ_LATENCY = 2 cycles later (stage a: addresses registered, stage b: data)
+        # MAC beat issue (combinational strobe `issue` in state MAC); the beat's data arrive
+        # LineBuffer.READ_LATENCY = 3 cycles later (stage a: addresses registered, b: memories read, c: data
+        # registered); the weight memory is read in stage b and its word registered alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
         beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == tap_nch)
         a_issue, a_first, a_last, a_res, a_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         a_ch = Signal(cbits)
         a_wptr = Signal.like(wptr)
+        b_issue, b_first, b_last, b_res, b_relu = Signal(), Signal(), Signal(), Signal(), Signal()
+        b_ch = Signal(cbits)
         issued, i_first, i_last, i_res, i_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         i_ch = Signal(cbits)
+        w_q = Signal(8 * P)
         m.d.comb += [
             lb.rd_en.eq(issue), lb.rd_layer.eq(tap_src), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
             wrd.addr.eq(a_wptr), wrd.en.eq(a_issue),
         ]
         m.d.sync += [a_issue.eq(issue), a_first.eq(beat_first), a_last.eq(beat_last), a_ch.eq(ch), a_wptr.eq(wptr),
                      a_res.eq(tap_res & (og == 0)), a_relu.eq(cfg.flags[2]),
-                     issued.eq(a_issue), i_first.eq(a_first), i_last.eq(a_last), i_ch.eq(a_ch),
-                     i_res.eq(a_res), i_relu.eq(a_relu)]
+                     b_issue.eq(a_issue), b_first.eq(a_first), b_last.eq(a_last), b_ch.eq(a_ch),
+                     b_res.eq(a_res), b_relu.eq(a_relu),
+                     issued.eq(b_issue), i_first.eq(b_first), i_last.eq(b_last), i_ch.eq(b_ch),
+                     i_res.eq(b_res), i_relu.eq(b_relu)]
+        with m.If(b_issue):
+            m.d.sync += w_q.eq(wrd.data)
         act = Signal(signed(8))
         m.d.comb += act.eq(Mux(i_relu & lb.rd_data[7], 0, lb.rd_data))
         m.d.comb += [mac.in_valid.eq(issued), mac.in_first.eq(i_first), mac.in_last.eq(i_last),
-                     mac.in_a.eq(act), mac.in_w.eq(wrd.data)]
+                     mac.in_a.eq(act), mac.in_w.eq(w_q)]
         with m.If(issued & i_res):  # residual values: the flagged tap's map at the centre, unrectified
             m.d.sync += centre[i_ch].eq(lb.rd_data)
 
@@ -236,9 +244,10 @@ class ConvEngine(Engine):
         # drain writes) and group ends (a new requant start) wait for the drain.
         prev_pending = Signal()
         m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != layer[:lbits]))
-        can_last = ~(rq.reading | (a_issue & a_last) | mac.last_pending | prev_pending)
-        all_idle = ~(a_issue | issued | mac.busy | rq.busy | smp.busy)
-        mac_idle = ~(a_issue | issued | mac.busy)
+        in_flight = a_issue | b_issue | issued
+        can_last = ~(rq.reading | (a_issue & a_last) | (b_issue & b_last) | mac.last_pending | prev_pending)
+        all_idle = ~(in_flight | mac.busy | rq.busy | smp.busy)
+        mac_idle = ~(in_flight | mac.busy)
         beat_centre = (tap_dy == 0) & (tap_dx == 0)
 
         # requantiser outputs: their map in the line buffers, or the output stream / sampler

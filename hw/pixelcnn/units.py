@@ -26,12 +26,15 @@ class LineBuffer(wiring.Component):
 
     Address = ``{layer, slot, column, channel}`` (power-of-two fields, no multiplier). A read names a
     tap ``(dy, dx)`` (dy in -2..0, dx in -2..2) relative to the current pixel ``(row, col)`` and a
-    channel; taps above the image or left/right of it read 0 (zero padding). The address and the
-    padding flag are registered, then the memory is read: the data is on ``rd_data``
-    ``READ_LATENCY`` = 2 cycles after ``rd_en``. Writes go to the current pixel of a layer's map.
+    channel; taps above the image or left/right of it read 0 (zero padding). Three read stages: the
+    address and the padding flag are registered, the memory is read, the (padded) data is registered:
+    ``rd_data`` holds it ``READ_LATENCY`` = 3 cycles after ``rd_en``. The memory is eight 1-bit-wide
+    memories (one per data bit), so a block-RAM mapping splits it by width, not by depth, and the read
+    mux over the RAMs stays shallow (ECP5: 16k x 1 blocks, a 4:1 mux for 64k words). Writes go to the
+    current pixel of a layer's map.
     """
 
-    READ_LATENCY = 2
+    READ_LATENCY = 3
 
     def __init__(self, max_layers=8, max_width=32, max_channels=32):
         self.max_layers, self.max_width, self.max_channels = max_layers, max_width, max_channels
@@ -46,9 +49,12 @@ class LineBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = 1 << (self.lbits + 2 + self.wbits + self.cbits)
-        m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
-        rd = mem.read_port()
-        wr = mem.write_port()
+        mems = [memory.Memory(shape=unsigned(1), depth=depth, init=[]) for _ in range(8)]
+        rds, wrs = [], []
+        for b, mem in enumerate(mems):
+            m.submodules[f"mem{b}"] = mem
+            rds.append(mem.read_port())
+            wrs.append(mem.write_port())
 
         slot_m1 = Mux(self.slot == 0, 2, self.slot - 1)
         slot_m2 = Mux(self.slot == 0, 1, Mux(self.slot == 1, 2, 0))
@@ -58,22 +64,21 @@ class LineBuffer(wiring.Component):
         m.d.comb += colx.eq(self.col + self.rd_dx)
         inside = (colx >= 0) & (colx < self.width) & (self.row.as_signed() + self.rd_dy >= 0) & (self.rd_dy <= 0)
         # stage 1: address and padding flag registered
-        addr_q = Signal.like(rd.addr)
-        en_q, pad_q, pad = Signal(), Signal(), Signal()
+        addr_q = Signal(len(rds[0].addr))
+        en_q, pad_q, en_r, pad = Signal(), Signal(), Signal(), Signal()
         m.d.sync += en_q.eq(self.rd_en)
         with m.If(self.rd_en):
             m.d.sync += [addr_q.eq(Cat(self.rd_c, colx[:self.wbits], rslot, self.rd_layer)), pad_q.eq(~inside)]
-        # stage 2: memory read
+        # stage 2: memory read; stage 3: the padded data registered
+        m.d.sync += en_r.eq(en_q)
         with m.If(en_q):
             m.d.sync += pad.eq(pad_q)
-        m.d.comb += [
-            rd.addr.eq(addr_q),
-            rd.en.eq(en_q),
-            self.rd_data.eq(Mux(pad, 0, rd.data.as_signed())),
-            wr.addr.eq(Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)),
-            wr.data.eq(self.wr_data),
-            wr.en.eq(self.wr_en),
-        ]
+        with m.If(en_r):
+            m.d.sync += self.rd_data.eq(Mux(pad, 0, Cat(rd.data for rd in rds).as_signed()))
+        wr_addr = Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)
+        for b, (rd, wr) in enumerate(zip(rds, wrs)):
+            m.d.comb += [rd.addr.eq(addr_q), rd.en.eq(en_q),
+                         wr.addr.eq(wr_addr), wr.data.eq(self.wr_data[b]), wr.en.eq(self.wr_en)]
         return m
 
 
