@@ -24,7 +24,7 @@ u16 LE, then the words, little-endian, each written from address 0 on), 1 likeli
 (``i``: CHANNELS-1 conditioning bytes per pixel; ``o``: one sampled level per pixel; NIMAGES images,
 then back to 0). Register map: see ``REGISTERS`` and docs/conv-engine.md.
 """
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory
 
 from ..engine import Engine
@@ -108,7 +108,7 @@ class ConvEngine(Engine):
         m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
         m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=256, init=[])
         wrd, wwr = wmem.read_port(), wmem.write_port()
-        trd, twr = tmem.read_port(domain="comb"), tmem.write_port()
+        trd1, trd2, twr = tmem.read_port(), tmem.read_port(), tmem.write_port()
         crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
         ird, iwr = imem.read_port(), imem.write_port()
 
@@ -177,6 +177,7 @@ class ConvEngine(Engine):
         tap = Signal(8)
         ch = Signal(cbits + 1)
         wptr = Signal(range(c.weight_depth + 1))
+        primed = Signal()           # LAYER_START has set the tap ports to the op's first taps
         rowmode = Signal()          # computing the row phase (row-phase ops over every column)
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
@@ -187,12 +188,30 @@ class ConvEngine(Engine):
         centre = Signal(data.ArrayLayout(signed(8), c.max_channels))
 
         m.d.comb += [lb.row.eq(row), lb.col.eq(col), lb.slot.eq(slot), lb.width.eq(width)]
-        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], layer[:lbits]))]
-        tap_dy = trd.data[:3].as_signed()
-        tap_dx = trd.data[3:6].as_signed()
-        tap_res = trd.data[6]
-        tap_src = trd.data[8:8 + mbits]
-        tap_nch = trd.data[16:24]
+        # Tap words without a memory read in the issue path: ``tw`` = word of the current tap, ``tw1`` = word of
+        # the next one (taps wrap at ntaps: the next group starts at tap 0). Two registered read ports fetch
+        # the words two and three taps ahead; on an advance tw <- tw1, tw1 <- the word two taps ahead of the
+        # old tap (port 1's data, or port 2's when the previous cycle advanced too). LAYER_START primes them.
+        tbits = clog2(prog.MAX_TAPS)
+
+        def nxt(t):
+            return Mux(t + 1 >= cfg.ntaps, 0, t + 1)[:tbits]
+
+        tw, tw1 = Signal(8 * prog.TAP_BYTES), Signal(8 * prog.TAP_BYTES)
+        adv_q = Signal()  # the tap advanced in the previous cycle
+        priming = Signal()  # LAYER_START: the ports read taps 0 and 1 of the op
+        layer_start = Signal()
+        tap_cur, tap_n2 = Signal(tbits), Signal(tbits)  # tap_cur: 0 in LAYER_START (tap is set to 0 on leaving it)
+        m.d.comb += tap_cur.eq(Mux(layer_start, 0, tap[:tbits]))
+        m.d.comb += tap_n2.eq(nxt(nxt(tap_cur)))
+        m.d.comb += [trd1.addr.eq(Cat(Mux(priming, 0, tap_n2), layer[:lbits])),
+                     trd2.addr.eq(Cat(Mux(priming, nxt(Const(0, tbits)), nxt(tap_n2)), layer[:lbits]))]
+        tw2 = Mux(adv_q, trd2.data, trd1.data)
+        tap_dy = tw[:3].as_signed()
+        tap_dx = tw[3:6].as_signed()
+        tap_res = tw[6]
+        tap_src = tw[8:8 + mbits]
+        tap_nch = tw[16:24]
 
         # MAC beat issue (combinational strobe `issue` in state MAC); the beat's data arrive
         # LineBuffer.READ_LATENCY = 3 cycles later (stage a: addresses registered, b: memories read, c: data
@@ -342,16 +361,21 @@ class ConvEngine(Engine):
                     m.next = "LAYER_START"
                 with m.Else():
                     m.next = "IN_WAIT"
-            with m.State("LAYER_START"):
-                with m.If(mac_idle):
-                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), wptr.eq(cfg.wbase), rq_og.eq(0)]
+            with m.State("LAYER_START"):  # the tap ports read taps 0 and 1 at least once, then tw/tw1 load
+                m.d.comb += [priming.eq(1), layer_start.eq(1)]
+                m.d.sync += primed.eq(1)
+                with m.If(mac_idle & primed):
+                    m.d.comb += priming.eq(0)  # now the ports read the taps two and three ahead of tap 0
+                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), wptr.eq(cfg.wbase), rq_og.eq(0),
+                                 tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0)]
                     m.next = "MAC"
             with m.State("MAC"):
+                m.d.sync += adv_q.eq(0)
                 with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
                     with m.If(ch + 1 == tap_nch):
-                        m.d.sync += ch.eq(0)
+                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1)]
                         with m.If(tap + 1 == cfg.ntaps):
                             m.d.sync += [tap.eq(0), og.eq(og + 1)]
                             with m.If(og + 1 == cfg.groups):
