@@ -190,22 +190,20 @@ class ConvEngine(Engine):
         m.d.comb += [lb.row.eq(row), lb.col.eq(col), lb.slot.eq(slot), lb.width.eq(width)]
         # Tap words without a memory read in the issue path: ``tw`` = word of the current tap, ``tw1`` = word of
         # the next one (taps wrap at ntaps: the next group starts at tap 0). Two registered read ports fetch
-        # the words two and three taps ahead; on an advance tw <- tw1, tw1 <- the word two taps ahead of the
-        # old tap (port 1's data, or port 2's when the previous cycle advanced too). LAYER_START primes them.
+        # the words two and three taps ahead (indices n2, n3 kept in registers, k mod ntaps at an op's start);
+        # on an advance tw <- tw1, tw1 <- the word two taps ahead of the old tap (port 1's data, or port 2's
+        # when the previous cycle advanced too). LAYER_START primes them.
         tbits = clog2(prog.MAX_TAPS)
-
-        def nxt(t):
-            return Mux(t + 1 >= cfg.ntaps, 0, t + 1)[:tbits]
-
+        ntaps = cfg.ntaps
+        c1, c2, c3 = (Mux(ntaps == 1, 0, 1), Mux(ntaps <= 2, 0, 2),
+                      Mux(ntaps == 1, 0, Mux(ntaps == 2, 1, Mux(ntaps == 3, 0, 3))))  # 1, 2, 3 mod ntaps
+        n2, n3 = Signal(tbits), Signal(tbits)  # indices of the taps two and three after the current one
         tw, tw1 = Signal(8 * prog.TAP_BYTES), Signal(8 * prog.TAP_BYTES)
         adv_q = Signal()  # the tap advanced in the previous cycle
         priming = Signal()  # LAYER_START: the ports read taps 0 and 1 of the op
-        layer_start = Signal()
-        tap_cur, tap_n2 = Signal(tbits), Signal(tbits)  # tap_cur: 0 in LAYER_START (tap is set to 0 on leaving it)
-        m.d.comb += tap_cur.eq(Mux(layer_start, 0, tap[:tbits]))
-        m.d.comb += tap_n2.eq(nxt(nxt(tap_cur)))
-        m.d.comb += [trd1.addr.eq(Cat(Mux(priming, 0, tap_n2), layer[:lbits])),
-                     trd2.addr.eq(Cat(Mux(priming, nxt(Const(0, tbits)), nxt(tap_n2)), layer[:lbits]))]
+        layer_start = Signal()  # LAYER_START: the ports read taps 2 and 3 (mod ntaps) of the op
+        m.d.comb += [trd1.addr.eq(Cat(Mux(priming, 0, Mux(layer_start, c2, n2)), layer[:lbits])),
+                     trd2.addr.eq(Cat(Mux(priming, c1, Mux(layer_start, c3, n3)), layer[:lbits]))]
         tw2 = Mux(adv_q, trd2.data, trd1.data)
         tap_dy = tw[:3].as_signed()
         tap_dx = tw[3:6].as_signed()
@@ -367,7 +365,8 @@ class ConvEngine(Engine):
                 with m.If(mac_idle & primed):
                     m.d.comb += priming.eq(0)  # now the ports read the taps two and three ahead of tap 0
                     m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), wptr.eq(cfg.wbase), rq_og.eq(0),
-                                 tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0)]
+                                 tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0),
+                                 n2.eq(c2), n3.eq(c3)]
                     m.next = "MAC"
             with m.State("MAC"):
                 m.d.sync += adv_q.eq(0)
@@ -375,7 +374,8 @@ class ConvEngine(Engine):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
                     with m.If(ch + 1 == tap_nch):
-                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1)]
+                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1),
+                                     n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps, 0, n3 + 1))]
                         with m.If(tap + 1 == cfg.ntaps):
                             m.d.sync += [tap.eq(0), og.eq(og + 1)]
                             with m.If(og + 1 == cfg.groups):
