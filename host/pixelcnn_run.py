@@ -416,8 +416,8 @@ def print_result(r):
     print(f"  MAC utilization      : {100 * r['mac_utilization']:.1f}% of lane-cycles do useful MACs "
           f"(lane occupancy of issued beats {100 * r['lane_occupancy']:.1f}%)")
     if r.get("cycles_per_sampled_pixel"):
-        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per pixel on chip vs "
-              f"{r['naive_cycles_per_sampled_pixel']:,.0f} naive ({r['naive_over_onchip']:.1f}x); "
+        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per pixel on chip "
+              f"({r['cycles_per_sampled_image']:,.0f} per image); "
               f"{r['samples']} images, identical to the NumPy twin: {r['samples_equal_twin']}")
     if r.get("png"):
         print(f"  samples              : {r['png']}")
