@@ -17,6 +17,7 @@ help:
 	@echo "make sim                    run the cocotb gateware suites only"
 	@echo "make bitstream BOARD=NAME   build a bitstream + JSON report into build/NAME/"
 	@echo "   [DESIGN=sgd PARAMS='bits=2 bus_bits=64' CLK_MHZ=100]  engine, its parameters, PLL clock"
+	@echo "   e.g. make bitstream BOARD=ulx3s-85f DESIGN=conv  (gated PixelCNN engine, its per-board defaults)"
 	@echo "make program BOARD=NAME     program a board (reuses build/NAME/ if built from the same sources)"
 	@echo "                            VERBOSE=1: the tools' logs while building"
 	@echo "make bench                  run all benchmarks, JSON + PNG into $(BENCH_OUT)/"

@@ -1,18 +1,25 @@
 #!/usr/bin/env python3
-"""Benchmark of the convolution engine on the Verilator backend (hardware cycle counters).
+"""Speed of the convolution engine, side by side in one run (Verilator backend, hardware cycle counters).
 
-For the digits PixelCNN export (32 channels, 7 layers) on 8x8 and 16x16 images and for a sweep of
-MAC lanes P: likelihood cycles per image, cycles per sampled pixel with on-chip generation (one pixel's
-work per pixel, line buffers as the cache) vs the naive sampler (a full forward pass of the image on
-the same engine for every new pixel = likelihood cycles per image), MAC utilization, and the cycle
-model ``sum_layers ceil(Cout/P) * taps * Cin`` + overhead. Writes ``bench_conv.json`` and
-``bench_conv.png`` to ``--out``.
+1. Cycles per pixel against the MAC lower bound (useful MACs / lanes) for the gated digits PixelCNN (the model
+   ``--model pixelcnn`` runs) and the plain masked net, likelihood and on-chip sampling, logits checked equal to
+   the NumPy integer reference.
+2. Projected images/s: sampled images per second at the Fmax of the newest ulx3s-85f build report of the same
+   engine (``host.pixelcnn_run.latest_build_report``; null without one) against the PyTorch cached sampler
+   (``models.pixelcnn.sample.sample_model``: vertical stack once per row, horizontal stack and head at the new
+   pixel only) of the same float model (``bench_pixelcnn_digits.pt``, the checkpoint the gated export quantises)
+   on this machine's CPU at batch 1 and batch 64.
+3. Pyramid (and Grayscale) against the baseline: likelihood and sampling cycles per image through
+   ``host/run.py`` (every stage on the engine).
 
-    python bench/bench_conv.py --out results
+Writes ``bench_conv.json`` (keys named with their units) and ``bench_conv.png`` to ``--out``.
+
+    python bench/bench_conv.py --out results                # ~3-5 min (Verilator build cached)
 """
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,89 +34,168 @@ from models.pixelcnn import data  # noqa: E402
 from models.pixelcnn.export import committed_export_path, load_export  # noqa: E402
 from models.pixelcnn.integer import forward_int  # noqa: E402
 
+FLOAT_CHECKPOINT = Path("models/pixelcnn/weights/bench_pixelcnn_digits.pt")
 
-def measure(spec, lanes, sizes, images, log):
-    words = prog.mac_beats_per_pixel(spec, lanes)  # weight words = MAC beats per pixel
-    design = R.default_design(lanes=lanes, weight_depth=1 << (words - 1).bit_length())
+
+def engine_rows(images, samples, log):
+    """Gated and masked digits models on the default engine: cycles vs the MAC lower bound, exactness."""
+    design = R.default_design()
+    test = data.load("digits").test[:images]
     rows = []
-    test = data.load("digits").test
-    with open_device("verilator", design=design, timeout=600.0) as dev:
-        cd = R.ConvDevice(dev, timeout=600.0)
-        for s in sizes:
-            x = test[:images] if s == 8 else np.kron(test[:images], np.ones((1, 1, s // 8, s // 8), np.int64))
-            cd.program(spec, s, s)
-            lg, lc = cd.likelihood_logits(x)
-            exact = bool(np.array_equal(lg.reshape(len(x), 1, 17, s, s), forward_int(spec, x)))
-            _, sc = cd.sample(1)
-            rep = R.cycle_report(spec, cd.params, lc, len(x), sc, 1, s, s)
-            row = {"size": s, "lanes": lanes, "logits_equal_reference": exact,
+    with open_device("verilator", design=design, timeout=900.0) as dev:
+        cd = R.ConvDevice(dev, timeout=900.0)
+        for name, kind in (("pixelcnn (gated)", "gated"), ("masked-pixelcnn", "stream")):
+            spec = load_export(committed_export_path("digits", kind), max_channels=cd.params.max_channels)
+            H, W = test.shape[2], test.shape[3]
+            cd.program(spec, W, H)
+            lg, lc = cd.likelihood_logits(test)
+            exact = bool(np.array_equal(lg.reshape(len(test), 1, spec["levels"], H, W), forward_int(spec, test)))
+            _, sc = cd.sample(samples)
+            rep = R.cycle_report(spec, cd.params, lc, len(test), sc, samples, H, W)
+            row = {"model": name, "architecture": rep["architecture"], "height": H, "width": W,
+                   "lanes": cd.params.lanes, "logits_equal_reference": exact,
+                   "likelihood_cycles_per_pixel": rep["cycles_per_pixel"],
+                   "mac_lower_bound_cycles_per_pixel": rep["mac_lower_bound_cycles_per_pixel"],
+                   "cycles_over_lower_bound": rep["cycles_per_pixel"] / rep["mac_lower_bound_cycles_per_pixel"],
+                   "mac_beats_per_pixel": rep["mac_beats_per_pixel"],
+                   "model_mac_beats_per_pixel": prog.mac_beats_per_pixel(spec, cd.params.lanes),
                    "likelihood_cycles_per_image": rep["cycles_per_image"],
-                   "likelihood_cycles_per_pixel": rep["cycles_per_pixel_likelihood"],
                    "cycles_per_sampled_pixel": rep["cycles_per_sampled_pixel"],
                    "cycles_per_sampled_image": rep["cycles_per_sampled_image"],
-                   "naive_cycles_per_sampled_pixel": rep["naive_cycles_per_sampled_pixel"],
-                   "naive_cycles_per_sampled_image": rep["naive_cycles_per_sampled_pixel"] * s * s,
-                   "naive_over_onchip": rep["naive_over_onchip"],
-                   "mac_utilization": rep["mac_utilization"], "lane_occupancy": rep["lane_occupancy"],
-                   "mac_beats_per_pixel": rep["mac_beats_per_pixel"],
-                   "model_beats_per_pixel": prog.mac_beats_per_pixel(spec, lanes),
-                   "useful_macs_per_pixel": rep["useful_macs_per_pixel"],
-                   "dense_macs_per_pixel": rep["dense_macs_per_pixel"]}
-            log(f"P={lanes:2d} {s}x{s}: likelihood {row['likelihood_cycles_per_image']:,.0f} cycles/image, "
-                f"sampling {row['cycles_per_sampled_pixel']:,.1f} cycles/pixel vs naive "
-                f"{row['naive_cycles_per_sampled_pixel']:,.0f} ({row['naive_over_onchip']:.0f}x), "
-                f"MAC utilization {100 * row['mac_utilization']:.1f}%, exact {exact}")
+                   "mac_utilization": rep["mac_utilization"],
+                   "useful_macs_per_pixel": rep["useful_macs_per_pixel"]}
+            log(f"{name}: {row['likelihood_cycles_per_pixel']:,.1f} cycles/pixel vs MAC lower bound "
+                f"{row['mac_lower_bound_cycles_per_pixel']:,.1f} ({row['cycles_over_lower_bound']:.3f}x), sampling "
+                f"{row['cycles_per_sampled_image']:,.0f} cycles/image, logits exact {exact}")
             rows.append(row)
+        params = cd.params.as_dict()
+    return rows, params
+
+
+def torch_cached_sampler(batches, log):
+    """Images/s of the PyTorch cached sampler of the gated float model on this CPU, per batch size."""
+    import torch
+
+    from models.pixelcnn.sample import sample_model
+    from models.pixelcnn.train import load_checkpoint
+    model, ck = load_checkpoint(FLOAT_CHECKPOINT)
+    model.eval()
+    shape = (1, 8, 8)
+    sample_model(model, 2, shape, seed=1)  # warm-up
+    out = {"checkpoint": str(FLOAT_CHECKPOINT), "torch_threads": torch.get_num_threads(),
+           "torch_version": torch.__version__}
+    for b in batches:
+        t = time.perf_counter()
+        with torch.no_grad():
+            sample_model(model, b, shape, seed=2)
+        s = time.perf_counter() - t
+        out[f"images_per_s_batch{b}"] = b / s
+        out[f"s_per_batch{b}"] = s
+        log(f"PyTorch cached sampler, batch {b}: {b / s:,.1f} images/s ({s:.2f} s, {out['torch_threads']} threads)")
+    return out
+
+
+def chained_rows(images, samples, log):
+    """Pyramid and Grayscale vs the baseline through the CLI (every stage on the engine)."""
+    from host import run
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in ("pixelcnn", "pyramid-pixelcnn", "gray-pixelcnn"):
+            out = Path(tmp) / f"{model}.json"
+            rc = run.main(["--model", model, "--dataset", "digits", "--limit", str(images), "--samples",
+                           str(samples), "--json", str(out), "--plot", str(Path(tmp) / f"{model}.png"),
+                           "--no-progress"])
+            r = json.loads(out.read_text())
+            rows.append({"model": model, "architecture": r.get("architecture"), "exit_status": rc,
+                         "bpd_equal_reference": r["bpd_equal"],
+                         "likelihood_cycles_per_image": r["cycles_per_image"],
+                         "cycles_per_sampled_image": r.get("cycles_per_sampled_image")})
+            log(f"{model}: {r['cycles_per_image']:,.0f} likelihood cycles/image, "
+                f"{r.get('cycles_per_sampled_image') or 0:,.0f} sampling cycles/image")
+    base = rows[0]
+    for row in rows:
+        row["likelihood_cycles_vs_baseline"] = row["likelihood_cycles_per_image"] / base["likelihood_cycles_per_image"]
+        if row["cycles_per_sampled_image"] and base["cycles_per_sampled_image"]:
+            row["sampling_cycles_vs_baseline"] = row["cycles_per_sampled_image"] / base["cycles_per_sampled_image"]
     return rows
 
 
-def plot(rows, path):
+def plot(res, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for s in sorted({r["size"] for r in rows}):
-        rs = sorted((r for r in rows if r["size"] == s), key=lambda r: r["lanes"])
-        P = [r["lanes"] for r in rs]
-        a.plot(P, [r["cycles_per_sampled_pixel"] for r in rs], "o-", label=f"{s}x{s} on chip (line buffers)")
-        a.plot(P, [r["naive_cycles_per_sampled_pixel"] for r in rs], "s--", label=f"{s}x{s} naive (forward per pixel)")
-        b.plot(P, [100 * r["mac_utilization"] for r in rs], "o-", label=f"{s}x{s}")
-    a.set_xscale("log", base=2)
-    a.set_yscale("log")
-    a.set_xlabel("MAC lanes P")
-    a.set_ylabel("cycles per sampled pixel")
-    a.set_title("digits PixelCNN (7 layers, 32 ch) sampling cost")
-    a.legend(fontsize=7)
-    b.set_xscale("log", base=2)
-    b.set_xlabel("MAC lanes P")
-    b.set_ylabel("MAC utilization (%)")
-    b.set_ylim(0, 100)
-    b.set_title("useful MACs / (P x cycles)")
-    b.legend(fontsize=7)
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    rows = res["engine"]
+    x = np.arange(len(rows))
+    a.bar(x - 0.2, [r["likelihood_cycles_per_pixel"] for r in rows], 0.4, label="measured (likelihood)")
+    a.bar(x + 0.2, [r["mac_lower_bound_cycles_per_pixel"] for r in rows], 0.4, label="MAC lower bound")
+    a.set_xticks(x, [r["model"] for r in rows])
+    a.set_ylabel("cycles per pixel")
+    a.set_title(f"cycles per pixel, P = {rows[0]['lanes']} lanes")
+    a.legend(fontsize=8)
+    sp = res["images_per_s"]
+    labels, vals, colors = [], [], []
+    if sp["engine_sampled_images_per_s_at_fmax"]:
+        labels.append(f"engine @ {res['fmax_mhz']:.1f} MHz\n(projected)")
+        vals.append(sp["engine_sampled_images_per_s_at_fmax"])
+        colors.append("C2")
+    for k in sorted((k for k in sp if k.startswith("torch_cached_images_per_s_batch")),
+                    key=lambda k: int(k.rsplit("batch", 1)[1])):
+        labels.append(f"PyTorch cached, CPU\nbatch {k.rsplit('batch', 1)[1]}")
+        vals.append(sp[k])
+        colors.append("C1")
+    b.bar(range(len(vals)), vals, color=colors)
+    b.set_xticks(range(len(vals)), labels, fontsize=8)
+    b.set_yscale("log")
+    b.set_ylabel("sampled images / s (8x8 digits, gated)")
+    b.set_title("sampling throughput")
+    ch = res["chained"]
+    x = np.arange(len(ch))
+    c.bar(x - 0.2, [r["likelihood_cycles_per_image"] for r in ch], 0.4, label="likelihood")
+    c.bar(x + 0.2, [r["cycles_per_sampled_image"] or 0 for r in ch], 0.4, label="sampling")
+    c.set_xticks(x, [r["model"] for r in ch], fontsize=8)
+    c.set_ylabel("cycles per image (all stages)")
+    c.set_title("Pyramid / Grayscale vs baseline")
+    c.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
-    p.add_argument("--lanes", type=int, nargs="+", default=[8, 16, 32], help="MAC lane counts (default: 8 16 32)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[8, 16], help="image sizes (default: 8 16)")
-    p.add_argument("--images", type=int, default=2, help="likelihood images per size (default: 2)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    p.add_argument("--images", type=int, default=2, help="test images scored per model on the engine")
+    p.add_argument("--samples", type=int, default=1, help="images sampled on chip per model")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="PyTorch sampler batch sizes")
+    p.add_argument("--no-chained", action="store_true", help="skip the Pyramid/Grayscale runs")
     a = p.parse_args(argv)
-    spec = load_export(committed_export_path("digits"))
     t0 = time.time()
-    rows = []
-    for lanes in a.lanes:
-        rows += measure(spec, lanes, a.sizes, a.images, print)
+    rows, params = engine_rows(a.images, a.samples, print)
+    report_path, report = R.latest_build_report(params)
+    fmax = report["fmax_mhz"] if report else None
+    gated = rows[0]
+    torch_side = torch_cached_sampler(a.batches, print)
+    sp = {"engine_sampled_images_per_s_at_fmax": fmax * 1e6 / gated["cycles_per_sampled_image"] if fmax else None,
+          "engine_likelihood_images_per_s_at_fmax": fmax * 1e6 / gated["likelihood_cycles_per_image"] if fmax else None,
+          **{f"torch_cached_images_per_s_batch{b}": torch_side[f"images_per_s_batch{b}"] for b in a.batches}}
+    if fmax:
+        print(f"engine at {fmax} MHz ({report_path}): {sp['engine_sampled_images_per_s_at_fmax']:,.1f} sampled "
+              f"images/s, {sp['engine_likelihood_images_per_s_at_fmax']:,.1f} scored images/s")
+    else:
+        print("no build report of this engine: no images/s projection (python -m hw.build --board ulx3s-85f "
+              "--engine conv)")
+    res = {"backend": "verilator", "engine_params": params,
+           "fmax_mhz": fmax, "fmax_report": str(report_path) if report_path else None,
+           "fmax_clk_mhz": report["clk_mhz"] if report else None,
+           "fmax_timing_met": report["timing_met"] if report else None,
+           "engine": rows, "images_per_s": sp, "torch": torch_side,
+           "chained": [] if a.no_chained else chained_rows(a.images, a.samples, print)}
+    res["wall_s"] = time.time() - t0
     a.out.mkdir(parents=True, exist_ok=True)
-    res = {"model": "digits PixelCNN export (stream_digits_int8.npz)", "backend": "verilator",
-           "naive_definition": "a full forward pass of the whole image on the same engine per sampled pixel "
-                               "(= likelihood cycles per image)",
-           "rows": rows, "wall_s": time.time() - t0}
     (a.out / "bench_conv.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot(rows, a.out / "bench_conv.png")
+    plot(res, a.out / "bench_conv.png")
     print(f"wrote {a.out / 'bench_conv.json'} and {a.out / 'bench_conv.png'} in {time.time() - t0:.0f} s")
     return 0
 

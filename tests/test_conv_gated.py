@@ -160,7 +160,7 @@ def test_gated_requant_unit():
             await ctx.tick()
             ctx.set(dut.start, 0)
             got = []
-            for _ in range(P + 10):
+            for _ in range(P + Requant.LATENCY + 4):
                 if ctx.get(dut.out_valid):
                     got.append((ctx.get(dut.out_o), ctx.get(dut.out_data)))
                 await ctx.tick()

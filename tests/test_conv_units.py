@@ -52,6 +52,7 @@ def test_line_buffer_taps_and_padding():
                     ctx.set(dut.rd_dx, dx)
                     await ctx.tick()
                     ctx.set(dut.rd_en, 0)
+                    await ctx.tick().repeat(LineBuffer.READ_LATENCY - 1)
                     got = ctx.get(dut.rd_data)
                     y, x = i + dy, j + dx
                     want = int(maps[layer, c, y, x]) if 0 <= y and 0 <= x < W else 0
@@ -72,6 +73,7 @@ def test_line_buffer_taps_and_padding():
                     ctx.set(dut.rd_dx, dx)
                     await ctx.tick()
                     ctx.set(dut.rd_en, 0)
+                    await ctx.tick().repeat(LineBuffer.READ_LATENCY - 1)
                     y, x = i + dy, j + dx
                     want = int(maps[layer, c, y, x]) if y < H and 0 <= x < W else 0
                     checked.append((ctx.get(dut.rd_data), want, (i, j, dy, dx)))
@@ -163,7 +165,7 @@ def test_requant_saturation_and_residual():
             await ctx.tick()
             ctx.set(dut.start, 0)
             got = []
-            for _ in range(P + 8):
+            for _ in range(P + Requant.LATENCY + 2):
                 if ctx.get(dut.out_valid):
                     got.append((ctx.get(dut.out_o), ctx.get(dut.out_data)))
                 await ctx.tick()

@@ -32,7 +32,7 @@ u16 LE, then the words, little-endian, each written from address 0 on), 1 likeli
 (``i``: CHANNELS-1 conditioning bytes per pixel; ``o``: one sampled level per pixel; NIMAGES images,
 then back to 0). Register map: see ``REGISTERS`` and docs/conv-engine.md.
 """
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory
 
 from ..engine import Engine
@@ -133,7 +133,7 @@ class ConvEngine(Engine):
         m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
         m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=256, init=[])
         wrd, wwr = wmem.read_port(), wmem.write_port()
-        trd, twr = tmem.read_port(domain="comb"), tmem.write_port()
+        trd1, trd2, twr = tmem.read_port(), tmem.read_port(), tmem.write_port()
         crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
         ird, iwr = imem.read_port(), imem.write_port()
 
@@ -204,6 +204,7 @@ class ConvEngine(Engine):
         tap = Signal(8)
         ch = Signal(cbits + 1)
         wptr = Signal(range(c.weight_depth + 1))
+        primed = Signal()           # LAYER_START has set the tap ports to the op's first taps
         rowmode = Signal()          # computing the row phase (row-phase ops over every column)
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
@@ -221,29 +222,59 @@ class ConvEngine(Engine):
         with m.If(mac.out_valid):
             m.d.sync += rq_row.eq(op_row)
         m.d.comb += [lb.row.eq(op_row), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
-        m.d.comb += [trd.addr.eq(Cat(tap[:clog2(prog.MAX_TAPS)], abs_layer[:lbits]))]
-        tap_dy = trd.data[:3].as_signed()
-        tap_dx = trd.data[3:6].as_signed()
-        tap_res = trd.data[6]
-        tap_src = trd.data[8:8 + mbits]
-        tap_nch = trd.data[16:24]
+        # Tap words without a memory read in the issue path: ``tw`` = word of the current tap, ``tw1`` = word of
+        # the next one (taps wrap at ntaps: the next group starts at tap 0). Two registered read ports fetch
+        # the words two and three taps ahead (indices n2, n3 kept in registers, k mod ntaps at an op's start);
+        # on an advance tw <- tw1, tw1 <- the word two taps ahead of the old tap (port 1's data, or port 2's
+        # when the previous cycle advanced too). LAYER_START primes them.
+        tbits = clog2(prog.MAX_TAPS)
+        ntaps = cfg.ntaps
+        c1, c2, c3 = (Mux(ntaps == 1, 0, 1), Mux(ntaps <= 2, 0, 2),
+                      Mux(ntaps == 1, 0, Mux(ntaps == 2, 1, Mux(ntaps == 3, 0, 3))))  # 1, 2, 3 mod ntaps
+        n2, n3 = Signal(tbits), Signal(tbits)  # indices of the taps two and three after the current one
+        tw, tw1 = Signal(8 * prog.TAP_BYTES), Signal(8 * prog.TAP_BYTES)
+        adv_q = Signal()  # the tap advanced in the previous cycle
+        priming = Signal()  # LAYER_START: the ports read taps 0 and 1 of the op
+        layer_start = Signal()  # LAYER_START: the ports read taps 2 and 3 (mod ntaps) of the op
+        m.d.comb += [trd1.addr.eq(Cat(Mux(priming, 0, Mux(layer_start, c2, n2)), abs_layer[:lbits])),
+                     trd2.addr.eq(Cat(Mux(priming, c1, Mux(layer_start, c3, n3)), abs_layer[:lbits]))]
+        tw2 = Mux(adv_q, trd2.data, trd1.data)
+        tap_dy = tw[:3].as_signed()
+        tap_dx = tw[3:6].as_signed()
+        tap_res = tw[6]
+        tap_src = tw[8:8 + mbits]
+        tap_nch = tw[16:24]
 
-        # MAC beat issue (combinational strobe `issue` in state MAC), one cycle to the memories' data
+        # MAC beat issue (combinational strobe `issue` in state MAC); the beat's data arrive
+        # LineBuffer.READ_LATENCY = 3 cycles later (stage a: addresses registered, b: memories read, c: data
+        # registered); the weight memory is read in stage b and its word registered alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
         beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == tap_nch)
+        a_issue, a_first, a_last, a_res, a_relu = Signal(), Signal(), Signal(), Signal(), Signal()
+        a_ch = Signal(cbits)
+        a_wptr = Signal.like(wptr)
+        b_issue, b_first, b_last, b_res, b_relu = Signal(), Signal(), Signal(), Signal(), Signal()
+        b_ch = Signal(cbits)
         issued, i_first, i_last, i_res, i_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         i_ch = Signal(cbits)
+        w_q = Signal(8 * P)
         m.d.comb += [
             lb.rd_en.eq(issue), lb.rd_layer.eq(tap_src), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
-            wrd.addr.eq(wptr), wrd.en.eq(issue),
+            wrd.addr.eq(a_wptr), wrd.en.eq(a_issue),
         ]
-        m.d.sync += [issued.eq(issue), i_first.eq(beat_first), i_last.eq(beat_last), i_ch.eq(ch),
-                     i_res.eq(tap_res & (og == 0)), i_relu.eq(cfg.flags[2])]
+        m.d.sync += [a_issue.eq(issue), a_first.eq(beat_first), a_last.eq(beat_last), a_ch.eq(ch), a_wptr.eq(wptr),
+                     a_res.eq(tap_res & (og == 0)), a_relu.eq(cfg.flags[2]),
+                     b_issue.eq(a_issue), b_first.eq(a_first), b_last.eq(a_last), b_ch.eq(a_ch),
+                     b_res.eq(a_res), b_relu.eq(a_relu),
+                     issued.eq(b_issue), i_first.eq(b_first), i_last.eq(b_last), i_ch.eq(b_ch),
+                     i_res.eq(b_res), i_relu.eq(b_relu)]
+        with m.If(b_issue):
+            m.d.sync += w_q.eq(wrd.data)
         act = Signal(signed(8))
         m.d.comb += act.eq(Mux(i_relu & lb.rd_data[7], 0, lb.rd_data))
         m.d.comb += [mac.in_valid.eq(issued), mac.in_first.eq(i_first), mac.in_last.eq(i_last),
-                     mac.in_a.eq(act), mac.in_w.eq(wrd.data)]
+                     mac.in_a.eq(act), mac.in_w.eq(w_q)]
         with m.If(issued & i_res):  # residual values: the flagged tap's map at the centre, unrectified
             m.d.sync += centre[i_ch].eq(lb.rd_data)
 
@@ -264,9 +295,10 @@ class ConvEngine(Engine):
         # drain writes) and group ends (a new requant start) wait for the drain.
         prev_pending = Signal()
         m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
-        can_last = ~(rq.reading | mac.last_pending | prev_pending)
-        all_idle = ~(issued | mac.busy | rq.busy | smp.busy)
-        mac_idle = ~(issued | mac.busy)
+        in_flight = a_issue | b_issue | issued
+        can_last = ~(rq.reading | (a_issue & a_last) | (b_issue & b_last) | mac.last_pending | prev_pending)
+        all_idle = ~(in_flight | mac.busy | rq.busy | smp.busy)
+        mac_idle = ~(in_flight | mac.busy)
         beat_centre = (tap_dy == 0) & (tap_dx == 0)
 
         # requantiser outputs: their map in the line buffers, or the output stream / sampler
@@ -402,19 +434,26 @@ class ConvEngine(Engine):
                     m.next = "ADVANCE"
                 with m.Else():
                     m.next = "LAYER_START"
-            with m.State("LAYER_START"):
-                with m.If(mac_idle):
+            with m.State("LAYER_START"):  # the tap ports read taps 0 and 1 at least once, then tw/tw1 load
+                m.d.comb += [priming.eq(1), layer_start.eq(1)]
+                m.d.sync += primed.eq(1)
+                with m.If(mac_idle & primed):
+                    m.d.comb += priming.eq(0)  # now the ports read the taps two and three ahead of tap 0
                     # parity ops (transposed conv): weight block (i & 1) * 2 + (j & 1) of the output pixel
                     poff = Mux(op_row[0], cfg.wblock << 1, 0) + Mux(col[0], cfg.wblock, 0)
                     m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0),
-                                 wptr.eq(cfg.wbase + Mux(cfg.flags[3], poff, 0))]
+                                 wptr.eq(cfg.wbase + Mux(cfg.flags[3], poff, 0)),
+                                 tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0),
+                                 n2.eq(c2), n3.eq(c3)]
                     m.next = "MAC"
             with m.State("MAC"):
+                m.d.sync += adv_q.eq(0)
                 with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
                     with m.If(ch + 1 == tap_nch):
-                        m.d.sync += ch.eq(0)
+                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1),
+                                     n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps, 0, n3 + 1))]
                         with m.If(tap + 1 == cfg.ntaps):
                             m.d.sync += [tap.eq(0), og.eq(og + 1)]
                             with m.If(og + 1 == cfg.groups):

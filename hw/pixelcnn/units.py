@@ -25,9 +25,14 @@ class LineBuffer(wiring.Component):
     Address = ``{layer, slot, column, channel}`` (power-of-two fields, no multiplier). A read names a
     tap ``(dy, dx)`` (dy, dx in -2..2) relative to ``(row, col)`` (``row``: signed, the reading op's
     output row) and a channel; taps above, below (row + dy >= ``height``) or left/right of the image
-    read 0 (zero padding), one cycle later on ``rd_data``. Writes go to row ``wr_row``, column ``col``
-    of a layer's map (``slot`` port: its low bits select the slot).
+    read 0 (zero padding). Three read stages: the address and the padding flag are registered, the
+    memory is read, the (padded) data is registered: ``rd_data`` holds it ``READ_LATENCY`` = 3 cycles
+    after ``rd_en``. The memory is eight 1-bit-wide memories (one per data bit), so a block-RAM mapping
+    splits it by width, not by depth, and the read mux over the RAMs stays shallow (ECP5: 16k x 1
+    blocks). Writes go to column ``col`` of a layer's map in slot ``slot``.
     """
+
+    READ_LATENCY = 3
 
     def __init__(self, max_layers=8, max_width=32, max_channels=32, row_slots=4):
         self.max_layers, self.max_width, self.max_channels = max_layers, max_width, max_channels
@@ -44,9 +49,12 @@ class LineBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = 1 << (self.lbits + self.sbits + self.wbits + self.cbits)
-        m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
-        rd = mem.read_port()
-        wr = mem.write_port()
+        mems = [memory.Memory(shape=unsigned(1), depth=depth, init=[]) for _ in range(8)]
+        rds, wrs = [], []
+        for b, mem in enumerate(mems):
+            m.submodules[f"mem{b}"] = mem
+            rds.append(mem.read_port())
+            wrs.append(mem.write_port())
 
         rrow = Signal(signed(18))
         m.d.comb += rrow.eq(self.row + self.rd_dy)
@@ -54,27 +62,32 @@ class LineBuffer(wiring.Component):
         colx = Signal(signed(self.wbits + 3))
         m.d.comb += colx.eq(self.col + self.rd_dx)
         inside = (colx >= 0) & (colx < self.width) & (rrow >= 0) & (rrow < self.height)
-        pad = Signal()
+        # stage 1: address and padding flag registered
+        addr_q = Signal(len(rds[0].addr))
+        en_q, pad_q, en_r, pad = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += en_q.eq(self.rd_en)
         with m.If(self.rd_en):
-            m.d.sync += pad.eq(~inside)
-        m.d.comb += [
-            rd.addr.eq(Cat(self.rd_c, colx[:self.wbits], rslot, self.rd_layer)),
-            rd.en.eq(self.rd_en),
-            self.rd_data.eq(Mux(pad, 0, rd.data.as_signed())),
-            wr.addr.eq(Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)),
-            wr.data.eq(self.wr_data),
-            wr.en.eq(self.wr_en),
-        ]
+            m.d.sync += [addr_q.eq(Cat(self.rd_c, colx[:self.wbits], rslot, self.rd_layer)), pad_q.eq(~inside)]
+        # stage 2: memory read; stage 3: the padded data registered
+        m.d.sync += en_r.eq(en_q)
+        with m.If(en_q):
+            m.d.sync += pad.eq(pad_q)
+        with m.If(en_r):
+            m.d.sync += self.rd_data.eq(Mux(pad, 0, Cat(rd.data for rd in rds).as_signed()))
+        wr_addr = Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)
+        for b, (rd, wr) in enumerate(zip(rds, wrs)):
+            m.d.comb += [rd.addr.eq(addr_q), rd.en.eq(en_q),
+                         wr.addr.eq(wr_addr), wr.data.eq(self.wr_data[b]), wr.en.eq(self.wr_en)]
         return m
 
 
 class MacArray(wiring.Component):
     """``lanes`` int8 x int8 multiply-accumulators sharing one activation (weights differ per lane).
 
-    Beat in (``in_valid``): ``in_first`` starts a new sum, ``in_last`` ends it. Two stages: products
-    are registered, then accumulated into int32. When a ``last`` beat has been accumulated the sums are
-    copied to ``out_acc`` and ``out_valid`` pulses for one cycle (the next group may already be
-    accumulating). ``last_pending``: a ``last`` beat is in flight.
+    Beat in (``in_valid``): ``in_first`` starts a new sum, ``in_last`` ends it. Three stages: the beat
+    is registered, its products are registered, then accumulated into int32. When a ``last`` beat has
+    been accumulated the sums are copied to ``out_acc`` and ``out_valid`` pulses for one cycle (the next
+    group may already be accumulating). ``last_pending``: a ``last`` beat is in flight.
     """
 
     def __init__(self, lanes=16):
@@ -91,10 +104,19 @@ class MacArray(wiring.Component):
         P = self.lanes
         prod = [Signal(signed(16), name=f"prod{p}") for p in range(P)]
         acc = [Signal(signed(32), name=f"acc{p}") for p in range(P)]
-        va, fa, la = Signal(), Signal(), Signal()
-        m.d.sync += [va.eq(self.in_valid), fa.eq(self.in_first), la.eq(self.in_last & self.in_valid)]
+        # stage 0: the beat registered (the activation/weight memories' outputs go straight to a FF)
+        v0, f0, l0 = Signal(), Signal(), Signal()
+        a0 = Signal(signed(8))
+        w0 = Signal(data.ArrayLayout(signed(8), P))
+        m.d.sync += [v0.eq(self.in_valid), f0.eq(self.in_first), l0.eq(self.in_last & self.in_valid)]
         with m.If(self.in_valid):
-            m.d.sync += [prod[p].eq(self.in_a * self.in_w[p]) for p in range(P)]
+            m.d.sync += [a0.eq(self.in_a), w0.eq(self.in_w)]
+        # stage 1: products
+        va, fa, la = Signal(), Signal(), Signal()
+        m.d.sync += [va.eq(v0), fa.eq(f0), la.eq(l0 & v0)]
+        with m.If(v0):
+            m.d.sync += [prod[p].eq(a0 * w0[p]) for p in range(P)]
+        # stage 2: accumulate
         m.d.sync += self.out_valid.eq(0)
         with m.If(va):
             for p in range(P):
@@ -105,8 +127,8 @@ class MacArray(wiring.Component):
             with m.If(la):
                 m.d.sync += self.out_valid.eq(1)
         m.d.comb += [
-            self.busy.eq(self.in_valid | va | self.out_valid),
-            self.last_pending.eq((self.in_valid & self.in_last) | la),
+            self.busy.eq(self.in_valid | v0 | va | self.out_valid),
+            self.last_pending.eq((self.in_valid & self.in_last) | l0 | la),
         ]
         return m
 
@@ -122,12 +144,14 @@ class Requant(wiring.Component):
                out[m] = clamp((z_a * z_b * gmult + 2**(gshift-1)) >> gshift, -128, 127)
 
     one output per cycle (plain) or per pair (gated) (``out_valid``, ``out_o``, ``out_data``) after a
-    6-cycle latency. ``start`` latches ``count``/``base`` and the op's parameters (``bbase``, ``mult``,
+    ``LATENCY``-cycle latency (a register after every arithmetic step). ``start`` latches ``count``/``base`` and the op's parameters (``bbase``, ``mult``,
     ``shift``, ``residual``, ``gated``, ``gmult``, ``gshift``, ``layer`` -> ``cur_layer``, ``out_map``
     -> ``cur_map``), so the sequencer may move on to the next op while the last group drains; ``acc``
     must hold until ``reading`` drops, and parameters may only change (a new ``start`` with another
     op) once ``busy`` has dropped. Bias and LUT memories live here. Twin: ``integer.op_forward``.
     """
+
+    LATENCY = 13  # cycles from an accumulator's selection to its output
 
     def __init__(self, lanes=16, max_layers=8, bias_depth=512, max_channels=32):
         self.lanes, self.max_layers, self.bias_depth, self.max_channels = lanes, max_layers, bias_depth, max_channels
@@ -156,72 +180,101 @@ class Requant(wiring.Component):
         active = Signal()
         k = Signal(range(self.lanes + 1))
         count = Signal(range(self.lanes + 1))
-        base = Signal(16)
-        bbase, mult, shift, residual = Signal(16), Signal(32), Signal(8), Signal()
+        ocnt, bptr = Signal(16), Signal(16)  # output index base + k and its bias address bbase + base + k
+        mult, shift, residual = Signal(32), Signal(8), Signal()
         gated, gmult, gshift = Signal(), Signal(16), Signal(5)
         with m.If(self.start):
-            m.d.sync += [active.eq(self.count != 0), k.eq(0), count.eq(self.count), base.eq(self.base),
-                         bbase.eq(self.bbase), mult.eq(self.mult), shift.eq(self.shift),
+            m.d.sync += [active.eq(self.count != 0), k.eq(0), count.eq(self.count), ocnt.eq(self.base),
+                         bptr.eq(self.bbase + self.base), mult.eq(self.mult), shift.eq(self.shift),
                          residual.eq(self.residual), self.cur_layer.eq(self.layer), gated.eq(self.gated),
                          gmult.eq(self.gmult), gshift.eq(self.gshift), self.cur_map.eq(self.out_map)]
-        # S0: select accumulator, read bias, pick residual
-        o0 = Signal(16)
-        m.d.comb += [o0.eq(base + k), brd.addr.eq(bbase + o0), brd.en.eq(1)]
-        v1, v2, v3, v4, v5, v6 = (Signal(name=f"v{i}") for i in range(1, 7))
-        acc1, sum2 = Signal(signed(32)), Signal(signed(32))
-        prod3 = Signal(signed(66))
-        o1, o2, o3, o4, o5, o6 = (Signal(16, name=f"o{i}") for i in range(1, 7))
-        r1, r2, r3, r4 = (Signal(signed(8), name=f"r{i}") for i in range(1, 5))
-        m.d.sync += v1.eq(active)
+        # Each stage carries (valid, output index, residual value) to the next; every arithmetic step
+        # (33x32 multiply as four 17x17 partial products, 66-bit sum, variable shift, saturation, table
+        # reads, gate product) has a register after it.
+        L = self.LATENCY
+        v = [Signal(name=f"v{i}") for i in range(L + 1)]
+        o = [Signal(16, name=f"o{i}") for i in range(L + 1)]
+        r = [Signal(signed(8), name=f"r{i}") for i in range(L + 1)]
+        for i in range(1, L + 1):
+            if i != 10:  # stage 9 drops the tanh half of a gated pair and halves the index
+                m.d.sync += [v[i].eq(v[i - 1]), o[i].eq(o[i - 1]), r[i].eq(r[i - 1])]
+        # S0: select the accumulator, read the bias, pick the residual
+        m.d.comb += [v[0].eq(active), o[0].eq(ocnt), brd.addr.eq(bptr), brd.en.eq(1)]
+        acc1 = Signal(signed(32))
         with m.If(active):
-            m.d.sync += [acc1.eq(self.acc[k[:clog2(self.lanes)] if self.lanes > 1 else 0]), o1.eq(o0),
-                         r1.eq(self.centre[o0[:clog2(self.max_channels)]]), k.eq(k + 1)]
+            m.d.sync += [acc1.eq(self.acc[k[:clog2(self.lanes)] if self.lanes > 1 else 0]), k.eq(k + 1),
+                         ocnt.eq(ocnt + 1), bptr.eq(bptr + 1)]
             with m.If(k + 1 == count):
                 m.d.sync += active.eq(0)
-        # S1: add bias
-        m.d.sync += [v2.eq(v1), sum2.eq(acc1 + brd.data), o2.eq(o1), r2.eq(r1)]
-        # S2: multiply
-        m.d.sync += [v3.eq(v2), prod3.eq(sum2 * Cat(mult, Const(0, 1)).as_signed()), o3.eq(o2), r3.eq(r2)]
-        # S3: round, shift, saturate, LUT address (gated: table 1 for the sigmoid half)
+        m.d.comb += r[0].eq(self.centre[ocnt[:clog2(self.max_channels)]])
+        # S1: add the bias
+        sum2 = Signal(signed(32))
+        m.d.sync += sum2.eq(acc1 + brd.data)
+        # S2: partial products of sum (signed 32 = sh:sl) * mult (unsigned 32 = mh:ml)
+        sl, sh = sum2[:16], sum2[16:].as_signed()
+        ml, mh = mult[:16], mult[16:]
+        p_ll, p_lh = Signal(32), Signal(33)
+        p_hl, p_hh = Signal(signed(33)), Signal(signed(33))
+        m.d.sync += [p_ll.eq(sl * ml), p_lh.eq(sl * mh), p_hl.eq(sh * ml), p_hh.eq(sh * mh)]
+        # S3: middle partial sum; outer products concatenate (p_ll < 2**32)
+        mid = Signal(signed(35))
+        outer = Signal(signed(65))
+        m.d.sync += [mid.eq(p_lh.as_signed() + p_hl), outer.eq(Cat(p_ll, p_hh).as_signed())]
+        # S4: + rounding 2**(shift-1) on the middle term
         shm1 = Signal(6)
         m.d.comb += shm1.eq(shift - 1)
         rnd = Signal(66)
         m.d.comb += rnd.eq(Const(1, 66) << shm1)
-        t = Signal(signed(66))
-        m.d.comb += t.eq((prod3 + rnd.as_signed()) >> shift[:6])
+        mid_r = Signal(signed(68))
+        outer4 = Signal(signed(65))
+        m.d.sync += [mid_r.eq((mid << 16) + rnd.as_signed()), outer4.eq(outer)]
+        # S5: the full (sum * mult + round)
+        t5 = Signal(signed(69))
+        m.d.sync += t5.eq(outer4 + mid_r)
+        # S6: arithmetic shift
+        t6 = Signal(signed(69))
+        m.d.sync += t6.eq(t5 >> shift[:6])
+        # S7: saturate, LUT address (gated: table 1 for the sigmoid half)
         y = Signal(signed(8))
-        m.d.comb += y.eq(_sat8(t))
-        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, gated & o3[0], self.cur_layer)), lrd.en.eq(1)]
-        m.d.sync += [v4.eq(v3), o4.eq(o3), r4.eq(r3)]
-        # S4: LUT data; plain: residual; gated: hold the tanh half, multiply by the sigmoid half
-        z = lrd.data
+        m.d.comb += y.eq(_sat8(t6))
+        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, gated & o[7][0], self.cur_layer)), lrd.en.eq(1)]
+        # S8: LUT data registered
+        z = Signal(signed(8))
+        m.d.sync += z.eq(lrd.data)
+        # S9: plain: residual; gated: hold the tanh half, multiply by the sigmoid half
         za = Signal(signed(8))
-        d5 = Signal(signed(8))
-        p5 = Signal(signed(17))
-        with m.If(v4 & gated & ~o4[0]):
+        d10 = Signal(signed(8))
+        p10 = Signal(signed(17))
+        with m.If(v[9] & gated & ~o[9][0]):
             m.d.sync += za.eq(z)
-        m.d.sync += [v5.eq(v4 & (~gated | o4[0])), o5.eq(Mux(gated, o4 >> 1, o4)),
-                     d5.eq(Mux(residual, _sat8(z + r4), z)), p5.eq(za * z)]
-        # S5: gate product * gmult, rounded and shifted (33-bit signed product)
+        m.d.sync += [v[10].eq(v[9] & (~gated | o[9][0])), o[10].eq(Mux(gated, o[9] >> 1, o[9])),
+                     d10.eq(Mux(residual, _sat8(z + r[9]), z)), p10.eq(za * z)]
+        # S10: gate product * gmult (33-bit signed product)
+        pg = Signal(signed(34))
+        d11 = Signal(signed(8))
+        m.d.sync += [pg.eq(p10 * Cat(gmult, Const(0, 1)).as_signed()), d11.eq(d10)]
+        # S11: + rounding 2**(gshift-1)
         gsm1 = Signal(5)
         grnd = Signal(34)
         q = Signal(signed(34))
-        m.d.comb += [gsm1.eq(gshift - 1), grnd.eq(Const(1, 34) << gsm1),
-                     q.eq(p5 * Cat(gmult, Const(0, 1)).as_signed() + grnd.as_signed())]
-        d6 = Signal(signed(8))
-        m.d.sync += [v6.eq(v5), o6.eq(o5), d6.eq(Mux(gated, _sat8(q >> gshift), d5))]
+        d12 = Signal(signed(8))
+        m.d.comb += [gsm1.eq(gshift - 1), grnd.eq(Const(1, 34) << gsm1)]
+        m.d.sync += [q.eq(pg + grnd.as_signed()), d12.eq(d11)]
+        # S12: shift, saturate
+        d13 = Signal(signed(8))
+        m.d.sync += d13.eq(Mux(gated, _sat8(q >> gshift), d12))
         m.d.comb += [
-            self.out_valid.eq(v6), self.out_o.eq(o6), self.out_data.eq(d6),
+            self.out_valid.eq(v[L]), self.out_o.eq(o[L]), self.out_data.eq(d13),
             self.reading.eq(active | self.start),
-            self.busy.eq(active | self.start | v1 | v2 | v3 | v4 | v5 | v6),
+            self.busy.eq(active | self.start | Cat(v[1:]).any()),
         ]
         return m
 
 
 class Sampler(wiring.Component):
     """Gumbel-max sampler (twin: ``sampler.SamplerTwin``). Logits arrive one per cycle
-    (``in_first`` on level 0, ``in_last`` on level L-1); ``done`` pulses with ``sample`` two cycles
-    after the last one."""
+    (``in_first`` on level 0, ``in_last`` on level L-1); ``done`` pulses with ``sample`` four cycles
+    after the last one (table read, scaled logit, score, argmax)."""
 
     def __init__(self):
         super().__init__({
@@ -249,13 +302,19 @@ class Sampler(wiring.Component):
             m.d.sync += [x.eq(x3), idx.eq(Mux(self.in_first, 1, idx + 1)), idx1.eq(Mux(self.in_first, 0, idx))]
         m.d.sync += [v1.eq(self.in_valid), f1.eq(self.in_first), l1.eq(self.in_last & self.in_valid),
                      lg1.eq(self.in_logit)]
+        # stage 2: the scaled logit and the Gumbel value registered; stage 3: their sum; then the argmax
+        v2, f2, l2, v3, f3, l3 = (Signal(name=n) for n in ("v2", "f2", "l2", "v3", "f3", "l3"))
+        idx2, idx3 = Signal(8), Signal(8)
+        sl2 = Signal(signed(26))
+        g2 = Signal(signed(S.GBITS))
         score = Signal(signed(40))
-        m.d.comb += score.eq(lg1 * self.mult + grd.data)
+        m.d.sync += [v2.eq(v1), f2.eq(f1), l2.eq(l1), idx2.eq(idx1), sl2.eq(lg1 * self.mult), g2.eq(grd.data),
+                     v3.eq(v2), f3.eq(f2), l3.eq(l2), idx3.eq(idx2), score.eq(sl2 + g2)]
         m.d.sync += self.done.eq(0)
-        with m.If(v1):
-            with m.If(f1 | (score > best)):
-                m.d.sync += [best.eq(score), self.sample.eq(idx1)]
-            with m.If(l1):
+        with m.If(v3):
+            with m.If(f3 | (score > best)):
+                m.d.sync += [best.eq(score), self.sample.eq(idx3)]
+            with m.If(l3):
                 m.d.sync += self.done.eq(1)
-        m.d.comb += self.busy.eq(self.in_valid | v1)
+        m.d.comb += self.busy.eq(self.in_valid | v1 | v2 | v3)
         return m
