@@ -101,9 +101,8 @@ DESIGN_DEFAULTS = {
 }
 
 # DESIGN=conv per board (hw.pixelcnn.ConvEngine; docs/conv-engine.md, Boards): engine parameters that hold the gated
-# digits model (16 ops, 7,132 weight words of 16 lanes) and a PLL clock below the Fmax of its committed build
-# (docs/reports/ulx3s-85f-conv-gated-75mhz.json: 64.9 MHz against a 75 MHz target; a build at 60 MHz itself has
-# not been run).  Only boards
+# digits model (16 ops, 7,132 weight words of 16 lanes) and a PLL clock its committed build meets
+# (docs/reports/ulx3s-85f-conv-gated-60mhz.json: 70.9 MHz at this 60 MHz clock).  Only boards
 # listed here have a conv default: the ECP5 12F/25F/45F have too little block RAM for these memories (~1.7 Mbit),
 # and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
 # hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
