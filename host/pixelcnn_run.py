@@ -402,12 +402,12 @@ def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, 
 BUILD_REPORT_GLOBS = ("build/**/report.json", "docs/reports/*.json")  # hw.build's outputs; committed reports
 
 
-def latest_build_report(engine_params, engine="conv", root=_REPO):
+def latest_build_report(engine_params, engine="conv", root=_REPO, patterns=BUILD_REPORT_GLOBS):
     """``(path, report)`` of the newest ``hw.build`` report (by ``built_at``) of ``engine`` whose engine
     parameters equal ``engine_params`` wherever both name one, among ``build/**/report.json`` and the committed
-    ``docs/reports/*.json``; ``(None, None)`` when there is none."""
+    ``docs/reports/*.json`` (``patterns``); ``(None, None)`` when there is none."""
     best = (None, None)
-    for pattern in BUILD_REPORT_GLOBS:
+    for pattern in patterns:
         for path in Path(root).glob(pattern):
             try:
                 rep = json.loads(path.read_text())

@@ -101,13 +101,14 @@ DESIGN_DEFAULTS = {
 }
 
 # DESIGN=conv per board (hw.pixelcnn.ConvEngine; docs/conv-engine.md, Boards): engine parameters that hold the gated
-# digits model (16 ops, 7,132 weight words of 16 lanes) and the PLL clock its committed build meets.  Only boards
+# digits model (16 ops, 7,132 weight words of 16 lanes) and a PLL clock its committed build meets
+# (docs/reports/ulx3s-85f-conv-gated-60mhz.json: 70.9 MHz at this 60 MHz clock).  Only boards
 # listed here have a conv default: the ECP5 12F/25F/45F have too little block RAM for these memories (~1.7 Mbit),
 # and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
 # hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
 CONV_BOARD_DEFAULTS = {
-    "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 16, "weight_depth": 8192,
-                   "bias_depth": 1024, "max_maps": 16}, 75.0),
+    "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 32, "weight_depth": 8192,
+                   "bias_depth": 1024, "max_maps": 16, "row_slots": 4, "feat_rows": 32}, 60.0),
 }
 
 

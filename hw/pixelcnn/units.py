@@ -144,9 +144,9 @@ class Requant(wiring.Component):
                out[m] = clamp((z_a * z_b * gmult + 2**(gshift-1)) >> gshift, -128, 127)
 
     one output per cycle (plain) or per pair (gated) (``out_valid``, ``out_o``, ``out_data``) after a
-    ``LATENCY``-cycle latency (a register after every arithmetic step). ``start`` latches ``count``/``base`` and the op's parameters (``bbase``, ``mult``,
-    ``shift``, ``residual``, ``gated``, ``gmult``, ``gshift``, ``layer`` -> ``cur_layer``, ``out_map``
-    -> ``cur_map``), so the sequencer may move on to the next op while the last group drains; ``acc``
+    ``LATENCY``-cycle latency (a register after every arithmetic step). ``start`` latches
+    ``count``/``base`` and the op's parameters (``bbase``, ``mult``, ``shift``, ``residual``, ``gated``,
+    ``gmult``, ``gshift``, ``layer`` -> ``cur_layer``, ``out_map`` -> ``cur_map``), so the sequencer may move on to the next op while the last group drains; ``acc``
     must hold until ``reading`` drops, and parameters may only change (a new ``start`` with another
     op) once ``busy`` has dropped. Bias and LUT memories live here. Twin: ``integer.op_forward``.
     """
