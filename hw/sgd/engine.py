@@ -86,7 +86,7 @@ STATUS_READING = 4
 STATUS_T_SATURATED = 8
 STATUS_X_SATURATED = 16
 
-PIPE_LATENCY_BASE = 9  # enabled cycles from the last beat of a sample to its first model write, minus the tree
+PIPE_LATENCY_BASE = 13 # enabled cycles from the last beat of a sample to its first model write, minus the tree
 
 
 def _pow2_at_least(n):
@@ -230,7 +230,7 @@ class SgdEngine(Engine):
             return v.as_signed() << drop if mw < 32 else v.as_signed()
 
         xw = self.model_x.write_port(granularity=mw)
-        xr = self.model_x.read_port(transparent_for=(xw,))
+        xr = self.model_x.read_port()
         yw = self.model_y.write_port(granularity=mw)
         yr = self.model_y.read_port()
         fw = self.fifo.write_port()
@@ -476,24 +476,24 @@ class SgdEngine(Engine):
         m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
-        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(src_payload), fw.en.eq(accept)]
-        with m.If(start):
-            m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
-        with m.Elif(accept):
-            m.d.sync += fifo_wp.eq(fifo_wp + 1)
 
         # --- S1: model row available; per-lane products
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
-        lab1 = Signal(signed(32))
         rem1 = Signal(signed(18))
         refresh = ((i_in & batch_mask) == batch_mask) | (i_in + 1 == run_samples)
-        raw_lab = src_payload[W - 32:]
-        one = 1 << 23
-        ovr_lab = Mux(raw_lab == ovr_class, one, Mux(loss == LOSS_LOGISTIC, 0, -one))
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
-                         lab1.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())), rem1.eq(features - base)]
+                         rem1.eq(features - base)]
+        # the beat goes into the FIFO from this register (not from the store's RAM output: Fmax)
+        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(ce & v1)]
+        with m.If(start):
+            m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
+        with m.Elif(ce & v1):
+            m.d.sync += fifo_wp.eq(fifo_wp + 1)
+        raw_lab = p1[W - 32:]
+        one = 1 << 23
+        ovr_lab = Mux(raw_lab == ovr_class, one, Mux(loss == LOSS_LOGISTIC, 0, -one))
         tw = 34
         m.submodules.tree = tree = AdderTree(L, tw)
         m.d.comb += tree.ce.eq(ce)
@@ -505,7 +505,8 @@ class SgdEngine(Engine):
         rem1b = Signal(signed(18))
         yrow = Signal(mw * L)
         with m.If(ce):
-            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1), p1b.eq(p1), lab1b.eq(lab1),
+            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1), p1b.eq(p1),
+                         lab1b.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())),
                          rem1b.eq(rem1), yrow.eq(yr.data)]
         q1 = self._codes(p1b, 0, sgn)
         v2, last2, ref2 = Signal(), Signal(), Signal()
@@ -555,30 +556,36 @@ class SgdEngine(Engine):
         with m.If(ce):
             m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
 
-        # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met
-        # (two register stages: the difference and its margin test, then the shift and the saturation)
-        f_dot = Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)
-        diff_c = Signal(signed(acc_w + 1))
-        m.d.comb += diff_c.eq(f_dot - slab)
-        pos = slab > 0
-        diff = Signal(signed(acc_w + 1))
-        active = Signal()
-        shift = Signal(6)
-        dv2, dref2 = Signal(), Signal()
+        # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met.  Four register
+        # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot), the difference, its margin test and shift,
+        # the saturation
+        fv, fref, fpos = Signal(), Signal(), Signal()
+        f_dot = Signal(signed(acc_w))
+        flab = Signal(signed(32))
+        fshift = Signal(6)
         with m.If(ce):
-            m.d.sync += [diff.eq(diff_c), dv2.eq(sv), dref2.eq(sref),
-                         active.eq(Mux(loss == LOSS_L2SVM, Mux(pos, diff_c < 0, diff_c > 0), 1)),
-                         shift.eq(Mux(flags[3] & ~pos, step_shift_neg, step_shift))]
+            m.d.sync += [fv.eq(sv), fref.eq(sref), fpos.eq(slab > 0), flab.eq(slab),
+                         f_dot.eq(Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)),
+                         fshift.eq(Mux(flags[3] & (slab <= 0), step_shift_neg, step_shift))]
+        diff = Signal(signed(acc_w + 1))
+        dv2, dref2, dpos = Signal(), Signal(), Signal()
+        shift = Signal(6)
+        with m.If(ce):
+            m.d.sync += [diff.eq(f_dot - flab), dv2.eq(fv), dref2.eq(fref), dpos.eq(fpos), shift.eq(fshift)]
         shifted = Signal(signed(acc_w + 1))
-        m.d.comb += shifted.eq(diff >> shift)
+        active = Signal()
+        hv, href = Signal(), Signal()
+        with m.If(ce):
+            m.d.sync += [shifted.eq(diff >> shift), hv.eq(dv2), href.eq(dref2),
+                         active.eq(Mux(loss == LOSS_L2SVM, Mux(dpos, diff < 0, diff > 0), 1))]
         t_hi = shifted > 2**31 - 1
         t_lo = shifted < -2**31
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
         with m.If(ce):
-            m.d.sync += [tv.eq(dv2), tref.eq(dref2),
+            m.d.sync += [tv.eq(hv), tref.eq(href),
                          t.eq(Mux(active, Mux(t_hi, 2**31 - 1, Mux(t_lo, -2**31, shifted)), 0))]
-            with m.If(dv2 & active & (t_hi | t_lo)):
+            with m.If(hv & active & (t_hi | t_lo)):
                 m.d.sync += t_sat.eq(1)
 
         # --- update pass: one model row per enabled cycle
@@ -603,12 +610,23 @@ class SgdEngine(Engine):
                              u_ref.eq(rr), u_active.eq(row + 1 != beats)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
-        q2 = self._codes(fr.data, 1, sgn)
+        # U1: the beat's q2 copy (FIFO block RAM output) registered, so no lane product starts at a RAM's
+        # clock-to-out (Fmax); the X bank row requested in U0 arrives
+        ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
+        ub_row = Signal(16)
+        ub_rem = Signal(signed(18))
+        ub_t = Signal(signed(32))
+        ub_pay = Signal(W)
+        with m.If(ce):
+            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
+                         ub_rem.eq(ua_rem), ub_t.eq(ua_t), ub_pay.eq(fr.data)]
+        q2 = self._codes(ub_pay, 1, sgn)
         # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
         # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
-        ub_rem = Signal(signed(18))
-        upd_we = Signal()
+        uc_v, uc_ref, uc_lastrow = Signal(), Signal(), Signal()
+        uc_row = Signal(16)
+        uc_rem = Signal(signed(18))
         rng_sets = [name for name, on in [("g", self.stochastic_grad), ("m", mw < 32)] if on]
         all_states = {name: [Signal(32, name=f"rng{name}{j}") for j in range(L)] for name in rng_sets}
         rand = {"g": [None] * L, "m": [None] * L}
@@ -624,7 +642,7 @@ class SgdEngine(Engine):
                         with m.Case(j):
                             m.d.sync += st.eq(word_next)
         for name in rng_sets:
-            step = ce & ua_v & (ua_rem > 0) if name == "g" else upd_we & (ub_rem > 0)
+            step = ce & (ub_v & (ub_rem > 0) if name == "g" else uc_v & (uc_rem > 0))
             for j, st in enumerate(all_states[name]):
                 x1 = Signal(32, name=f"xs{name}{j}a")
                 x2 = Signal(32, name=f"xs{name}{j}b")
@@ -633,21 +651,37 @@ class SgdEngine(Engine):
                 rand[name][j] = x3
                 with m.If(step):
                     m.d.sync += st.eq(x3)
+        # U2: g_j = (t * q2_j) >> nb and the X row registered.  The X bank's read does not see the writes of the
+        # three rows ahead of it (U3 now, and the two written before, its read having been requested in U0), so
+        # U2 forwards the newest of them on a row match (R = 1 rewrites one row on consecutive cycles).  The
+        # matches are decided here, one stage early, so U3 only selects.
         gw = 34
         g = Signal(data.ArrayLayout(signed(gw), L))
-        ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
-        ub_row = Signal(16)
+        xrow = Signal(mw * L)
+        ud_v, ud_ref, ud_lastrow = Signal(), Signal(), Signal()
+        ud_row = Signal(16)
+        ud_data = Signal(mw * L)
+        ud_sat = Signal(L)
+        ue_v, uf_v = Signal(), Signal()
+        ue_row, uf_row = Signal(16), Signal(16)
+        ue_data, uf_data = Signal(mw * L), Signal(mw * L)
+        fwd_d, fwd_e, fwd_f = Signal(), Signal(), Signal()
         with m.If(ce):
-            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
-                         ub_rem.eq(ua_rem)]
+            m.d.sync += [uc_v.eq(ub_v), uc_ref.eq(ub_ref), uc_lastrow.eq(ub_lastrow), uc_row.eq(ub_row),
+                         uc_rem.eq(ub_rem), xrow.eq(xr.data),
+                         fwd_d.eq(uc_v & (uc_row == ub_row)), fwd_e.eq(ud_v & (ud_row == ub_row)),
+                         fwd_f.eq(ue_v & (ue_row == ub_row))]
             for j in range(L):
-                prod = self._mul(ua_t, q2[j])
+                prod = self._mul(ub_t, q2[j])
                 gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
-                m.d.sync += g[j].eq(Mux(ua_rem > j, gj, 0))
+                m.d.sync += g[j].eq(Mux(ub_rem > j, gj, 0))
+        x_cur = Signal(mw * L)
+        m.d.comb += x_cur.eq(Mux(fwd_d, ud_data, Mux(fwd_e, ue_data, Mux(fwd_f, uf_data, xrow))))
+        # U3: x_j = sat32(x_j - g_j) (then the stochastic rounding to w bits), registered with its saturation bits
         new_lanes = []
         any_sat = []
         for j in range(L):
-            xj = stored_to_q23(xr.data[mw * j:mw * j + mw])
+            xj = stored_to_q23(x_cur[mw * j:mw * j + mw])
             nv = Signal(signed(gw + 1), name=f"new{j}")
             m.d.comb += nv.eq(xj - g[j])
             hi, lo = nv > 2**31 - 1, nv < -2**31
@@ -662,12 +696,20 @@ class SgdEngine(Engine):
             else:
                 any_sat.append(hi | lo)
                 new_lanes.append(sat)
-        new_row = Cat(*new_lanes)
-        m.d.comb += upd_we.eq(ce & ub_v)
+        with m.If(ce):
+            m.d.sync += [ud_v.eq(uc_v), ud_ref.eq(uc_ref), ud_lastrow.eq(uc_lastrow), ud_row.eq(uc_row),
+                         ud_data.eq(Cat(*new_lanes)), ud_sat.eq(Cat(*any_sat)),
+                         ue_v.eq(ud_v), ue_row.eq(ud_row), ue_data.eq(ud_data),
+                         uf_v.eq(ue_v), uf_row.eq(ue_row), uf_data.eq(ue_data)]
+        with m.If(start):
+            m.d.sync += [ue_v.eq(0), uf_v.eq(0)]
+        # U4: the row written to bank X (and Y on refresh samples)
+        upd_we = Signal()
+        m.d.comb += upd_we.eq(ce & ud_v)
         with m.If(upd_we):
-            with m.If(Cat(*any_sat).any()):
+            with m.If(ud_sat.any()):
                 m.d.sync += x_sat.eq(1)
-            with m.If(ub_lastrow):
+            with m.If(ud_lastrow):
                 m.d.sync += cnt_samples.eq(cnt_samples + 1)
                 with m.If(cnt_samples + 1 == run_samples):
                     m.d.sync += running.eq(0)
@@ -679,8 +721,8 @@ class SgdEngine(Engine):
         rd_lane = Signal(range(L))
         with m.If(running):
             m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce),
-                         xw.addr.eq(ub_row), xw.data.eq(new_row), xw.en.eq(Mux(upd_we, all_lanes, 0)),
-                         yw.addr.eq(ub_row), yw.data.eq(new_row), yw.en.eq(Mux(upd_we & ub_ref, all_lanes, 0))]
+                         xw.addr.eq(ud_row), xw.data.eq(ud_data), xw.en.eq(Mux(upd_we, all_lanes, 0)),
+                         yw.addr.eq(ud_row), yw.data.eq(ud_data), yw.en.eq(Mux(upd_we & ud_ref, all_lanes, 0))]
         with m.Elif(clearing):
             m.d.comb += [xw.addr.eq(clear_row), xw.data.eq(0), xw.en.eq(all_lanes),
                          yw.addr.eq(clear_row), yw.data.eq(0), yw.en.eq(all_lanes)]
