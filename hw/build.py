@@ -532,8 +532,8 @@ def main(argv=None) -> int:
         from .board import BoardTop  # noqa: F401  (import errors surface before the toolchain runs)
         engine_args, clk_mhz = parse_engine_args(args.param), args.clk_mhz
         default = DESIGN_DEFAULTS.get((args.engine, get_board(args.board).family))
-        if default and not engine_args and clk_mhz is None:
-            engine_args, clk_mhz = dict(default[0]), default[1]
+        if default and not engine_args:  # CLK_MHZ alone keeps the default configuration, at that clock
+            engine_args, clk_mhz = dict(default[0]), default[1] if clk_mhz is None else clk_mhz
         build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
               build_root=args.build_dir, program=args.program, engine_args=engine_args, clk_mhz=clk_mhz,
               rebuild=args.rebuild, progress=not args.no_progress, verbose=args.verbose)
