@@ -23,7 +23,7 @@ only when ``b * dot < 1``), logistic regression (f = the sigmoid table ``models.
 labels 0/1).  With FLAG_OVR the label word is a class index and the engine trains class CLASS against the rest;
 with FLAG_CLASS_WEIGHT negative samples (label <= 0) use STEP_SHIFT_NEG (the PYNQ design's class-weighted steps).
 """
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory
 
 from ..engine import Engine
@@ -180,6 +180,16 @@ class SgdEngine(Engine):
             else:
                 f = payload[j * s + copy * b: j * s + copy * b + b]
                 out.append(f.as_unsigned() if b == 1 else Mux(sgn, f.as_signed(), f.as_unsigned()))
+        return out
+
+    def _registered_codes(self, m, ce, payload, copy, sgn):
+        """The codes of ``payload`` decoded and registered on ``ce`` (the lane products start at a register)."""
+        out = []
+        for j, q in enumerate(self._codes(payload, copy, sgn)):
+            r = Signal(Value.cast(q).shape(), name=f"q{copy}r_{j}")
+            with m.If(ce):
+                m.d.sync += r.eq(q)
+            out.append(r)
         return out
 
     def _mul(self, x, q):
@@ -497,18 +507,17 @@ class SgdEngine(Engine):
         tw = 34
         m.submodules.tree = tree = AdderTree(L, tw)
         m.d.comb += tree.ce.eq(ce)
-        # S1b: the model row and the beat registered once more (the block RAM's clock-to-out is not in front of
+        q1 = self._registered_codes(m, ce, p1, 0, sgn)  # S1b: the beat's q1 codes
+        # S1b: the model row and the codes registered once more (the block RAM's clock-to-out is not in front of
         # the lane products: Fmax)
         v1b, last1b, ref1b = Signal(), Signal(), Signal()
-        p1b = Signal(W)
         lab1b = Signal(signed(32))
         rem1b = Signal(signed(18))
         yrow = Signal(mw * L)
         with m.If(ce):
-            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1), p1b.eq(p1),
+            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1),
                          lab1b.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())),
                          rem1b.eq(rem1), yrow.eq(yr.data)]
-        q1 = self._codes(p1b, 0, sgn)
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
@@ -610,17 +619,16 @@ class SgdEngine(Engine):
                              u_ref.eq(rr), u_active.eq(row + 1 != beats)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
-        # U1: the beat's q2 copy (FIFO block RAM output) registered, so no lane product starts at a RAM's
+        # U1: the beat's q2 codes (decoded from the FIFO block RAM's output) registered, so no lane product starts at a RAM's
         # clock-to-out (Fmax); the X bank row requested in U0 arrives
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
         ub_row = Signal(16)
         ub_rem = Signal(signed(18))
         ub_t = Signal(signed(32))
-        ub_pay = Signal(W)
         with m.If(ce):
             m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
-                         ub_rem.eq(ua_rem), ub_t.eq(ua_t), ub_pay.eq(fr.data)]
-        q2 = self._codes(ub_pay, 1, sgn)
+                         ub_rem.eq(ua_rem), ub_t.eq(ua_t)]
+        q2 = self._registered_codes(m, ce, fr.data, 1, sgn)
         # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
         # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
@@ -675,6 +683,8 @@ class SgdEngine(Engine):
                 prod = self._mul(ub_t, q2[j])
                 gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
                 m.d.sync += g[j].eq(Mux(ub_rem > j, gj, 0))
+        with m.If(reading):
+            m.d.sync += xrow.eq(xr.data)
         x_cur = Signal(mw * L)
         m.d.comb += x_cur.eq(Mux(fwd_d, ud_data, Mux(fwd_e, ue_data, Mux(fwd_f, uf_data, xrow))))
         # U3: x_j = sat32(x_j - g_j) (then the stochastic rounding to w bits), registered with its saturation bits
@@ -754,8 +764,10 @@ class SgdEngine(Engine):
             with m.Switch(rd_phase):
                 with m.Case(0):
                     m.d.sync += rd_phase.eq(1)
-                with m.Case(1):
-                    m.d.sync += [rd_latch.eq(stored_to_q23(xr.data.word_select(rd_lane, mw))), rd_phase.eq(2)]
+                with m.Case(1):  # the row registered (below), then one word of it: no lane select at a RAM output
+                    m.d.sync += rd_phase.eq(3)
+                with m.Case(3):
+                    m.d.sync += [rd_latch.eq(stored_to_q23(xrow.word_select(rd_lane, mw))), rd_phase.eq(2)]
                 with m.Case(2):
                     m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(rd_latch.word_select(rd_byte, 8))]
                     with m.If(self.o.ready):
