@@ -261,13 +261,19 @@ class SgdEngine(Engine):
         store_base = Signal(range(self.store_beats))
         store_wrap = Signal(32)
         model_waddr = Signal(16)
+        # next-state values of the registers the pipeline enable depends on (each register takes its value)
+        running, in_done = Signal(), Signal()
+        running_n, in_done_n, flags_n, in_mode_n = Signal(), Signal(), Signal(4), Signal(2)
+        beat_full, beat_full_n, st_valid, st_valid_n = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [running_n.eq(running), in_done_n.eq(in_done), flags_n.eq(flags), in_mode_n.eq(in_mode),
+                     beat_full_n.eq(beat_full), st_valid_n.eq(st_valid)]
+        m.d.sync += [running.eq(running_n), in_done.eq(in_done_n), flags.eq(flags_n), in_mode.eq(in_mode_n),
+                     beat_full.eq(beat_full_n), st_valid.eq(st_valid_n)]
         sgn = Signal()
         src_link = Signal()
         m.d.comb += [sgn.eq(flags[0] & (b != 1)), src_link.eq(flags[1])]
 
         # --- run state and counters
-        running = Signal()
-        in_done = Signal()
         clearing = Signal()
         clear_row = Signal(range(self.rows + 1))
         reading = Signal()
@@ -300,7 +306,7 @@ class SgdEngine(Engine):
                 with m.Case(REG_BATCH_MASK):
                     m.d.sync += batch_mask.eq(self.reg_wdata)
                 with m.Case(REG_FLAGS):
-                    m.d.sync += flags.eq(self.reg_wdata)
+                    m.d.comb += flags_n.eq(self.reg_wdata)
                 with m.Case(REG_STORE_BASE):
                     m.d.sync += store_base.eq(self.reg_wdata)
                 with m.Case(REG_STORE_WRAP):
@@ -377,7 +383,6 @@ class SgdEngine(Engine):
         # --- input bytes: beat assembler (samples / store) and word assembler (model)
         beat_sr = Signal(W)
         beat_cnt = Signal(range(W // 8))
-        beat_full = Signal()
         beat_take = Signal()
         word_sr = Signal(32)
         word_cnt = Signal(2)
@@ -398,7 +403,7 @@ class SgdEngine(Engine):
         model_word_we = Signal()
         rng_word_we = Signal()
         with m.If(beat_take):
-            m.d.sync += beat_full.eq(0)
+            m.d.comb += beat_full_n.eq(0)
         with m.If(self.i.valid & self.i.ready):
             with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
                 m.d.sync += [word_sr.eq(word_next), word_cnt.eq(word_cnt + 1)]
@@ -413,11 +418,12 @@ class SgdEngine(Engine):
                         m.d.comb += [sw.en.eq(1), sw.addr.eq(store_waddr), sw.data.eq(beat_next)]
                         m.d.sync += store_waddr.eq(Mux(store_waddr == self.store_beats - 1, 0, store_waddr + 1))
                     with m.Else():
-                        m.d.sync += beat_full.eq(1)
+                        m.d.comb += beat_full_n.eq(1)
                 with m.Else():
                     m.d.sync += beat_cnt.eq(beat_cnt + 1)
         with m.If(mode_write):
-            m.d.sync += [in_mode.eq(self.reg_wdata), beat_cnt.eq(0), beat_full.eq(0), word_cnt.eq(0)]
+            m.d.sync += [beat_cnt.eq(0), word_cnt.eq(0)]
+            m.d.comb += [in_mode_n.eq(self.reg_wdata), beat_full_n.eq(0)]
         with m.If(waddr_write):
             m.d.sync += store_waddr.eq(self.reg_wdata)
         def next_word(row, lane):
@@ -435,16 +441,16 @@ class SgdEngine(Engine):
         src_valid = Signal()
         src_payload = Signal(W)
         core_ready = Signal()
-        st_valid = Signal()
         st_addr = Signal(range(self.store_beats))
         st_limit = Mux(store_wrap == 0, self.store_beats, store_wrap)
         st_adv = ~st_valid | core_ready
         m.d.comb += [sr.addr.eq(st_addr), sr.en.eq(st_adv)]
         with m.If(start):
-            m.d.sync += [st_addr.eq(store_base), st_valid.eq(0)]
+            m.d.sync += st_addr.eq(store_base)
+            m.d.comb += st_valid_n.eq(0)
         with m.Elif(st_adv):
             fetch = running & ~src_link & ~in_done
-            m.d.sync += st_valid.eq(fetch)
+            m.d.comb += st_valid_n.eq(fetch)
             with m.If(fetch):
                 m.d.sync += st_addr.eq(Mux(st_addr + 1 >= st_limit, 0, st_addr + 1))
         with m.If(src_link):
@@ -455,10 +461,13 @@ class SgdEngine(Engine):
 
         # --- pipeline control
         accept = Signal()
+        # ce = accept | (running & in_done), the enable of every pipeline register, is a register itself (its
+        # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on
         ce = Signal()
         m.d.comb += [core_ready.eq(running & ~in_done),
-                     accept.eq(src_valid & core_ready),
-                     ce.eq(accept | (running & in_done))]
+                     accept.eq(src_valid & core_ready)]
+        m.d.sync += ce.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
+                                                       st_valid_n)))
         with m.If(running):
             m.d.sync += cnt_cycles.eq(cnt_cycles + 1)
             with m.If(accept):
@@ -473,14 +482,15 @@ class SgdEngine(Engine):
         last = Signal()
         m.d.comb += last.eq(k == beats - 1)
         with m.If(start):
-            m.d.sync += [running.eq(run_samples != 0), in_done.eq(0), k.eq(0), base.eq(0), i_in.eq(0),
+            m.d.comb += [running_n.eq(run_samples != 0), in_done_n.eq(0)]
+            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0),
                          cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0),
                          t_sat.eq(0), x_sat.eq(0)]
         with m.Elif(accept):
             with m.If(last):
                 m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
                 with m.If(i_in + 1 == run_samples):
-                    m.d.sync += in_done.eq(1)
+                    m.d.comb += in_done_n.eq(1)
             with m.Else():
                 m.d.sync += [k.eq(k + 1), base.eq(base + L)]
         m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
@@ -722,7 +732,7 @@ class SgdEngine(Engine):
             with m.If(ud_lastrow):
                 m.d.sync += cnt_samples.eq(cnt_samples + 1)
                 with m.If(cnt_samples + 1 == run_samples):
-                    m.d.sync += running.eq(0)
+                    m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
         all_lanes = (1 << L) - 1

@@ -39,16 +39,16 @@ AVAILABLE = {
 
 def parse_stat(rpt: str, family: str) -> dict:
     """Cell counts of the last ``stat`` in a Yosys log, as resources."""
-    blocks = rpt.split("Number of cells")
-    if len(blocks) < 2:
+    lines = rpt.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"\s+\d+ cells$", line)]
+    if not starts:
         raise ValueError("no 'stat' block in the Yosys log")
     cells = {}
-    for line in blocks[-1].splitlines()[1:]:
+    for line in lines[starts[-1] + 1:]:  # "  count   CELL" lines up to the first blank line
         mt = re.match(r"\s+(\d+)\s+(\S+)\s*$", line)
-        if mt:
-            cells[mt.group(2)] = cells.get(mt.group(2), 0) + int(mt.group(1))
-        elif line.strip() and not line.startswith(" "):
+        if not mt:
             break
+        cells[mt.group(2)] = cells.get(mt.group(2), 0) + int(mt.group(1))
     if family == "ecp5":
         lut = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0) + 6 * cells.get("TRELLIS_DPR16X4", 0)
         return {"lut": lut, "ff": cells.get("TRELLIS_FF", 0), "bram": cells.get("DP16KD", 0),
