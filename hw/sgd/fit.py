@@ -62,7 +62,7 @@ def synth_point(board: str, engine_args: dict, *, clk_mhz=None, log=print) -> di
     """Yosys synthesis of the board design with the SGD engine ``engine_args``; resources and fit."""
     spec = get_board(board)
     plan, top = prepare(board, engine="sgd", engine_args=engine_args, clk_mhz=clk_mhz)
-    eng = top.design.make_engine()
+    eng = top.core.engine
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sgd-fit-") as tmp:
         plan.extract(tmp)
