@@ -10,7 +10,8 @@ Datapath, one bus beat (``W`` bits, ``L`` feature lanes) per clock::
        --> dot --> sigmoid table read (logistic) --> t = sat32((f(dot) - label) >> step_shift), zero for an
            L2-SVM sample whose margin is met
        --> update pass over the sample's R beats (q2 from the beat FIFO): g_j = (t*q2_j) >> nb,
-           x_j = sat32(x_j - g_j) written to bank X (and to bank Y on refresh samples)
+           x_j = sat32(x_j - g_j) written to bank X (and to bank Y on refresh samples); the X row is read four
+           stages before it is written, with the rows written in between forwarded (docs/sgd-engine.md)
 
 Every pipeline register advances only on an *enabled* cycle: a cycle that accepts a beat, or a drain cycle once
 the run's last beat is in.  An idle input cycle freezes the whole pipeline, so the arithmetic (including which
