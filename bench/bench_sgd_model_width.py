@@ -9,7 +9,12 @@ width.  Same samples as ``python host/run.py``: Q4 compact double samples drawn 
 2**-(s0 + e // 2), staleness of the 512-bit engine (R = 1 or 2 beats).  Reports the final training loss, its
 ratio to the float64 reference (``linear_sgd(mode="full")`` with the same steps) and to the 32-bit model.
 
-    python bench/bench_sgd_model_width.py --out results [--datasets synthetic100 diabetes] [--epochs 10]
+Two scales per narrow width w: ``data`` (the fractional bits ``model_frac_bits_for`` picks from the
+least-squares solution of the scaled data, the finest grid that holds its largest weight) and ``fixed``
+(f = w - 4, a +-8 range whatever the data).  ``rounding_floor_loss`` is the loss of the least-squares solution
+rounded to nearest on the same grid: what a model of that width can represent at best.
+
+    python bench/bench_sgd_model_width.py --out docs/results [--datasets synthetic100 diabetes] [--epochs 10]
 
 Writes ``sgd_model_width.json`` and ``sgd_model_width.png``.
 """
@@ -29,7 +34,7 @@ from hw.sgd.engine import PIPE_LATENCY_BASE  # noqa: E402
 from hw.sgd.layout import beats_per_sample, lanes, staleness  # noqa: E402
 from hw.sgd.tree import tree_levels  # noqa: E402
 from models.zipml.datasets import load_dataset, prepare_linear  # noqa: E402
-from models.zipml.fixed_point import engine_run, to_fixed  # noqa: E402
+from models.zipml.fixed_point import engine_run, model_frac_bits_for, round_model_to_width, to_fixed  # noqa: E402
 from models.zipml.quantize import quantize_codes  # noqa: E402
 from models.zipml.rng import Xorshift32Lanes  # noqa: E402
 from models.zipml.sgd import auto_step, least_squares_loss, linear_sgd  # noqa: E402
@@ -46,28 +51,37 @@ def run(name, bits, widths, epochs, bus_bits, samples, seed=0):
     delay = staleness(PIPE_LATENCY_BASE + tree_levels(L), R)  # the engine's pipe_latency register
     s0 = max(0, math.ceil(math.log2(1.0 / auto_step(A, 1))) + 3)
     labels = to_fixed(y)
+    x_ls = np.linalg.lstsq(A, y, rcond=None)[0]
     fp = linear_sgd(A, y, mode="full", epochs=epochs, step=2.0**-s0, batch_size=1, rng=seed,
                     schedule=lambda ep: 2.0**-(s0 + ep // 2))
     rows = []
-    for w in widths:
+    runs = [(w, "full", 23) if w == 32 else (w, scale, model_frac_bits_for(x_ls, w) if scale == "data" else w - 4)
+            for w in widths for scale in (("data", "fixed") if w < 32 else ("full",))]
+    for w, scale, frac in runs:
         t0 = time.perf_counter()
         rng = np.random.default_rng(seed)
         twin = Xorshift32Lanes(seed=seed + 1, n_lanes=L)
-        kw = {} if w == 32 else {"model_bits": w, "model_frac_bits": w - 4, "model_rng": twin}
+        kw = {} if w == 32 else {"model_bits": w, "model_frac_bits": frac, "model_rng": twin}
+        saturated = False
         x = np.zeros(d, dtype=np.int64)
         losses = []
         for e in range(epochs):
             q1 = quantize_codes(A, bits, signed=True, rng=rng)
             q2 = quantize_codes(A, bits, signed=True, rng=rng)
-            x = engine_run(x, q1, q2, labels, bits, signed=True, step_shift=s0 + e // 2, delay=delay, **kw).x
+            r = engine_run(x, q1, q2, labels, bits, signed=True, step_shift=s0 + e // 2, delay=delay, **kw)
+            x, saturated = r.x, saturated or r.x_saturated
             losses.append(least_squares_loss(A, y, x / 2.0**23))
-        rows.append({"dataset": name, "bits": bits, "encoding": "compact", "model_bits": w,
-                     "model_frac_bits": 23 if w == 32 else w - 4, "features": d, "samples": n,
+        floor = least_squares_loss(A, y, x_ls if w == 32 else round_model_to_width(x_ls, w, frac))
+        rows.append({"dataset": name, "bits": bits, "encoding": "compact", "model_bits": w, "scale": scale,
+                     "model_frac_bits": frac, "model_range": 2.0**(w - 1 - frac), "features": d, "samples": n,
+                     "max_abs_lstsq_weight": float(np.abs(x_ls).max()), "model_saturated": bool(saturated),
                      "loss_per_epoch": losses, "fp_loss_per_epoch": [float(v) for v in fp.loss[1:]],
                      "final_loss": losses[-1], "final_loss_ratio_vs_float": losses[-1] / fp.loss[-1],
+                     "lstsq_loss": least_squares_loss(A, y, x_ls), "rounding_floor_loss": floor,
                      "wall_seconds": time.perf_counter() - t0})
-        print(f"{name:>14} Q{bits} model {w:>2} bits: final loss {losses[-1]:.6f} "
-              f"({100 * (rows[-1]['final_loss_ratio_vs_float'] - 1):+.2f} % vs float64)", flush=True)
+        print(f"{name:>14} Q{bits} model {w:>2} bits, {scale:>5} scale (f = {frac:>2}): final loss {losses[-1]:.6f} "
+              f"({100 * (rows[-1]['final_loss_ratio_vs_float'] - 1):+.2f} % vs float64; "
+              f"rounding floor {floor:.6f})", flush=True)
     base = next(r for r in rows if r["model_bits"] == 32)
     for r in rows:
         r["final_loss_ratio_vs_32bit_model"] = r["final_loss"] / base["final_loss"]
@@ -106,7 +120,8 @@ def plot(report, path):
         ep = np.arange(1, report["epochs"] + 1)
         ax.plot(ep, rows[0]["fp_loss_per_epoch"], "k--", label="float64 reference")
         for r in rows:
-            ax.plot(ep, r["loss_per_epoch"], "o-", ms=3, label=f"model {r['model_bits']} bits")
+            ax.plot(ep, r["loss_per_epoch"], "o-" if r["scale"] != "fixed" else "x:", ms=3,
+                    label=f"model {r['model_bits']} bits, {r['scale']} scale (f = {r['model_frac_bits']})")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("training loss")

@@ -53,7 +53,8 @@ def engine_args(bits: int, *, bus_bits: int = DEFAULT_BUS_BITS, max_features: in
                 store_beats: int = DEFAULT_STORE_BEATS, stochastic_grad: bool = False,
                 encoding: str | None = None, model_bits: int = 32, model_frac_bits: int | None = None) -> dict:
     """``encoding=None``: compact where it saves bus bits (b in 2, 4, 8), else pair.  ``model_bits < 32``: the
-    model stored at that width, stochastically rounded on write (``model_frac_bits`` default: w - 4)."""
+    model stored at that width, stochastically rounded on write (``model_frac_bits`` default: w - 4, a +-8 range;
+    :func:`model_frac_bits_for_dataset` picks it from the data)."""
     check_bits(bits)
     check_bus_bits(bus_bits)
     encoding = default_encoding(bits) if encoding is None else encoding
@@ -68,6 +69,17 @@ def engine_args(bits: int, *, bus_bits: int = DEFAULT_BUS_BITS, max_features: in
         if model_frac_bits is not None:
             args["model_frac_bits"] = model_frac_bits
     return args
+
+
+def model_frac_bits_for_dataset(dataset, bits: int, model_bits: int) -> int:
+    """Fractional bits of a ``model_bits``-wide engine model for least squares on ``dataset``, from the scale of
+    its least-squares solution on the data as ``train`` scales them (``models.zipml.fixed_point.
+    model_frac_bits_for``): ``design_for(bits, model_bits=8, model_frac_bits=model_frac_bits_for_dataset(...))``."""
+    from models.zipml.datasets import prepare_linear
+    from models.zipml.fixed_point import model_frac_bits_for
+    ds, signed = check_request(dataset, bits, 1)
+    A, y = prepare_linear(ds, signed=signed)
+    return model_frac_bits_for(np.linalg.lstsq(A, y, rcond=None)[0], model_bits)
 
 
 def design_for(bits: int, *, max_frame: int = 4096, **kw):

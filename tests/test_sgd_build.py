@@ -41,3 +41,16 @@ def test_list_names_boards_and_designs(capsys):
     assert main(["--list"]) == 0
     out = capsys.readouterr().out
     assert "ulx3s-85f" in out and "sgd" in out
+
+
+def test_clock_alone_keeps_the_default_sgd_configuration(monkeypatch):
+    """make bitstream BOARD=ulx3s-85f DESIGN=sgd CLK_MHZ=X builds the default configuration at X MHz; no
+    CLK_MHZ: at the default clock; PARAMS: those parameters (no toolchain run: build is replaced)."""
+    import hw.build as B
+    calls = []
+    monkeypatch.setattr(B, "build", lambda board, **kw: calls.append((kw["engine_args"], kw["clk_mhz"])))
+    default_args, default_clk = DESIGN_DEFAULTS[("sgd", "ecp5")]
+    assert B.main(["--board", "ulx3s-85f", "--engine", "sgd", "--clk-mhz", "80"]) == 0
+    assert B.main(["--board", "ulx3s-85f", "--engine", "sgd"]) == 0
+    assert B.main(["--board", "ulx3s-85f", "--engine", "sgd", "--param", "bits=4"]) == 0
+    assert calls == [(default_args, 80.0), (default_args, default_clk), ({"bits": 4}, None)]

@@ -85,6 +85,14 @@ def test_staleness_formula():
     assert staleness(12, 2) == 7 and staleness(12, 12) == 2 and staleness(12, 13) == 2 and staleness(7, 1) == 8
 
 
+def test_pipe_latency_is_thirteen_plus_the_tree():
+    """13 enabled cycles plus one per adder-tree level from a sample's last beat to its first model write: S1-S9
+    and the update's U0-U4 (docs/sgd-engine.md, Architecture); the cycle counts below check it in simulation."""
+    assert SgdEngine(bits=2, bus_bits=64, encoding="compact").pipe_latency == 13 + 5   # 21 lanes
+    assert SgdEngine(bits=4, bus_bits=512, encoding="compact").pipe_latency == 13 + 7  # 102 lanes
+    assert SgdEngine(bits=32, bus_bits=32).pipe_latency == 13                          # 1 lane: no tree level
+
+
 # --- whole engine against the golden -----------------------------------------------------------------------------
 
 CASES = [  # bits, bus, signed, source link?, batch mask, n, d
@@ -367,7 +375,7 @@ def test_sigmoid_table_twin():
 # --- end-to-end low precision: model stored at w bits, stochastic rounding on write by the twin RNG --------------
 
 @pytest.mark.parametrize("model_bits,frac,bits,enc,grad,link", [(16, 12, 4, "compact", False, True),
-                                                               (8, 4, 2, "pair", True, False),
+                                                               (8, 7, 2, "pair", True, False),
                                                                (12, 10, 32, "pair", False, False)])
 def test_model_width_with_stochastic_rounding_equals_golden(model_bits, frac, bits, enc, grad, link):
     from models.zipml.rng import Xorshift32Lanes, lane_seeds

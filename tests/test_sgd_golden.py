@@ -106,3 +106,41 @@ def test_engine_golden_classifier_losses_follow_their_definitions():
     assert lg.x[0] == x0[0] - ((t * 2) >> 2)
     w = engine_run(x0, q, q, [0], 4, signed=True, step_shift=1, loss="logistic", step_shift_neg=3)
     assert w.x[0] == x0[0] - (((int(sigmoid_fixed(int(1.5 * one))) >> 3) * 2) >> 2)
+
+
+def test_model_frac_bits_for_picks_the_finest_grid_that_holds_the_largest_weight():
+    from models.zipml.fixed_point import model_frac_bits_for, round_model_to_width
+    assert model_frac_bits_for([0.53, -0.1], 8) == 7      # range +-1
+    assert model_frac_bits_for([0.4], 8) == 8             # range +-0.5
+    assert model_frac_bits_for([-3.0], 12) == 9           # range +-4
+    assert model_frac_bits_for([1e-9], 16) == 22          # the engine's finest
+    assert model_frac_bits_for([1e6], 8) == 0             # at most 8 integer bits: f >= w - 9, and f >= 0
+    assert model_frac_bits_for([1e6], 16) == 7
+    f = model_frac_bits_for([0.53], 8)
+    assert np.array_equal(round_model_to_width([0.53, -2.0, 0.003], 8, f), [68 / 128, -1.0, 0.0])
+
+
+def test_an_8bit_model_trains_at_the_data_chosen_scale():
+    """Diabetes, Q4 compact samples, 8-bit model stochastically rounded on write (the engine's twin): at the
+    scale chosen from the least-squares solution the loss ends within 15 % of float64; at the old fixed +-8
+    range (f = w - 4) it does not (about twice the loss)."""
+    from models.zipml.fixed_point import model_frac_bits_for
+    from models.zipml.rng import Xorshift32Lanes
+    A, y = prepare_linear(load_dataset("diabetes"), signed=True)
+    x_ls = np.linalg.lstsq(A, y, rcond=None)[0]
+    s0, epochs = 6, 10
+    fp = linear_sgd(A, y, mode="full", epochs=epochs, step=2.0**-s0, batch_size=1, rng=0,
+                    schedule=lambda ep: 2.0**-(s0 + ep // 2)).loss[-1]
+
+    def final_loss(frac):
+        rng, twin = np.random.default_rng(0), Xorshift32Lanes(seed=1, n_lanes=102)
+        x = np.zeros(A.shape[1], dtype=np.int64)
+        for e in range(epochs):
+            q1, q2 = (quantize_codes(A, 4, signed=True, rng=rng) for _ in range(2))
+            x = engine_run(x, q1, q2, to_fixed(y), 4, signed=True, step_shift=s0 + e // 2, delay=17, model_bits=8,
+                           model_frac_bits=frac, model_rng=twin).x
+        return least_squares_loss(A, y, x / 2.0**23)
+
+    data_scale = final_loss(model_frac_bits_for(x_ls, 8))
+    assert data_scale < 1.15 * fp
+    assert final_loss(8 - 4) > 1.5 * fp

@@ -10,7 +10,8 @@ Datapath, one bus beat (``W`` bits, ``L`` feature lanes) per clock::
        --> dot --> sigmoid table read (logistic) --> t = sat32((f(dot) - label) >> step_shift), zero for an
            L2-SVM sample whose margin is met
        --> update pass over the sample's R beats (q2 from the beat FIFO): g_j = (t*q2_j) >> nb,
-           x_j = sat32(x_j - g_j) written to bank X (and to bank Y on refresh samples)
+           x_j = sat32(x_j - g_j) written to bank X (and to bank Y on refresh samples); the X row is read four
+           stages before it is written, with the rows written in between forwarded (docs/sgd-engine.md)
 
 Every pipeline register advances only on an *enabled* cycle: a cycle that accepts a beat, or a drain cycle once
 the run's last beat is in.  An idle input cycle freezes the whole pipeline, so the arithmetic (including which
@@ -23,7 +24,7 @@ only when ``b * dot < 1``), logistic regression (f = the sigmoid table ``models.
 labels 0/1).  With FLAG_OVR the label word is a class index and the engine trains class CLASS against the rest;
 with FLAG_CLASS_WEIGHT negative samples (label <= 0) use STEP_SHIFT_NEG (the PYNQ design's class-weighted steps).
 """
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory
 
 from ..engine import Engine
@@ -86,7 +87,7 @@ STATUS_READING = 4
 STATUS_T_SATURATED = 8
 STATUS_X_SATURATED = 16
 
-PIPE_LATENCY_BASE = 9  # enabled cycles from the last beat of a sample to its first model write, minus the tree
+PIPE_LATENCY_BASE = 13 # enabled cycles from the last beat of a sample to its first model write, minus the tree
 
 
 def _pow2_at_least(n):
@@ -182,6 +183,16 @@ class SgdEngine(Engine):
                 out.append(f.as_unsigned() if b == 1 else Mux(sgn, f.as_signed(), f.as_unsigned()))
         return out
 
+    def _registered_codes(self, m, ce, payload, copy, sgn):
+        """The codes of ``payload`` decoded and registered on ``ce`` (the lane products start at a register)."""
+        out = []
+        for j, q in enumerate(self._codes(payload, copy, sgn)):
+            r = Signal(Value.cast(q).shape(), name=f"q{copy}r_{j}")
+            with m.If(ce):
+                m.d.sync += r.eq(q)
+            out.append(r)
+        return out
+
     def _mul(self, x, q):
         """x * q for a small code q.  With ``shift_add`` as explicit partial products (no ``$mul`` cell, so no
         DSP is inferred: for iCE40 parts with few DSPs); same value either way."""
@@ -230,7 +241,7 @@ class SgdEngine(Engine):
             return v.as_signed() << drop if mw < 32 else v.as_signed()
 
         xw = self.model_x.write_port(granularity=mw)
-        xr = self.model_x.read_port(transparent_for=(xw,))
+        xr = self.model_x.read_port()
         yw = self.model_y.write_port(granularity=mw)
         yr = self.model_y.read_port()
         fw = self.fifo.write_port()
@@ -251,13 +262,19 @@ class SgdEngine(Engine):
         store_base = Signal(range(self.store_beats))
         store_wrap = Signal(32)
         model_waddr = Signal(16)
+        # next-state values of the registers the pipeline enable depends on (each register takes its value)
+        running, in_done = Signal(), Signal()
+        running_n, in_done_n, flags_n, in_mode_n = Signal(), Signal(), Signal(4), Signal(2)
+        beat_full, beat_full_n, st_valid, st_valid_n = Signal(), Signal(), Signal(), Signal()
+        m.d.comb += [running_n.eq(running), in_done_n.eq(in_done), flags_n.eq(flags), in_mode_n.eq(in_mode),
+                     beat_full_n.eq(beat_full), st_valid_n.eq(st_valid)]
+        m.d.sync += [running.eq(running_n), in_done.eq(in_done_n), flags.eq(flags_n), in_mode.eq(in_mode_n),
+                     beat_full.eq(beat_full_n), st_valid.eq(st_valid_n)]
         sgn = Signal()
         src_link = Signal()
         m.d.comb += [sgn.eq(flags[0] & (b != 1)), src_link.eq(flags[1])]
 
         # --- run state and counters
-        running = Signal()
-        in_done = Signal()
         clearing = Signal()
         clear_row = Signal(range(self.rows + 1))
         reading = Signal()
@@ -290,7 +307,7 @@ class SgdEngine(Engine):
                 with m.Case(REG_BATCH_MASK):
                     m.d.sync += batch_mask.eq(self.reg_wdata)
                 with m.Case(REG_FLAGS):
-                    m.d.sync += flags.eq(self.reg_wdata)
+                    m.d.comb += flags_n.eq(self.reg_wdata)
                 with m.Case(REG_STORE_BASE):
                     m.d.sync += store_base.eq(self.reg_wdata)
                 with m.Case(REG_STORE_WRAP):
@@ -367,7 +384,6 @@ class SgdEngine(Engine):
         # --- input bytes: beat assembler (samples / store) and word assembler (model)
         beat_sr = Signal(W)
         beat_cnt = Signal(range(W // 8))
-        beat_full = Signal()
         beat_take = Signal()
         word_sr = Signal(32)
         word_cnt = Signal(2)
@@ -388,7 +404,7 @@ class SgdEngine(Engine):
         model_word_we = Signal()
         rng_word_we = Signal()
         with m.If(beat_take):
-            m.d.sync += beat_full.eq(0)
+            m.d.comb += beat_full_n.eq(0)
         with m.If(self.i.valid & self.i.ready):
             with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
                 m.d.sync += [word_sr.eq(word_next), word_cnt.eq(word_cnt + 1)]
@@ -403,11 +419,12 @@ class SgdEngine(Engine):
                         m.d.comb += [sw.en.eq(1), sw.addr.eq(store_waddr), sw.data.eq(beat_next)]
                         m.d.sync += store_waddr.eq(Mux(store_waddr == self.store_beats - 1, 0, store_waddr + 1))
                     with m.Else():
-                        m.d.sync += beat_full.eq(1)
+                        m.d.comb += beat_full_n.eq(1)
                 with m.Else():
                     m.d.sync += beat_cnt.eq(beat_cnt + 1)
         with m.If(mode_write):
-            m.d.sync += [in_mode.eq(self.reg_wdata), beat_cnt.eq(0), beat_full.eq(0), word_cnt.eq(0)]
+            m.d.sync += [beat_cnt.eq(0), word_cnt.eq(0)]
+            m.d.comb += [in_mode_n.eq(self.reg_wdata), beat_full_n.eq(0)]
         with m.If(waddr_write):
             m.d.sync += store_waddr.eq(self.reg_wdata)
         def next_word(row, lane):
@@ -425,16 +442,16 @@ class SgdEngine(Engine):
         src_valid = Signal()
         src_payload = Signal(W)
         core_ready = Signal()
-        st_valid = Signal()
         st_addr = Signal(range(self.store_beats))
         st_limit = Mux(store_wrap == 0, self.store_beats, store_wrap)
         st_adv = ~st_valid | core_ready
         m.d.comb += [sr.addr.eq(st_addr), sr.en.eq(st_adv)]
         with m.If(start):
-            m.d.sync += [st_addr.eq(store_base), st_valid.eq(0)]
+            m.d.sync += st_addr.eq(store_base)
+            m.d.comb += st_valid_n.eq(0)
         with m.Elif(st_adv):
             fetch = running & ~src_link & ~in_done
-            m.d.sync += st_valid.eq(fetch)
+            m.d.comb += st_valid_n.eq(fetch)
             with m.If(fetch):
                 m.d.sync += st_addr.eq(Mux(st_addr + 1 >= st_limit, 0, st_addr + 1))
         with m.If(src_link):
@@ -445,10 +462,13 @@ class SgdEngine(Engine):
 
         # --- pipeline control
         accept = Signal()
+        # ce = accept | (running & in_done), the enable of every pipeline register, is a register itself (its
+        # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on
         ce = Signal()
         m.d.comb += [core_ready.eq(running & ~in_done),
-                     accept.eq(src_valid & core_ready),
-                     ce.eq(accept | (running & in_done))]
+                     accept.eq(src_valid & core_ready)]
+        m.d.sync += ce.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
+                                                       st_valid_n)))
         with m.If(running):
             m.d.sync += cnt_cycles.eq(cnt_cycles + 1)
             with m.If(accept):
@@ -463,51 +483,52 @@ class SgdEngine(Engine):
         last = Signal()
         m.d.comb += last.eq(k == beats - 1)
         with m.If(start):
-            m.d.sync += [running.eq(run_samples != 0), in_done.eq(0), k.eq(0), base.eq(0), i_in.eq(0),
+            m.d.comb += [running_n.eq(run_samples != 0), in_done_n.eq(0)]
+            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0),
                          cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0),
                          t_sat.eq(0), x_sat.eq(0)]
         with m.Elif(accept):
             with m.If(last):
                 m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
                 with m.If(i_in + 1 == run_samples):
-                    m.d.sync += in_done.eq(1)
+                    m.d.comb += in_done_n.eq(1)
             with m.Else():
                 m.d.sync += [k.eq(k + 1), base.eq(base + L)]
         m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
-        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(src_payload), fw.en.eq(accept)]
-        with m.If(start):
-            m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
-        with m.Elif(accept):
-            m.d.sync += fifo_wp.eq(fifo_wp + 1)
 
         # --- S1: model row available; per-lane products
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
-        lab1 = Signal(signed(32))
         rem1 = Signal(signed(18))
         refresh = ((i_in & batch_mask) == batch_mask) | (i_in + 1 == run_samples)
-        raw_lab = src_payload[W - 32:]
-        one = 1 << 23
-        ovr_lab = Mux(raw_lab == ovr_class, one, Mux(loss == LOSS_LOGISTIC, 0, -one))
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
-                         lab1.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())), rem1.eq(features - base)]
+                         rem1.eq(features - base)]
+        # the beat goes into the FIFO from this register (not from the store's RAM output: Fmax)
+        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(ce & v1)]
+        with m.If(start):
+            m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
+        with m.Elif(ce & v1):
+            m.d.sync += fifo_wp.eq(fifo_wp + 1)
+        raw_lab = p1[W - 32:]
+        one = 1 << 23
+        ovr_lab = Mux(raw_lab == ovr_class, one, Mux(loss == LOSS_LOGISTIC, 0, -one))
         tw = 34
         m.submodules.tree = tree = AdderTree(L, tw)
         m.d.comb += tree.ce.eq(ce)
-        # S1b: the model row and the beat registered once more (the block RAM's clock-to-out is not in front of
+        q1 = self._registered_codes(m, ce, p1, 0, sgn)  # S1b: the beat's q1 codes
+        # S1b: the model row and the codes registered once more (the block RAM's clock-to-out is not in front of
         # the lane products: Fmax)
         v1b, last1b, ref1b = Signal(), Signal(), Signal()
-        p1b = Signal(W)
         lab1b = Signal(signed(32))
         rem1b = Signal(signed(18))
         yrow = Signal(mw * L)
         with m.If(ce):
-            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1), p1b.eq(p1), lab1b.eq(lab1),
+            m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1),
+                         lab1b.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())),
                          rem1b.eq(rem1), yrow.eq(yr.data)]
-        q1 = self._codes(p1b, 0, sgn)
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
@@ -555,30 +576,36 @@ class SgdEngine(Engine):
         with m.If(ce):
             m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
 
-        # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met
-        # (two register stages: the difference and its margin test, then the shift and the saturation)
-        f_dot = Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)
-        diff_c = Signal(signed(acc_w + 1))
-        m.d.comb += diff_c.eq(f_dot - slab)
-        pos = slab > 0
-        diff = Signal(signed(acc_w + 1))
-        active = Signal()
-        shift = Signal(6)
-        dv2, dref2 = Signal(), Signal()
+        # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met.  Four register
+        # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot), the difference, its margin test and shift,
+        # the saturation
+        fv, fref, fpos = Signal(), Signal(), Signal()
+        f_dot = Signal(signed(acc_w))
+        flab = Signal(signed(32))
+        fshift = Signal(6)
         with m.If(ce):
-            m.d.sync += [diff.eq(diff_c), dv2.eq(sv), dref2.eq(sref),
-                         active.eq(Mux(loss == LOSS_L2SVM, Mux(pos, diff_c < 0, diff_c > 0), 1)),
-                         shift.eq(Mux(flags[3] & ~pos, step_shift_neg, step_shift))]
+            m.d.sync += [fv.eq(sv), fref.eq(sref), fpos.eq(slab > 0), flab.eq(slab),
+                         f_dot.eq(Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)),
+                         fshift.eq(Mux(flags[3] & (slab <= 0), step_shift_neg, step_shift))]
+        diff = Signal(signed(acc_w + 1))
+        dv2, dref2, dpos = Signal(), Signal(), Signal()
+        shift = Signal(6)
+        with m.If(ce):
+            m.d.sync += [diff.eq(f_dot - flab), dv2.eq(fv), dref2.eq(fref), dpos.eq(fpos), shift.eq(fshift)]
         shifted = Signal(signed(acc_w + 1))
-        m.d.comb += shifted.eq(diff >> shift)
+        active = Signal()
+        hv, href = Signal(), Signal()
+        with m.If(ce):
+            m.d.sync += [shifted.eq(diff >> shift), hv.eq(dv2), href.eq(dref2),
+                         active.eq(Mux(loss == LOSS_L2SVM, Mux(dpos, diff < 0, diff > 0), 1))]
         t_hi = shifted > 2**31 - 1
         t_lo = shifted < -2**31
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
         with m.If(ce):
-            m.d.sync += [tv.eq(dv2), tref.eq(dref2),
+            m.d.sync += [tv.eq(hv), tref.eq(href),
                          t.eq(Mux(active, Mux(t_hi, 2**31 - 1, Mux(t_lo, -2**31, shifted)), 0))]
-            with m.If(dv2 & active & (t_hi | t_lo)):
+            with m.If(hv & active & (t_hi | t_lo)):
                 m.d.sync += t_sat.eq(1)
 
         # --- update pass: one model row per enabled cycle
@@ -603,12 +630,22 @@ class SgdEngine(Engine):
                              u_ref.eq(rr), u_active.eq(row + 1 != beats)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
-        q2 = self._codes(fr.data, 1, sgn)
+        # U1: the beat's q2 codes (decoded from the FIFO block RAM's output) registered, so no lane product starts at a RAM's
+        # clock-to-out (Fmax); the X bank row requested in U0 arrives
+        ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
+        ub_row = Signal(16)
+        ub_rem = Signal(signed(18))
+        ub_t = Signal(signed(32))
+        with m.If(ce):
+            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
+                         ub_rem.eq(ua_rem), ub_t.eq(ua_t)]
+        q2 = self._registered_codes(m, ce, fr.data, 1, sgn)
         # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
         # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
-        ub_rem = Signal(signed(18))
-        upd_we = Signal()
+        uc_v, uc_ref, uc_lastrow = Signal(), Signal(), Signal()
+        uc_row = Signal(16)
+        uc_rem = Signal(signed(18))
         rng_sets = [name for name, on in [("g", self.stochastic_grad), ("m", mw < 32)] if on]
         all_states = {name: [Signal(32, name=f"rng{name}{j}") for j in range(L)] for name in rng_sets}
         rand = {"g": [None] * L, "m": [None] * L}
@@ -624,7 +661,7 @@ class SgdEngine(Engine):
                         with m.Case(j):
                             m.d.sync += st.eq(word_next)
         for name in rng_sets:
-            step = ce & ua_v & (ua_rem > 0) if name == "g" else upd_we & (ub_rem > 0)
+            step = ce & (ub_v & (ub_rem > 0) if name == "g" else uc_v & (uc_rem > 0))
             for j, st in enumerate(all_states[name]):
                 x1 = Signal(32, name=f"xs{name}{j}a")
                 x2 = Signal(32, name=f"xs{name}{j}b")
@@ -633,21 +670,39 @@ class SgdEngine(Engine):
                 rand[name][j] = x3
                 with m.If(step):
                     m.d.sync += st.eq(x3)
+        # U2: g_j = (t * q2_j) >> nb and the X row registered.  The X bank's read does not see the writes of the
+        # three rows ahead of it (U3 now, and the two written before, its read having been requested in U0), so
+        # U2 forwards the newest of them on a row match (R = 1 rewrites one row on consecutive cycles).  The
+        # matches are decided here, one stage early, so U3 only selects.
         gw = 34
         g = Signal(data.ArrayLayout(signed(gw), L))
-        ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
-        ub_row = Signal(16)
+        xrow = Signal(mw * L)
+        ud_v, ud_ref, ud_lastrow = Signal(), Signal(), Signal()
+        ud_row = Signal(16)
+        ud_data = Signal(mw * L)
+        ud_sat = Signal(L)
+        ue_v, uf_v = Signal(), Signal()
+        ue_row, uf_row = Signal(16), Signal(16)
+        ue_data, uf_data = Signal(mw * L), Signal(mw * L)
+        fwd_d, fwd_e, fwd_f = Signal(), Signal(), Signal()
         with m.If(ce):
-            m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
-                         ub_rem.eq(ua_rem)]
+            m.d.sync += [uc_v.eq(ub_v), uc_ref.eq(ub_ref), uc_lastrow.eq(ub_lastrow), uc_row.eq(ub_row),
+                         uc_rem.eq(ub_rem), xrow.eq(xr.data),
+                         fwd_d.eq(uc_v & (uc_row == ub_row)), fwd_e.eq(ud_v & (ud_row == ub_row)),
+                         fwd_f.eq(ue_v & (ue_row == ub_row))]
             for j in range(L):
-                prod = self._mul(ua_t, q2[j])
+                prod = self._mul(ub_t, q2[j])
                 gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
-                m.d.sync += g[j].eq(Mux(ua_rem > j, gj, 0))
+                m.d.sync += g[j].eq(Mux(ub_rem > j, gj, 0))
+        with m.If(reading):
+            m.d.sync += xrow.eq(xr.data)
+        x_cur = Signal(mw * L)
+        m.d.comb += x_cur.eq(Mux(fwd_d, ud_data, Mux(fwd_e, ue_data, Mux(fwd_f, uf_data, xrow))))
+        # U3: x_j = sat32(x_j - g_j) (then the stochastic rounding to w bits), registered with its saturation bits
         new_lanes = []
         any_sat = []
         for j in range(L):
-            xj = stored_to_q23(xr.data[mw * j:mw * j + mw])
+            xj = stored_to_q23(x_cur[mw * j:mw * j + mw])
             nv = Signal(signed(gw + 1), name=f"new{j}")
             m.d.comb += nv.eq(xj - g[j])
             hi, lo = nv > 2**31 - 1, nv < -2**31
@@ -662,15 +717,23 @@ class SgdEngine(Engine):
             else:
                 any_sat.append(hi | lo)
                 new_lanes.append(sat)
-        new_row = Cat(*new_lanes)
-        m.d.comb += upd_we.eq(ce & ub_v)
+        with m.If(ce):
+            m.d.sync += [ud_v.eq(uc_v), ud_ref.eq(uc_ref), ud_lastrow.eq(uc_lastrow), ud_row.eq(uc_row),
+                         ud_data.eq(Cat(*new_lanes)), ud_sat.eq(Cat(*any_sat)),
+                         ue_v.eq(ud_v), ue_row.eq(ud_row), ue_data.eq(ud_data),
+                         uf_v.eq(ue_v), uf_row.eq(ue_row), uf_data.eq(ue_data)]
+        with m.If(start):
+            m.d.sync += [ue_v.eq(0), uf_v.eq(0)]
+        # U4: the row written to bank X (and Y on refresh samples)
+        upd_we = Signal()
+        m.d.comb += upd_we.eq(ce & ud_v)
         with m.If(upd_we):
-            with m.If(Cat(*any_sat).any()):
+            with m.If(ud_sat.any()):
                 m.d.sync += x_sat.eq(1)
-            with m.If(ub_lastrow):
+            with m.If(ud_lastrow):
                 m.d.sync += cnt_samples.eq(cnt_samples + 1)
                 with m.If(cnt_samples + 1 == run_samples):
-                    m.d.sync += running.eq(0)
+                    m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
         all_lanes = (1 << L) - 1
@@ -679,8 +742,8 @@ class SgdEngine(Engine):
         rd_lane = Signal(range(L))
         with m.If(running):
             m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce),
-                         xw.addr.eq(ub_row), xw.data.eq(new_row), xw.en.eq(Mux(upd_we, all_lanes, 0)),
-                         yw.addr.eq(ub_row), yw.data.eq(new_row), yw.en.eq(Mux(upd_we & ub_ref, all_lanes, 0))]
+                         xw.addr.eq(ud_row), xw.data.eq(ud_data), xw.en.eq(Mux(upd_we, all_lanes, 0)),
+                         yw.addr.eq(ud_row), yw.data.eq(ud_data), yw.en.eq(Mux(upd_we & ud_ref, all_lanes, 0))]
         with m.Elif(clearing):
             m.d.comb += [xw.addr.eq(clear_row), xw.data.eq(0), xw.en.eq(all_lanes),
                          yw.addr.eq(clear_row), yw.data.eq(0), yw.en.eq(all_lanes)]
@@ -712,8 +775,10 @@ class SgdEngine(Engine):
             with m.Switch(rd_phase):
                 with m.Case(0):
                     m.d.sync += rd_phase.eq(1)
-                with m.Case(1):
-                    m.d.sync += [rd_latch.eq(stored_to_q23(xr.data.word_select(rd_lane, mw))), rd_phase.eq(2)]
+                with m.Case(1):  # the row registered (below), then one word of it: no lane select at a RAM output
+                    m.d.sync += rd_phase.eq(3)
+                with m.Case(3):
+                    m.d.sync += [rd_latch.eq(stored_to_q23(xrow.word_select(rd_lane, mw))), rd_phase.eq(2)]
                 with m.Case(2):
                     m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(rd_latch.word_select(rd_byte, 8))]
                     with m.If(self.o.ready):

@@ -149,6 +149,27 @@ SIGMOID_IN_SHIFT = 18       # table bin = 2**(18 - 23) = 1/32 of Q.23 input
 SIGMOID_ENTRIES = 512       # inputs clamped to [-8, 8)
 
 
+def model_frac_bits_for(x_ref, model_bits: int) -> int:
+    """Fractional bits f of a ``model_bits``-bit stored model (``engine_run(..., model_frac_bits=f)``,
+    ``SgdEngine(model_frac_bits=f)``) chosen from the scale of a reference solution ``x_ref`` (float, e.g. the
+    least-squares solution of the scaled data): the finest grid whose range 2**(w - 1 - f) still holds
+    max|x_ref|, within the engine's limits (f <= 22, at most 8 integer bits)."""
+    w = int(model_bits)
+    if not 4 <= w < 32:
+        raise ValueError(f"model_bits must be in 4..31 for a narrow model, got {model_bits}")
+    m = float(np.max(np.abs(np.asarray(x_ref, dtype=np.float64)))) if np.size(x_ref) else 0.0
+    f = FRAC_BITS - 1 if m == 0.0 else w - 1 - int(np.ceil(np.log2(m)))
+    return int(min(max(f, w - 9, 0), FRAC_BITS - 1))
+
+
+def round_model_to_width(x_ref, model_bits: int, model_frac_bits: int) -> np.ndarray:
+    """``x_ref`` (float) rounded to nearest on the w-bit grid with f fractional bits and saturated to its range:
+    the best a stored model of that width can represent (the loss floor of a width)."""
+    lim = 1 << (int(model_bits) - 1)
+    q = np.clip(np.round(np.asarray(x_ref, dtype=np.float64) * 2.0**model_frac_bits), -lim, lim - 1)
+    return q / 2.0**model_frac_bits
+
+
 def sigmoid_table() -> np.ndarray:
     """The engine's sigmoid ROM: entry k = round(2**23 * sigmoid(bin centre)), bin k covering
     [(k - 256) / 32, (k - 255) / 32); 24-bit unsigned words (the gateware's memory init)."""
