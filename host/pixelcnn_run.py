@@ -433,15 +433,15 @@ def speed_fields(r, root=_REPO):
     stages = list((r.get("stages") or {}).values())
     last = stages[-1] if stages else r
     out = {k: r.get(k, last.get(k)) for k in ("architecture", "channels", "height", "width")}
-    cpi = r["cycles_per_image"]
+    cpi = r.get("cycles_per_image")
     pixels = out["height"] * out["width"] if out["height"] and out["width"] else None
-    out["cycles_per_pixel"] = r.get("cycles_per_pixel", cpi / pixels if pixels else None)
+    out["cycles_per_pixel"] = r.get("cycles_per_pixel", cpi / pixels if pixels and cpi else None)
     if "mac_lower_bound_cycles_per_pixel" in r:
         out["mac_lower_bound_cycles_per_pixel"] = r["mac_lower_bound_cycles_per_pixel"]
     elif stages and pixels:
         out["mac_lower_bound_cycles_per_pixel"] = sum(
             s["mac_lower_bound_cycles_per_pixel"] * s["height"] * s["width"] for s in stages) / pixels
-    path, rep = latest_build_report(r.get("engine_params"), root=root)
+    path, rep = latest_build_report(r["engine_params"], root=root) if r.get("engine_params") else (None, None)
     fmax = rep["fmax_mhz"] if rep else None
     smp = r.get("cycles_per_sampled_image")
     out.update(fmax_mhz=fmax, clk_mhz=rep["clk_mhz"] if rep else None,
@@ -715,7 +715,7 @@ def main(args) -> int:
         r, grids = run_pixelcnn(args)
         print_result(r)
     r.update(speed_fields(r))
-    if r["fmax_mhz"]:
+    if r["fmax_mhz"] and r["images_per_s_at_fmax"]:
         print(f"  at the build's Fmax  : {r['fmax_mhz']} MHz ({r['fmax_report']}): "
               f"{r['images_per_s_at_fmax']:,.1f} images/s likelihood"
               + (f", {r['sampled_images_per_s_at_fmax']:,.1f} sampled images/s" if r["sampled_images_per_s_at_fmax"]

@@ -107,8 +107,8 @@ DESIGN_DEFAULTS = {
 # and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
 # hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
 CONV_BOARD_DEFAULTS = {
-    "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 32, "weight_depth": 8192,
-                   "bias_depth": 1024, "max_maps": 16, "row_slots": 4, "feat_rows": 32}, 60.0),
+    "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 16, "weight_depth": 8192,
+                   "bias_depth": 1024, "max_maps": 16}, 60.0),
 }
 
 
