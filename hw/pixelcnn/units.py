@@ -27,9 +27,10 @@ class LineBuffer(wiring.Component):
     output row) and a channel; taps above, below (row + dy >= ``height``) or left/right of the image
     read 0 (zero padding). Three read stages: the address and the padding flag are registered, the
     memory is read, the (padded) data is registered: ``rd_data`` holds it ``READ_LATENCY`` = 3 cycles
-    after ``rd_en``. The memory is eight 1-bit-wide memories (one per data bit), so a block-RAM mapping
-    splits it by width, not by depth, and the read mux over the RAMs stays shallow (ECP5: 16k x 1
-    blocks). Writes go to column ``col`` of a layer's map in slot ``slot``.
+    after ``rd_en``. One 8-bit memory: the width-split variant (eight 1-bit memories, a shallower read mux,
+    70.9 MHz before the conditioner passes) makes Yosys's ECP5 synthesis of the whole merged engine stop on an
+    internal assertion (docs/conv-engine.md, Build status). Writes go to column ``col`` of a layer's map in
+    slot ``slot``.
     """
 
     READ_LATENCY = 3
@@ -49,12 +50,8 @@ class LineBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         depth = 1 << (self.lbits + self.sbits + self.wbits + self.cbits)
-        mems = [memory.Memory(shape=unsigned(1), depth=depth, init=[]) for _ in range(8)]
-        rds, wrs = [], []
-        for b, mem in enumerate(mems):
-            m.submodules[f"mem{b}"] = mem
-            rds.append(mem.read_port())
-            wrs.append(mem.write_port())
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
+        rds, wrs = [mem.read_port()], [mem.write_port()]
 
         rrow = Signal(signed(18))
         m.d.comb += rrow.eq(self.row + self.rd_dy)
@@ -75,9 +72,9 @@ class LineBuffer(wiring.Component):
         with m.If(en_r):
             m.d.sync += self.rd_data.eq(Mux(pad, 0, Cat(rd.data for rd in rds).as_signed()))
         wr_addr = Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)
-        for b, (rd, wr) in enumerate(zip(rds, wrs)):
+        for rd, wr in zip(rds, wrs):
             m.d.comb += [rd.addr.eq(addr_q), rd.en.eq(en_q),
-                         wr.addr.eq(wr_addr), wr.data.eq(self.wr_data[b]), wr.en.eq(self.wr_en)]
+                         wr.addr.eq(wr_addr), wr.data.eq(self.wr_data), wr.en.eq(self.wr_en)]
         return m
 
 
