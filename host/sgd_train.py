@@ -687,7 +687,6 @@ def _save_model(path, result, args, ds) -> None:
 
 
 def _report_classifier(result, args) -> int:
-    import json
     print(f"{'epoch':>5} {'objective':>10} {'train acc':>10} {'test acc':>9} {'cycles':>10}")
     for e, (o, a, t, c) in enumerate(zip(result["objective_per_epoch"], result["train_accuracy_per_epoch"],
                                          result["test_accuracy_per_epoch"], result["cycles_per_epoch"]), 1):
@@ -696,17 +695,22 @@ def _report_classifier(result, args) -> int:
           f"{result['models_trained']} engine model(s), Q{result['bits']} {result['encoding']}): test accuracy "
           f"{result['test_accuracy']:.4f} vs scikit-learn {result['sklearn_model']} "
           f"{result['sklearn_test_accuracy']:.4f}; engine == bit-exact golden: {result['golden_match']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"results: {args.json}")
+    _write_json(args.json, result)
     return 0
+
+
+def _write_json(path, result) -> None:
+    """``result`` as JSON at ``path`` (checked writable up front by ``host.cli_checks``); nothing when None."""
+    if path:
+        import json
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1))
+        print(f"results: {path}")
 
 
 def main(args) -> int:
     """Entry point for ``python host/run.py --dataset ...`` (``args`` from ``host/run.py``'s parser, after
     ``host.cli_checks.validate`` and :func:`check_args`)."""
-    import json
     import sys
     from host.backends import open_device
     from host.cli_checks import EXIT_MISMATCH, EXIT_USAGE
@@ -714,10 +718,7 @@ def main(args) -> int:
         r = evaluate(args)
         print(f"{r['model_file']} ({r['model_epochs']} epochs on {r['model_dataset']}, Q{r['bits']}) on "
               f"{r['dataset']}: loss {r['loss']:.6f} over {r['samples']} samples")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(r, indent=1))
-            print(f"results: {args.json}")
+        _write_json(args.json, r)
         return 0
     resume = {}
     if args.resume is not None:
@@ -756,10 +757,7 @@ def main(args) -> int:
           f"{result['golden_match']}")
     print(f"over a {args.baud}-baud link an epoch would move {result['link_wire_bytes_per_epoch']:,} bytes "
           f"({result['link_limited_seconds_per_epoch']:.1f} s)")
-    if args.json:  # the results first: a plot that fails must not lose them
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-        print(f"results: {args.json}")
+    _write_json(args.json, result)  # the results first: a plot that fails must not lose them
     if args.save_model:
         _save_model(args.save_model, result, args, args.loaded_dataset)
         print(f"model: {args.save_model}")

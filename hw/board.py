@@ -53,12 +53,8 @@ class BoardTop(Elaboratable):
             return m
 
         if self.pll is not None:
-            from amaranth.hdl import ClockDomain
-            from .pll import Ecp5Pll
-            m.domains.sync = ClockDomain("sync")
-            clk_pin = platform.request(platform.default_clk, dir="-")
-            m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
-            m.submodules.pll = Ecp5Pll(clk_buf.i, self.pll)
+            from .pll import add_pll_sync_domain
+            add_pll_sync_domain(m, platform, self.pll)
 
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_pin = io.Buffer("i", uart.rx)

@@ -7,7 +7,8 @@ checked against the PLL frequency.  The domain is held in reset until the PLL lo
 """
 from dataclasses import dataclass
 
-from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 PFD_MHZ = (3.125, 400.0)
@@ -80,3 +81,11 @@ class Ecp5Pll(Elaboratable):
         m.d.comb += ClockSignal("sync").eq(clk_out)
         m.submodules.reset_sync = ResetSynchronizer(~self.locked, domain="sync")
         return m
+
+
+def add_pll_sync_domain(m: Module, platform, config: PllConfig) -> None:
+    """Clock ``m``'s ``sync`` domain from the ECP5 PLL (``config``) fed by the board's oscillator pin."""
+    m.domains.sync = ClockDomain("sync")
+    clk_pin = platform.request(platform.default_clk, dir="-")
+    m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
+    m.submodules.pll = Ecp5Pll(clk_buf.i, config)

@@ -14,11 +14,11 @@ import json
 import time
 from pathlib import Path
 
-from amaranth.hdl import Cat, ClockDomain, Elaboratable, Module, Signal
+from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from amaranth.lib import io
 
 from ..build import BITSTREAM_NAME, _build_kwargs, get_board, parse_engine_args, read_results, tool_env
-from ..pll import Ecp5Pll, ecp5_pll_config
+from ..pll import add_pll_sync_domain, ecp5_pll_config
 from .engine import SgdEngine
 
 
@@ -30,10 +30,7 @@ class EngineAloneTop(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = eng = self.engine
-        m.domains.sync = ClockDomain("sync")
-        clk_pin = platform.request(platform.default_clk, dir="-")
-        m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
-        m.submodules.pll = Ecp5Pll(clk_buf.i, self.pll)
+        add_pll_sync_domain(m, platform, self.pll)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_pin = rx_pin = io.Buffer("i", uart.rx)
         m.submodules.tx_pin = tx_pin = io.Buffer("o", uart.tx)
