@@ -122,8 +122,9 @@ def main(argv=None):
     p.add_argument("-g", "--gray-levels", type=int, default=None,
                    help="gray levels of f(x) (default: as the Grayscale model, 16 for 256 levels else 4)")
     p.add_argument("-n", "--images", type=int, default=200, help="test images used (the first n)")
-    p.add_argument("-k", "--draws", type=int, nargs="+", default=[16],
-                   help="importance draws per image; several values show the convergence")
+    p.add_argument("-k", "--draws", type=int, nargs="*", default=[16],
+                   help="importance draws per image; several values show the convergence; none (a bare -k): only "
+                        "the exact parts (the restricted baseline and --compare)")
     p.add_argument("--compare", default=None,
                    help="a Grayscale ('gray') checkpoint whose own gray and colour parts are evaluated on the same "
                         "images (with the exact mask)")
@@ -143,7 +144,8 @@ def main(argv=None):
     xs = ds.test[:res["images"]]
     dims = int(np.prod(xs.shape[1:]))
     rb = float(restricted_bits(model.eval(), xs, G).mean()) / dims
-    total = float(model.nll(torch.from_numpy(xs).to(next(model.parameters()).device)).double().mean()) / dims
+    with torch.no_grad():
+        total = float(model.nll(torch.from_numpy(xs).to(next(model.parameters()).device)).double().mean()) / dims
     res["restricted_baseline"] = {"colour_given_gray": rb, "autoregressive_gray": total - rb, "total": total}
     print(f"baseline restricted to the known gray (exact): colour|gray {rb:.4f} + autoregressive gray "
           f"{total - rb:.4f} = {total:.4f} bits/dim", flush=True)
