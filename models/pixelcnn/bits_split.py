@@ -121,13 +121,16 @@ def main(argv=None):
     p.add_argument("-d", "--dataset", default=None, help="dataset (default: the checkpoint's)")
     p.add_argument("-g", "--gray-levels", type=int, default=None,
                    help="gray levels of f(x) (default: as the Grayscale model, 16 for 256 levels else 4)")
-    p.add_argument("-n", "--images", type=int, default=200, help="test images used (the first n)")
+    p.add_argument("-n", "--images", type=int, default=200, help="images used (the first n)")
     p.add_argument("-k", "--draws", type=int, nargs="*", default=[16],
                    help="importance draws per image; several values show the convergence; none (a bare -k): only "
                         "the exact parts (the restricted baseline and --compare)")
     p.add_argument("--compare", default=None,
                    help="a Grayscale ('gray') checkpoint whose own gray and colour parts are evaluated on the same "
                         "images (with the exact mask)")
+    p.add_argument("--photo", default=None,
+                   help="use the training images of this photo (patches: data.hold_out_photo, e.g. the validation "
+                        "photo of train --val-photo) instead of the test images")
     p.add_argument("--no-smc", action="store_true", help="independent draws instead of SMC particles")
     p.add_argument("-s", "--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -139,9 +142,10 @@ def main(argv=None):
         raise SystemExit(f"error: {a.checkpoint} holds a {ck['meta']['model']!r} model; needs 'pixelcnn'")
     ds = data.load(a.dataset or ck["meta"]["dataset"])
     G = a.gray_levels or (16 if ds.levels > 32 else 4)
-    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "gray_levels": G, "smc": not a.no_smc, "images": min(a.images, len(ds.test)),
-           "bits_per_dim": {}}
-    xs = ds.test[:res["images"]]
+    pool = ds.test if a.photo is None else data.hold_out_photo(ds, a.photo)[1]
+    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "images_from": a.photo or "test", "gray_levels": G,
+           "smc": not a.no_smc, "images": min(a.images, len(pool)), "bits_per_dim": {}}
+    xs = pool[:res["images"]]
     dims = int(np.prod(xs.shape[1:]))
     rb = float(restricted_bits(model.eval(), xs, G).mean()) / dims
     with torch.no_grad():
