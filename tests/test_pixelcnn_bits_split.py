@@ -47,3 +47,21 @@ def test_log_weights_cached_equals_naive():
     assert torch.allclose(a, b, atol=1e-12) and (a < 0).all()
     with pytest.raises(TypeError, match="GatedPixelCNN"):
         bits_split.split_bits(torch.nn.Linear(1, 1), torch.zeros(1, 3, 2, 2, dtype=torch.long), 2)
+
+
+def test_restricted_baseline_is_a_normalised_colour_model():
+    """The baseline restricted to the known gray sums to 1 over the images with that gray view, and is what
+    a Grayscale colour network warm-started from the baseline computes before any conditioning training."""
+    from models.pixelcnn.models import GrayscalePixelCNN
+    m = _model(3, 4)
+    allx = torch.tensor(list(itertools.product(range(4), repeat=6))).view(-1, 2, 3).permute(0, 2, 1)
+    allx = allx.reshape(-1, 3, 1, 2)
+    r = bits_split.restricted_bits(m, allx, 2, batch=100)
+    gs = to_gray(allx, 4, 2).flatten(1)
+    for g in gs.unique(dim=0):
+        same = (gs == g).all(1)
+        assert abs(float((2.0 ** -r[same]).sum()) - 1) < 1e-9
+    assert (r <= m.nll(allx) + 1e-9).all()
+    gm = GrayscalePixelCNN(3, 4, gray_levels=2, hidden=6, n_layers=2, cond_hidden=4, cond_layers=1).double()
+    gm.warm_start_colour(m)
+    assert torch.allclose(gm.loss_parts(allx)["colour"], r)

@@ -18,6 +18,8 @@ def test_faces_and_patches():
     p = data.patches(n_train=20, n_test=10)
     assert p.train.shape == (20, 3, 8, 8) and p.test.shape == (10, 3, 8, 8)
     assert np.array_equal(p.test, data.patches(n_train=20, n_test=10).test)
+    tr, val = data.hold_out_photo(p, "china")      # patch t comes from photo t mod 5
+    assert len(val) == 4 and np.array_equal(val, p.train[4::5]) and len(tr) == 16
 
 
 def test_folder_and_npz(tmp_path):

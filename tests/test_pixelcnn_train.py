@@ -120,3 +120,32 @@ def test_warm_start(tmp_path):
     with pytest.raises(ValueError, match="gray model only"):
         train.train("pyramid", ds, epochs=1, batch_size=4, arch=TINY["pyramid"], progress=False,
                     log=lambda s: None, warm_start=base)
+
+
+def test_prior_from_and_early_stopping(tmp_path):
+    """--prior-from copies a Grayscale model's gray prior and keeps it frozen; --val-photo trains without
+    that photo's images, validates from step 0, and returns (and saves) the model of the best step."""
+    rng = np.random.RandomState(1)
+    photos = np.array(["a", "b"] * 8)
+    ds = data.Dataset("tiny", rng.randint(0, 16, (16, 3, 4, 4)), rng.randint(0, 16, (4, 3, 4, 4)), 16,
+                      train_photos=photos)
+    arch = dict(TINY["gray"], gray_levels=4)
+    src = str(tmp_path / "src.pt")
+    sm, _ = train.train("gray", ds, epochs=1, batch_size=4, arch=arch, out=src, progress=False, log=lambda s: None)
+    ck = str(tmp_path / "g.pt")
+    m, res = train.train("gray", ds, epochs=2, batch_size=4, lr=0.05, seed=3, arch=arch, out=ck, progress=False,
+                         log=lambda s: None, prior_from=src, val_photo="b", eval_every=1)
+    assert all(torch.equal(a, b) for a, b in zip(sm.prior.state_dict().values(), m.prior.state_dict().values()))
+    v = res["val"]
+    assert v["images"] == 8 and v["curve"][0][0] == 0 and len(v["curve"]) == 5 and v["steps"] == 4
+    assert v["best_bits_per_dim"] == min(b for _, b in v["curve"])
+    assert train.evaluate(m, ds.train[photos == "b"])[0] == pytest.approx(v["best_bits_per_dim"], abs=1e-6)
+    m2, ck2 = train.load_checkpoint(ck)
+    assert ck2["meta"]["val"]["best_step"] == v["best_step"] and ck2["meta"]["prior_from"] == "src.pt"
+    assert train.evaluate(m2, ds.test)[0] == pytest.approx(res["test_bits_per_dim"], abs=1e-6)
+    with pytest.raises(ValueError, match="does not record the source photo"):
+        data.hold_out_photo(tiny(3), "b")
+    with pytest.raises(ValueError, match="no training image"):
+        data.hold_out_photo(ds, "flower")
+    with pytest.raises(ValueError, match="gray model only"):
+        train.train("pixelcnn", ds, epochs=1, arch=TINY["pixelcnn"], progress=False, prior_from=src)

@@ -9,7 +9,14 @@ and renormalised; the weight of a draw is the product over sub-pixels of the mas
 the consistent values, and E[prod Z_t] = p(g) exactly (each x' with f(x') = g is drawn with probability
 p(x') / prod Z_t). The gray part is -log2 of the mean of K weights: by Jensen its expectation is >= the
 true -log2 p(g), so the gray part is slightly over- and the colour part slightly under-estimated; both
-converge as K grows (``k_sweep`` shows the trend).
+converge as K grows (``-k 16 64 256 1024`` shows the trend).
+
+The baseline *restricted to the known gray* (``restricted_bits``: its own conditional logits with the
+gray-inconsistent values removed and renormalised, which is what a Grayscale colour network warm-started from
+the baseline computes before any conditioning training) is a colour-given-gray model in its own right, and its
+colour part is exact (no sampling). It uses the gray values of the current pixel only, not the later ones, so
+it pays the implied colour part plus what the later gray values say about the current colour:
+sum_t log2 p(g_t | g_<t) - log2 p(g_t | x_<t) over pixels t, on average.
 
     python -m models.pixelcnn.bits_split models/pixelcnn/weights/bench_pixelcnn_patches.pt -n 200 -k 16
 
@@ -20,12 +27,13 @@ import argparse
 import json
 import math
 import sys
+import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .models import GatedPixelCNN, gray_consistent, to_gray
+from .models import GatedPixelCNN, gray_consistent, nll_bits, to_gray
 from .sample import sample_cached, uniform_stream
 
 LN2 = math.log(2.0)
@@ -79,6 +87,24 @@ def split_bits(model: GatedPixelCNN, x, gray_levels, k=16, batch=64, seed=0, pro
     return {"total": total, "gray": gray, "colour_given_gray": total - gray}
 
 
+@torch.no_grad()
+def restricted_bits(model: GatedPixelCNN, x, gray_levels, batch=256):
+    """Per-image bits (N,) of x under the baseline restricted to the known gray view g = f(x): every
+    sub-pixel's softmax over the values ``gray_consistent`` leaves (given g and the pixel's earlier
+    channels), renormalised. Exact; the rest of the baseline's bits, total - restricted, is
+    -log2 prod_t p(g_t | x_<t), its autoregressive gray code length."""
+    if not isinstance(model, GatedPixelCNN):
+        raise TypeError(f"restricted_bits needs a GatedPixelCNN baseline, got {type(model).__name__}")
+    x = torch.as_tensor(np.asarray(x)).long()
+    dev = next(model.parameters()).device
+    out = []
+    for b in range(0, len(x), batch):
+        xb = x[b:b + batch].to(dev)
+        ok = gray_consistent(xb, to_gray(xb, model.levels, gray_levels), model.levels, gray_levels)
+        out.append(nll_bits(model(xb).masked_fill(~ok, float("-inf")), xb).double().cpu())
+    return torch.cat(out)
+
+
 def split_bits_per_dim(model, x, gray_levels, k=16, batch=64, seed=0, progress=False, smc=True):
     """{part: bits/dim of the full image} (total, gray, colour_given_gray) averaged over x."""
     parts = split_bits(model, x, gray_levels, k, batch, seed, progress, smc)
@@ -95,12 +121,16 @@ def main(argv=None):
     p.add_argument("-d", "--dataset", default=None, help="dataset (default: the checkpoint's)")
     p.add_argument("-g", "--gray-levels", type=int, default=None,
                    help="gray levels of f(x) (default: as the Grayscale model, 16 for 256 levels else 4)")
-    p.add_argument("-n", "--images", type=int, default=200, help="test images used (the first n)")
-    p.add_argument("-k", "--draws", type=int, nargs="+", default=[16],
-                   help="importance draws per image; several values show the convergence")
+    p.add_argument("-n", "--images", type=int, default=200, help="images used (the first n)")
+    p.add_argument("-k", "--draws", type=int, nargs="*", default=[16],
+                   help="importance draws per image; several values show the convergence; none (a bare -k): only "
+                        "the exact parts (the restricted baseline and --compare)")
     p.add_argument("--compare", default=None,
                    help="a Grayscale ('gray') checkpoint whose own gray and colour parts are evaluated on the same "
                         "images (with the exact mask)")
+    p.add_argument("--photo", default=None,
+                   help="use the training images of this photo (patches: data.hold_out_photo, e.g. the validation "
+                        "photo of train --val-photo) instead of the test images")
     p.add_argument("--no-smc", action="store_true", help="independent draws instead of SMC particles")
     p.add_argument("-s", "--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -112,20 +142,30 @@ def main(argv=None):
         raise SystemExit(f"error: {a.checkpoint} holds a {ck['meta']['model']!r} model; needs 'pixelcnn'")
     ds = data.load(a.dataset or ck["meta"]["dataset"])
     G = a.gray_levels or (16 if ds.levels > 32 else 4)
-    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "gray_levels": G, "smc": not a.no_smc, "images": min(a.images, len(ds.test)),
-           "bits_per_dim": {}}
+    pool = ds.test if a.photo is None else data.hold_out_photo(ds, a.photo)[1]
+    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "images_from": a.photo or "test", "gray_levels": G,
+           "smc": not a.no_smc, "images": min(a.images, len(pool)), "bits_per_dim": {}}
+    xs = pool[:res["images"]]
+    dims = int(np.prod(xs.shape[1:]))
+    rb = float(restricted_bits(model.eval(), xs, G).mean()) / dims
+    with torch.no_grad():
+        total = float(model.nll(torch.from_numpy(xs).to(next(model.parameters()).device)).double().mean()) / dims
+    res["restricted_baseline"] = {"colour_given_gray": rb, "autoregressive_gray": total - rb, "total": total}
+    print(f"baseline restricted to the known gray (exact): colour|gray {rb:.4f} + autoregressive gray "
+          f"{total - rb:.4f} = {total:.4f} bits/dim", flush=True)
     if a.compare:
         from .train import evaluate
         gm, _ = load_checkpoint(a.compare, a.device)
         if not hasattr(gm, "exact"):
             raise SystemExit(f"error: --compare {a.compare} is not a Grayscale PixelCNN checkpoint")
         gm.exact = True
-        gb, gp = evaluate(gm, ds.test[:a.images])
+        gb, gp = evaluate(gm, xs)
         res["compare"] = {"checkpoint": a.compare, "bits_per_dim": gb, "parts_bits_per_dim": gp}
         print(f"Grayscale {a.compare}: {gb:.4f} = {gp}", flush=True)
     for k in a.draws:
-        r = split_bits_per_dim(model.eval(), ds.test[:a.images], G, k, seed=a.seed, progress=True,
-                               smc=not a.no_smc)
+        t0 = time.time()
+        r = split_bits_per_dim(model.eval(), xs, G, k, seed=a.seed, progress=True, smc=not a.no_smc)
+        r["seconds"] = time.time() - t0
         res["bits_per_dim"][f"k{k}"] = r
         print(f"k={k:4d}: total {r['total']:.4f} = gray {r['gray']:.4f} + colour|gray "
               f"{r['colour_given_gray']:.4f} bits/dim", flush=True)

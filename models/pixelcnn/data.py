@@ -20,6 +20,7 @@ class Dataset:
     test: np.ndarray
     levels: int
     extra: dict = field(default_factory=dict)  # further named test sets
+    train_photos: np.ndarray = None  # source photo of each training image, where known (patches)
 
     @property
     def shape(self):
@@ -73,10 +74,25 @@ def patches(n_train=12000, n_test=1000, size=8):
     """Natural RGB patches: train from the top 80 % of the rows of astronaut, chelsea, coffee, rocket
     (skimage) and china (sklearn); test from flower (sklearn) only, so train and test never share a
     source photo. ``extra['same_photos']``: an in-distribution check set from the bottom 20 % of the
-    training photos (disjoint pixels)."""
+    training photos (disjoint pixels); ``train_photos``: each training patch's photo (patch t is from
+    photo t mod 5)."""
     return Dataset("patches", _patches(PATCH_TRAIN, n_train, size, 0, (0.0, 0.8)),
                    _patches(PATCH_TEST, n_test, size, 1), 256,
-                   {"same_photos": _patches(PATCH_TRAIN, n_test, size, 2, (0.8, 1.0))})
+                   {"same_photos": _patches(PATCH_TRAIN, n_test, size, 2, (0.8, 1.0))},
+                   np.array(PATCH_TRAIN)[np.arange(n_train) % len(PATCH_TRAIN)])
+
+
+def hold_out_photo(ds, photo):
+    """(training images of every other photo, training images of ``photo``): a validation split cut from
+    the training photos that tests generalisation to an unseen photo without touching the test photo."""
+    if ds.train_photos is None:
+        raise ValueError(f"dataset {ds.name!r} does not record the source photo of its training images "
+                         f"(only 'patches' does); cannot hold out {photo!r}")
+    sel = ds.train_photos == photo
+    if not sel.any():
+        raise ValueError(f"no training image of dataset {ds.name!r} comes from photo {photo!r}; "
+                         f"photos: {sorted(set(ds.train_photos))}")
+    return ds.train[~sel], ds.train[sel]
 
 
 def downscale(im, f):

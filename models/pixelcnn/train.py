@@ -110,13 +110,17 @@ def load_checkpoint(path, device="cpu"):
 
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
-          warm_lr_scale=0.0):
+          warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
     colour network (``GrayscalePixelCNN.warm_start_colour``) before training; the copied weights then train
     at ``warm_lr_scale`` times the learning rate (0: frozen), the new parts (gray prior, conditioning net
-    and inputs) at the full rate."""
+    and inputs) at the full rate. ``prior_from`` (model ``gray`` only): a Grayscale checkpoint whose trained
+    gray prior is copied and frozen (only the colour model then trains). ``val_photo``: the training images
+    of that photo (``data.hold_out_photo``) are not trained on but evaluated every ``eval_every`` steps
+    (default: every epoch; also before the first step), and the model with the best validation bits/dim is
+    the one returned and saved (early stopping)."""
     ds = data_mod.load(dataset) if isinstance(dataset, str) else dataset
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -126,6 +130,22 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             "arch": arch, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "version": CHECKPOINT_VERSION}
     model = build(model_name, meta["channels"], ds.levels, **arch)
+    train_x, val_x = (ds.train, None) if val_photo is None else data_mod.hold_out_photo(ds, val_photo)
+    if val_photo is not None:
+        meta["val"] = {"photo": val_photo, "images": len(val_x), "curve": []}
+    if prior_from is not None:
+        if model_name != "gray":
+            raise ValueError(f"--prior-from applies to the gray model only, not {model_name!r}")
+        src, pck = load_checkpoint(prior_from)
+        if not hasattr(src, "prior"):
+            raise ValueError(f"--prior-from {prior_from}: holds a {pck['meta']['model']!r} model, not 'gray'")
+        try:
+            model.prior.load_state_dict(src.prior.state_dict())
+        except RuntimeError as e:
+            raise ValueError(f"--prior-from {prior_from}: its gray prior does not match gray_hidden/gray_layers "
+                             f"of this model ({e})") from None
+        model.prior.requires_grad_(False)
+        meta["prior_from"] = os.path.basename(prior_from)
     if warm_start is not None:
         if model_name != "gray":
             raise ValueError(f"--warm-start applies to the gray model only, not {model_name!r}")
@@ -138,15 +158,16 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
         model.warm_start_colour(base.cpu())
         meta["warm_start"]["lr_scale"] = warm_lr_scale
     model = model.to(dev)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if warm_start is not None:
         copied = [p for n, p in model.colour.named_parameters() if ".cond." not in n]
         ids = {id(p) for p in copied}
-        groups = [{"params": [p for p in model.parameters() if id(p) not in ids]},
+        groups = [{"params": [p for p in trainable if id(p) not in ids]},
                   {"params": copied, "lr": lr * warm_lr_scale}]
     else:
-        groups = model.parameters()
+        groups = trainable
     opt = torch.optim.Adam(groups, lr=lr)
-    steps_per_epoch = math.ceil(len(ds.train) / batch_size)
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
     total = max_steps or epochs * steps_per_epoch
     lr_fn = lambda s: 0.05 ** min(1.0, s / max(1, total))
     start = 0
@@ -162,14 +183,28 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     dims = int(np.prod(ds.shape))
     step = start * steps_per_epoch
     t0 = time.time()
+    eval_every = eval_every or steps_per_epoch
+    best = None
+
+    def validate():
+        nonlocal best
+        vb, _ = evaluate(model, val_x)
+        meta["val"]["curve"].append([step, vb])
+        if best is None or vb < best[0]:
+            best = (vb, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        log(f"step {step}: validation ({val_photo}) bpd {vb:.4f}  (best {best[0]:.4f} at step {best[1]})")
+        model.train()
+
+    if val_x is not None and step == 0:
+        validate()
     for ep in range(start, epochs):
         model.train()
-        perm = np.random.permutation(len(ds.train))
+        perm = np.random.permutation(len(train_x))
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {ep + 1}/{epochs}", disable=not progress,
                    file=sys.stderr, leave=False)
         run = 0.0
         for b in bar:
-            xb = torch.from_numpy(ds.train[perm[b * batch_size:(b + 1) * batch_size]]).to(dev)
+            xb = torch.from_numpy(train_x[perm[b * batch_size:(b + 1) * batch_size]]).to(dev)
             with autocast(dev):
                 loss = model.bpd(xb).mean()
             opt.zero_grad()
@@ -180,6 +215,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             step += 1
             run = 0.9 * run + 0.1 * loss.item() if b else loss.item()
             bar.set_postfix(bpd=f"{run:.3f}")
+            if val_x is not None and step % eval_every == 0:
+                validate()
             if max_steps and step >= max_steps:
                 break
         if out:
@@ -188,6 +225,12 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
         log(f"epoch {ep + 1}/{epochs}: train bpd {run:.4f}  test bpd {te:.4f}  ({time.time() - t0:.0f} s)")
         if max_steps and step >= max_steps:
             break
+    if best is not None:
+        model.load_state_dict(best[2])
+        meta["val"].update(best_step=best[1], best_bits_per_dim=best[0], steps=step)
+        if out:
+            save_checkpoint(out, model, opt, epochs, meta)
+        log(f"early stopping: kept step {best[1]} (validation bpd {best[0]:.4f})")
     bpd, parts = evaluate(model, ds.test)
     res = dict(meta, test_bits_per_dim=bpd, test_parts_bits_per_dim=parts, n_params=n_params(model),
                train_s=time.time() - t0, dims=dims, device=dev.type)
@@ -217,6 +260,14 @@ def main(argv=None):
                         "network, its conditioning inputs zeroed, before training (without it: random init)")
     p.add_argument("--warm-lr-scale", type=float, default=0.0,
                    help="with --warm-start: learning-rate factor of the copied baseline weights (0 freezes them; 0.05 made the held-out patches worse)")
+    p.add_argument("--prior-from", default=None,
+                   help="gray only: a Grayscale checkpoint (same gray_hidden/gray_layers) whose trained gray prior is "
+                        "copied and frozen; only the colour model trains")
+    p.add_argument("--val-photo", default=None,
+                   help="patches only: hold out this training photo's patches as a validation split (never the "
+                        "test photo) and keep the model with the best validation bits/dim (early stopping)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="with --val-photo: validation every this many steps (default: every epoch)")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -225,7 +276,8 @@ def main(argv=None):
     out = a.out or os.path.join("runs", f"{a.model}_{name}.pt")
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
                    a.resume, not a.no_progress, device=a.device, warm_start=a.warm_start,
-                   warm_lr_scale=a.warm_lr_scale)
+                   warm_lr_scale=a.warm_lr_scale, prior_from=a.prior_from, val_photo=a.val_photo,
+                   eval_every=a.eval_every)
     print(json.dumps(res, indent=1))
     if a.json:
         with open(a.json, "w") as f:
