@@ -444,13 +444,27 @@ HA_TAPS, HB_TAPS = ((0, -1),), ((0, -1), (0, 0))          # 1x3 horizontal, firs
 
 
 def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels=0, wmax=40, bias_max=2000,
-                      shift=(15, 19), gate_shift=(17, 21)):
+                      shift=(15, 19), gate_shift=(17, 21), channels=1):
     """A random integer Gated PixelCNN op graph with the structure ``export.quantize_gated`` writes
-    (k = 3; vertical ops in the row phase, the link folded into the horizontal op), for tests."""
-    ch, C = hidden, 1
+    (k = 3; vertical ops in the row phase, the link folded into the horizontal op), for tests.
+    ``channels`` 3: RGB, the centre taps zeroed by the channel-group masks (``models.pixelcnn.layers``:
+    output group o reads input group i at the current pixel iff i < o over x, i <= o over hidden maps)."""
+    ch, C = hidden, channels
 
-    def inp(m, taps, cin, cout):
-        return dict(map=m, taps=np.asarray(taps, np.int32), weight=rng.integers(-wmax, wmax + 1, (cout, cin, len(taps))).astype(np.int8))
+    def grp(k, n):
+        return k * C // n
+
+    def inp(m, taps, cin, cout, strict=None, per=None):
+        w = rng.integers(-wmax, wmax + 1, (cout, cin, len(taps)))
+        if C > 1 and strict is not None:  # group mask at the centre tap
+            t = [k for k, tp in enumerate(taps) if tuple(tp) == (0, 0)]
+            per = per or cout
+            for o in range(cout):
+                for i in range(cin):
+                    gi, go = grp(i, cin), grp(o % per, per)
+                    if gi > go or (gi == go and strict):
+                        w[o, i, t] = 0
+        return dict(map=m, taps=np.asarray(taps, np.int32), weight=w.astype(np.int8))
 
     def op(name, kind, phase, out, inputs, cout, residual="", relu_in=False):
         cond = [inp("cond", [(0, 0)], cond_channels, cout)] if cond_channels and kind == "gated" else []
@@ -465,13 +479,14 @@ def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels
         v_in, cin, vt = ("x", C, V0_TAPS) if l == 0 else (f"v{l - 1}", ch, V_TAPS)
         if l < n_layers - 1:
             vops.append(op(f"V{l}", "gated", "row", f"v{l}", [inp(v_in, vt, cin, 2 * ch)], 2 * ch))
-        hin = [inp("x", V0_TAPS + HA_TAPS, C, 2 * ch)] if l == 0 else \
-            [inp(f"h{l - 1}", HB_TAPS, ch, 2 * ch), inp(v_in, vt, ch, 2 * ch)]
+        hin = [inp("x", V0_TAPS + HA_TAPS + (((0, 0),) if C > 1 else ()), C, 2 * ch, True, ch)] if l == 0 else \
+            [inp(f"h{l - 1}", HB_TAPS, ch, 2 * ch, False, ch), inp(v_in, vt, ch, 2 * ch)]
         pops.append(op(f"H{l}", "gated", "pixel", "g", hin, 2 * ch))
-        pops.append(op(f"Hout{l}", "conv", "pixel", f"h{l}", [inp("g", [(0, 0)], ch, ch)], ch,
+        pops.append(op(f"Hout{l}", "conv", "pixel", f"h{l}", [inp("g", [(0, 0)], ch, ch, False)], ch,
                        residual="" if l == 0 else f"h{l - 1}"))
-    pops.append(op("head1", "conv", "pixel", "head", [inp(f"h{n_layers - 1}", [(0, 0)], ch, head)], head, relu_in=True))
-    pops.append(op("head2", "conv", "pixel", "logits", [inp("head", [(0, 0)], head, C * levels)], C * levels))
+    pops.append(op("head1", "conv", "pixel", "head", [inp(f"h{n_layers - 1}", [(0, 0)], ch, head, False)], head,
+                   relu_in=True))
+    pops.append(op("head2", "conv", "pixel", "logits", [inp("head", [(0, 0)], head, C * levels, False)], C * levels))
     inlut = np.floor((2 * np.arange(levels) / (levels - 1) - 1) * 127 + 0.5).astype(np.int8)
     return dict(format="zippix-pixelcnn-gated-int8", architecture="gated", channels=C, levels=levels,
                 input_lut=inlut, logit_scale=0.05, cond_channels=cond_channels, ops=vops + pops)
@@ -530,6 +545,17 @@ def input_stream(spec, x, cond=None, sample=False, feat=False):
                 out += (np.asarray(cond[k, :, i], np.int64).T.reshape(-1) & 0xFF).astype(np.uint8).tobytes()
             out += px[k, :, i].T.reshape(-1).astype(np.uint8).tobytes()
     return bytes(out)
+
+
+def bounds_stream(bounds):
+    """Bytes a sample run with the gray exclusion streams in (REG_SUBPIX bit 8): per pixel (raster order, image
+    after image) the luma bounds lo, hi of its known gray value, 3 bytes each, little-endian. ``bounds``
+    (N, 2, H, W) from ``integer.luma_bounds``."""
+    b = np.asarray(bounds, np.int64)
+    if b.min() < 0 or b.max() >= 1 << 24:
+        raise ValueError("luma bounds must be in 0..2**24-1")
+    px = b.transpose(0, 2, 3, 1).reshape(-1, 2)
+    return bytes(np.stack([(px >> (8 * k)) & 0xFF for k in range(3)], -1).reshape(-1).astype(np.uint8))
 
 
 def word_bytes(target, params: EngineParams):
