@@ -39,10 +39,10 @@ class EngineParams:
     max_width: int = 32       # image width; power of two
     max_layers: int = 32      # ops (layers, of all specs loaded at once); power of two
     weight_depth: int = 8192  # weight words of `lanes` bytes
-    bias_depth: int = 1024    # int32 biases (all ops)
+    bias_depth: int = 2048    # int32 biases (all ops)
     in_fifo: int = 512
     out_fifo: int = 4096
-    max_outputs: int = 256    # output channels of one layer (logits: channels * levels)
+    max_outputs: int = 768    # output channels of one layer (logits: channels * levels; RGB 3 x 256)
     max_maps: int = 16        # feature maps in the line buffers; power of two
     row_slots: int = 4        # rows per map in the line buffers (ring); non-causal 5x5 convs need 8
     feat_rows: int = 32       # rows of the whole-image feature memory (feat_rows x max_width x max_channels)

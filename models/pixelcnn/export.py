@@ -322,11 +322,14 @@ def main(argv=None):
 
 def committed_export_path(dataset="digits", kind="stream"):
     """Path of the committed int8 export for ``dataset``: ``kind`` 'stream' (plain masked net: digits,
-    faces) or 'gated' (Gated PixelCNN: digits)."""
+    faces) or 'gated' (Gated PixelCNN: digits, patches)."""
+    import glob
     import os
-    p = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", f"{kind}_{dataset}_int8.npz")
+    d = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+    p = os.path.join(d, f"{kind}_{dataset}_int8.npz")
     if not os.path.exists(p):
-        have = "digits" if kind == "gated" else "digits, faces"
+        have = ", ".join(sorted(os.path.basename(f)[len(kind) + 1:-len("_int8.npz")]
+                                for f in glob.glob(os.path.join(d, f"{kind}_*_int8.npz"))))
         raise ExportError(f"no committed {kind} integer export for dataset {dataset!r} (have {have})")
     return p
 
