@@ -88,3 +88,34 @@ def test_rgb_integer_exactly_causal(exported, p):
             assert d[c + 1:, p[0], p[1]].all()
         if k < H * W - 1:
             assert d[:, order > k].any()
+
+
+@pytest.mark.parametrize("kind", ["gray", "pyramid"])
+def test_rgb_bundles_integer_chain_tracks_float(kind):
+    """Small random RGB Grayscale (exact: colours inconsistent with the gray pixel excluded) and Pyramid
+    models -> int8 bundles (``cond_export``): the integer chain's bits per part within quantisation
+    tolerance of the float model's, and the exclusion is the one the float model applies."""
+    from models.pixelcnn import cond_export as CE
+    from models.pixelcnn.models import GrayscalePixelCNN, PyramidPixelCNN
+    torch.manual_seed(1)
+    if kind == "gray":
+        model = GrayscalePixelCNN(3, L, 16, hidden=6, n_layers=2, gray_hidden=4, gray_layers=2, cond_hidden=4,
+                                  cond_layers=2, cond_dilated=0, exact=1)
+    else:
+        model = PyramidPixelCNN(3, L, hidden=6, coarse_layers=2, fine_layers=2, cond_hidden=4)
+    x = np.random.default_rng(3).integers(0, L, (24, 3, 4, 4))
+    stages, exact = (CE.quantize_gray if kind == "gray" else CE.quantize_pyramid)(model, x, L)
+    b = dict(model=kind, channels=3, levels=L, height=4, width=4, aux_levels=16 if kind == "gray" else L,
+             stages=stages, exact=exact)
+    a = CE.aux_image(b, x)
+    ref = {"gray": lambda: model.aux(torch.from_numpy(x)), "pyramid": lambda: model.pyramid(torch.from_numpy(x))[1]}
+    assert np.array_equal(a, ref[kind]().numpy())
+    ia, ix = CE.reference_bits(b, x)
+    with torch.no_grad():
+        fa, fx = (v.numpy() for v in model.double().loss_parts(torch.from_numpy(x)).values())
+    dims = x[0].size
+    assert abs(ia.mean() - fa.mean()) / dims < 0.05 and abs(ix.mean() - fx.mean()) / dims < 0.05
+    if kind == "gray":
+        ok = CE.allowed(b, x, a)
+        assert ok is not None and not ok.all()
+        assert np.array_equal(ok, model.offset(torch.from_numpy(x), torch.from_numpy(a)).numpy() == 0)
