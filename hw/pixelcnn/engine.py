@@ -67,7 +67,7 @@ REG_FEAT = 13       # feature memory: bit 0 the COND map is filled from it (not 
 #                     upsampling by 2); bits 15:8 row base of the fill; bits 23:16 row base of the writes
 FEAT_IN, FEAT_OUT, FEAT_UP = 1, 2, 4
 REG_BASE = 14       # bits 7:0 index of the run's first op in the op memories (several programs loaded at
-#                     once, ``program.pack_many``); bits 15:8 offset of its input table
+#                     once, ``program.pack_many``); bits 16:8 offset of its input table (program.INPUT_TABLE entries)
 REG_SUBPIX = 15     # sample mode, op graphs: bits 1:0 sub-pixels sampled per pixel (0/1: channel 0; 3: R, G, B,
 #                     each fed back before the next: the pixel ops run once per sub-pixel); bit 8 gray
 #                     exclusion: 6 bytes per pixel first (luma bounds lo, hi, 24-bit LE; integer.luma_ok)
@@ -138,7 +138,7 @@ class ConvEngine(Engine):
         m.submodules.tmem = tmem = memory.Memory(shape=unsigned(8 * prog.TAP_BYTES), depth=c.max_layers * prog.MAX_TAPS,
                                                  init=[])
         m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
-        m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=256, init=[])
+        m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=prog.INPUT_TABLE, init=[])
         wrd, wwr = wmem.read_port(), wmem.write_port()
         trd1, trd2, twr = tmem.read_port(), tmem.read_port(), tmem.write_port()
         crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
@@ -216,7 +216,7 @@ class ConvEngine(Engine):
         rowmode = Signal()          # computing the row phase (row-phase ops over every column)
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
-        op_base, in_base = Signal(8), Signal(8)
+        op_base, in_base = Signal(8), Signal(range(prog.INPUT_TABLE))
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -580,7 +580,7 @@ class ConvEngine(Engine):
                 with m.Case(REG_COND):
                     m.d.sync += [cond_n.eq(self.reg_wdata[:8]), cond_map.eq(self.reg_wdata[8:16])]
                 with m.Case(REG_BASE):
-                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:16])]
+                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:8 + clog2(prog.INPUT_TABLE)])]
                 with m.Case(REG_FLUSH):
                     m.d.sync += flush.eq(self.reg_wdata[:8])
                 with m.Case(REG_SUBPIX):

@@ -23,6 +23,7 @@ CONFIG_BYTES = 24
 TAP_BYTES = 3      # dy | dx << 3 | residual << 6, source map, channels
 LUT_PER_OP = 512   # two 256-entry tables per op (gated: tanh, sigmoid)
 MAX_TAPS = 32  # tap-list slots per op
+INPUT_TABLE = 512  # input-table entries (level -> int8 code) of all specs loaded together (identical ones shared)
 MAX_ROWS_BACK = 2  # causal (pixel-phase) taps: rows -2..0 (kernels up to 5x5 with masks A/B)
 MAX_DY = 2         # row-phase taps of a non-causal conv: rows -2..+2 of the op's output row (K <= 5)
 FLAG_RESIDUAL, FLAG_GATED, FLAG_RELU_IN, FLAG_PARITY = 1, 2, 4, 8
@@ -346,9 +347,14 @@ def pack_many(runs, params: EngineParams):
     cfg = bytearray()
     wbase = bbase = i = 0
     bases = []
+    tables = {}  # identical input tables (same levels) are loaded once
     for spec, width, height in runs:
         check_fits(spec, params, width, height)
-        bases.append((i, len(inlut)))
+        table = (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
+        if table not in tables:
+            tables[table] = len(inlut)
+            inlut += table
+        bases.append((i, tables[table]))
         for o in engine_ops(spec)[0]:
             if i >= params.max_layers:
                 raise EngineFitError(f"{sum(len(engine_ops(r[0])[0]) for r in runs)} ops together, the engine "
@@ -379,13 +385,12 @@ def pack_many(runs, params: EngineParams):
             wbase += wblock * (4 if o["blocks"] else 1)
             bbase += co
             i += 1
-        inlut += (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
     if wbase > params.weight_depth:
         raise EngineFitError(f"weights need {wbase} words of {P} bytes together, the engine has {params.weight_depth}")
     if bbase > params.bias_depth:
         raise EngineFitError(f"biases need {bbase} entries together, the engine has {params.bias_depth}")
-    if len(inlut) > 256:
-        raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has 256")
+    if len(inlut) > INPUT_TABLE:
+        raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has {INPUT_TABLE}")
     return ({T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
              T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}, bases)
 
