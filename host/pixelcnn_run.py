@@ -233,8 +233,14 @@ def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
     return path
 
 
+# the simulated engine's parameters besides ConvEngine's defaults: 768 outputs per op and 2048 biases hold the
+# RGB patches models (3 x 256 logits per pixel); board builds take theirs from hw.build
+SIM_ENGINE_ARGS = {"max_outputs": 768, "bias_depth": 2048}
+
+
 def default_design(**engine_args) -> Design:
-    return Design("conv", engine_args=dict(engine_args), max_frame=512)
+    """The simulated conv design: ``SIM_ENGINE_ARGS``, or exactly the engine arguments given."""
+    return Design("conv", engine_args=dict(engine_args or SIM_ENGINE_ARGS), max_frame=512)
 
 
 class ConvDevice:

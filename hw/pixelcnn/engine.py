@@ -106,7 +106,7 @@ class ConvEngine(Engine):
     engine_id = "CONV"
 
     def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=32, weight_depth=8192,
-                 bias_depth=2048, in_fifo=512, out_fifo=4096, max_maps=16, row_slots=4, feat_rows=32, max_outputs=None):
+                 bias_depth=2048, in_fifo=512, out_fifo=4096, max_maps=16, row_slots=4, feat_rows=32, max_outputs=256):
         self.cfg = prog.EngineParams(lanes=lanes, max_channels=max_channels, max_width=max_width,
                                      max_layers=max_layers, weight_depth=weight_depth, bias_depth=bias_depth,
                                      in_fifo=in_fifo, out_fifo=out_fifo, max_maps=max_maps, row_slots=row_slots,

@@ -43,15 +43,12 @@ class EngineParams:
     bias_depth: int = 2048    # int32 biases (all ops)
     in_fifo: int = 512
     out_fifo: int = 4096
-    max_outputs: int | None = None  # outputs of one op (logits: channels * levels); None: min(768, out_fifo // 2),
-    #                                 768 = RGB 3 x 256 levels
+    max_outputs: int = 256    # outputs of one op (logits: channels * levels; RGB 3 x 256 = 768)
     max_maps: int = 16        # feature maps in the line buffers; power of two
     row_slots: int = 4        # rows per map in the line buffers (ring); non-causal 5x5 convs need 8
     feat_rows: int = 32       # rows of the whole-image feature memory (feat_rows x max_width x max_channels)
 
     def __post_init__(self):
-        if self.max_outputs is None:
-            object.__setattr__(self, "max_outputs", min(768, self.out_fifo // 2))
         for k in ("max_channels", "max_width", "max_layers", "max_maps", "row_slots", "feat_rows"):
             v = getattr(self, k)
             if v < 2 or v & (v - 1):
