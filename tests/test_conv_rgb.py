@@ -43,7 +43,7 @@ def test_random_rgb_spec_is_causal_over_sub_pixels():
             assert d[c + 1:, 1, 2].any()
 
 
-@pytest.mark.slow  # ~40 s on a loaded 2-core machine (Amaranth simulator)
+@pytest.mark.slow  # Amaranth simulator: 11 s on an idle machine, ~50 s at load average 9
 @pytest.mark.parametrize("lanes,idle,stall", [(4, 0.3, 0.4)])
 def test_rgb_likelihood_matches_reference(lanes, idle, stall):
     spec = rgb_spec(4)
@@ -85,7 +85,7 @@ def _sample(spec, n, H, W, seed, mult, bounds=None, stall=0.3):
     return got, r
 
 
-@pytest.mark.slow  # ~45 s on a loaded 2-core machine (Amaranth simulator)
+@pytest.mark.slow  # Amaranth simulator: 13 s on an idle machine, ~60 s at load average 9
 def test_rgb_sampling_matches_twin():
     """R, G, B sampled per pixel on chip, each fed back: the twin's images (same RNG stream); the pixel
     ops run three times per pixel (MAC beats: the row ops once, the pixel ops three times)."""
@@ -128,7 +128,7 @@ def test_luma_rule_equals_gray_consistent(levels, gray_levels):
     assert lo.min() >= 0 and np.all(lo <= hi)
 
 
-@pytest.mark.slow  # the default design's Verilator build on first use (cached afterwards), then ~30 s
+@pytest.mark.slow  # 124 s with the default design's Verilator build (cached afterwards)
 def test_cli_rgb_pixelcnn_verilator(tmp_path):
     """``host/run.py --model pixelcnn --dataset RGB.npz --weights RGB_EXPORT.npz`` on the Verilator backend:
     3 level bytes in and 768 logits out per pixel, bits/dim identical to the integer reference; one RGB
@@ -200,7 +200,7 @@ def test_patches_bundles_integer_tracks_float():
         assert abs(ib - fb) < 0.05, (kind, ib, fb)
 
 
-@pytest.mark.slow  # ~1 min each on the Verilator backend (plus its build on first use)
+@pytest.mark.slow  # ~10 s each on the Verilator backend with the model cached (its build on first use: minutes)
 @pytest.mark.parametrize("model", list(PATCH_EXPORTS))
 def test_cli_patches_verilator(tmp_path, model):
     """``host/run.py --model pixelcnn|gray-pixelcnn|pyramid-pixelcnn --dataset patches``: RGB end to end on
