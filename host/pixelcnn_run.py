@@ -233,8 +233,14 @@ def save_sample_grid(path, samples, test_images, levels, title, *, ncol=8):
     return path
 
 
+# the simulated engine's parameters besides ConvEngine's defaults: 768 outputs per op and 2048 biases hold the
+# RGB patches models (3 x 256 logits per pixel); board builds take theirs from hw.build
+SIM_ENGINE_ARGS = {"max_outputs": 768, "bias_depth": 2048}
+
+
 def default_design(**engine_args) -> Design:
-    return Design("conv", engine_args=dict(engine_args), max_frame=512)
+    """The simulated conv design: ``SIM_ENGINE_ARGS``, or exactly the engine arguments given."""
+    return Design("conv", engine_args=dict(engine_args or SIM_ENGINE_ARGS), max_frame=512)
 
 
 class ConvDevice:
@@ -279,10 +285,11 @@ class ConvDevice:
         self.loaded = {name: (spec, w, h, base) for (name, spec, w, h), base in zip(runs, bases)}
         self.loaded_bytes = sum(len(v) for v in images.values())
 
-    def select(self, name, channels=None, feat=0):
-        """Set the registers of the loaded spec ``name`` (its ops, image geometry, feature memory use)."""
+    def select(self, name, channels=None, feat=0, excl=False):
+        """Set the registers of the loaded spec ``name`` (its ops, image geometry, feature memory use; ``excl``:
+        the sampler's gray exclusion, the luma bounds streamed per pixel)."""
         spec, width, height, base = self.loaded[name]
-        for reg, value in E.run_registers(spec, width, height, channels, feat, base):
+        for reg, value in E.run_registers(spec, width, height, channels, feat, base, excl):
             self.reg(reg, value)
         self.spec, self.width, self.height, self.feat = spec, width, height, bool(feat & E.FEAT_IN)
 
@@ -341,13 +348,16 @@ class ConvDevice:
         # bits/dim must match the reference's to the last digit
         return np.ascontiguousarray(logits), cnt
 
-    def sample(self, n, seed=DEFAULT_SEED, mult=None, cond=None, progress=None):
-        """Generate n images on chip (channel 0 sampled; ``cond`` (n, C-1, H, W) feeds the other input
-        channels, unless the conditioning map comes from the feature memory). ``seed`` None: the sampler
-        continues from its current state. Returns int64 (n, 1, H, W) and the counters."""
+    def sample(self, n, seed=DEFAULT_SEED, mult=None, cond=None, progress=None, bounds=None):
+        """Generate n images on chip (op graphs: every channel, R then G then B per pixel; plain nets:
+        channel 0, ``cond`` (n, C-1, H, W) feeding the other input channels) unless the conditioning map
+        comes from the feature memory. ``bounds`` (n, 2, H, W): the known gray pixels' luma bounds for the
+        sampler's exclusion (selected with ``excl``). ``seed`` None: the sampler continues from its current
+        state. Returns int64 (n, C, H, W) (C = 1 for plain nets) and the counters."""
         spec, H, W = self.spec, self.height, self.width
         graph = "ops" in spec
         C = 1 if graph else spec["layers"][0]["in"]
+        nsub = spec["channels"] if graph else 1
         mult = mult or S.logit_mult(spec["logit_scale"])
         if seed is not None:
             self.reg(E.REG_SEED, seed)
@@ -362,12 +372,15 @@ class ConvDevice:
             elif C > 1:
                 cb = np.asarray(cond[k], np.int64).transpose(1, 2, 0).reshape(-1)
                 self.dev.send(cb.astype(np.uint8).tobytes(), timeout=self.timeout)
-            out += self.dev.recv(H * W, timeout=self.timeout)
+            if bounds is not None:
+                self.dev.send(prog.bounds_stream(bounds[k:k + 1]), timeout=self.timeout)
+            out += self.dev.recv(H * W * nsub, timeout=self.timeout)
             if progress:
                 progress((k + 1) / n)
         cnt = self.counters()
         cnt["rng_state"] = self.reg(E.REG_SEED)
-        return np.frombuffer(bytes(out), np.uint8).astype(np.int64).reshape(n, 1, H, W), cnt
+        img = np.frombuffer(bytes(out), np.uint8).astype(np.int64).reshape(n, H, W, nsub).transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(img), cnt
 
 
 def cycle_report(spec, params, lik_cnt, n_lik_images, smp_cnt, n_smp_images, H, W):
@@ -567,6 +580,12 @@ def _conditioner_passes(cd, groups, runs, a, feat_base):
     return total, loaded
 
 
+def _bounds(bundle, a):
+    """Luma bounds (N, 2, H, W) of gray images a (N, 1, H, W): the sampler's exclusion input."""
+    from models.pixelcnn.integer import luma_bounds
+    return np.stack(luma_bounds(np.asarray(a)[:, 0], bundle["levels"], bundle["aux_levels"]), 1)
+
+
 def run_chain(args):
     """Grayscale / Pyramid PixelCNN on the engine, every stage and conditioner there: the prior over the
     auxiliary image a = f(x) (all test images in one pass), then per image the conditioner passes over a
@@ -589,6 +608,7 @@ def run_chain(args):
     t0 = time.time()
     a = CE.aux_image(b, test)
     ref_a, ref_x = CE.reference_bits(b, test)
+    excl = CE.allowed(b, test[:1], a[:1]) is not None  # gray RGB: colours inconsistent with a excluded
     bpd_ref = float((ref_a.sum() + ref_x.sum()) / test.size)
     cnt_c, cnt_x, smp_c, smp_x = {}, {}, {}, {}
     with open_device(args.backend, design=design, port=args.port, baud=args.baud, timeout=args.timeout,
@@ -611,11 +631,13 @@ def run_chain(args):
         for k in range(n_samples):
             _add(smp_c, _conditioner_passes(cd, groups, cond_runs, gs[k:k + 1], base)[0])
             use_stage(cd, groups, cname, E.FEAT_IN)
-            x1, cnt = cd.sample(1, seed=seed_cond if k == 0 else None)
+            if excl:
+                cd.select(cname, feat=E.FEAT_IN, excl=True)
+            x1, cnt = cd.sample(1, seed=seed_cond if k == 0 else None, bounds=_bounds(b, gs[k:k + 1]) if excl else None)
             xs.append(x1)
             _add(smp_x, cnt)
     lg_x = np.concatenate(lg_x)
-    bits_a, bits_x = CE.stage_bits(prior, lg_a, a), CE.stage_bits(cspec, lg_x, test)
+    bits_a, bits_x = CE.stage_bits(prior, lg_a, a), CE.stage_bits(cspec, lg_x, test, CE.allowed(b, test, a))
     bpd = float((bits_a.sum() + bits_x.sum()) / test.size)
     feats = CE.feature_maps(b, a)
     exact = bool(np.array_equal(lg_a, graph_forward(prior, a)) and np.array_equal(lg_x, graph_forward(cspec, test, feats)))
@@ -623,7 +645,7 @@ def run_chain(args):
     if n_samples:
         g_tw = S.sample_images_twin(prior, n_samples, Ha, Wa, seed_prior, S.logit_mult(prior["logit_scale"]))
         x_tw = S.sample_images_twin(cspec, n_samples, H, W, seed_cond, S.logit_mult(cspec["logit_scale"]),
-                                    cond=CE.feature_maps(b, g_tw))
+                                    cond=CE.feature_maps(b, g_tw), bounds=_bounds(b, g_tw) if excl else None)
         twin_ok = bool(np.array_equal(gs, g_tw) and np.array_equal(xs, x_tw))
     n = len(test)
     rep_a = cycle_report(prior, params, cnt_a, n, scnt_a, n_samples, Ha, Wa)
@@ -640,7 +662,7 @@ def run_chain(args):
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": b["float_bits_per_dim"],
         "bpd_parts": {"aux_prior": float(bits_a.sum() / test.size), "x_given_aux": float(bits_x.sum() / test.size)},
         "bpd_float_parts": b["float_parts"], "float_dataset": b["dataset"], "bpd_equal": bpd == bpd_ref,
-        "logits_equal": exact,
+        "logits_equal": exact, "gray_exclusion": excl,
         "cycles_per_image": cyc_img, "cycles_per_pixel": cyc_img / (H * W),
         "cycles_per_pixel_likelihood": cyc_img / (H * W),
         "mac_lower_bound_cycles_per_pixel": useful / (H * W) / params.lanes,

@@ -67,7 +67,12 @@ REG_FEAT = 13       # feature memory: bit 0 the COND map is filled from it (not 
 #                     upsampling by 2); bits 15:8 row base of the fill; bits 23:16 row base of the writes
 FEAT_IN, FEAT_OUT, FEAT_UP = 1, 2, 4
 REG_BASE = 14       # bits 7:0 index of the run's first op in the op memories (several programs loaded at
-#                     once, ``program.pack_many``); bits 15:8 offset of its input table
+#                     once, ``program.pack_many``); bits 16:8 offset of its input table (program.INPUT_TABLE entries)
+REG_SUBPIX = 15     # sample mode, op graphs: bits 1:0 sub-pixels sampled per pixel (0/1: channel 0; 3: R, G, B,
+#                     each fed back before the next: the pixel ops run once per sub-pixel); bit 8 gray
+#                     exclusion: 6 bytes per pixel first (luma bounds lo, hi, 24-bit LE; integer.luma_ok)
+SUBPIX_EXCL = 0x100
+LUMA_W = (299, 587, 114)  # models.to_gray's luma weights (integer.LUMA)
 REG_CYC_ACTIVE = 16  # r: cycles spent computing (not waiting for input bytes or output space)
 REG_MAC_BEATS = 17   # r: MAC beats issued (each = `lanes` multiplies)
 REG_PIXELS = 18      # r: pixels finished
@@ -82,28 +87,30 @@ REG_LOAD_WORDS = 25  # r: words written by load packets since reset
 REGISTERS = {k: v for k, v in globals().items() if k.startswith("REG_")}
 
 
-def run_registers(spec, width, height, channels=None, feat=0, base=(0, 0)):
+def run_registers(spec, width, height, channels=None, feat=0, base=(0, 0), excl=False):
     """(register, value) pairs that set up a run of ``spec`` on a ``width`` x ``height`` image
     (after its memories are loaded); ``channels`` overrides the input bytes per pixel; ``feat``: the
     REG_FEAT value (a conditioner pass writes the feature memory: FEAT_OUT is set for it); ``base``:
-    (first op, input-table offset) of the spec in memories loaded by ``program.pack_many``."""
+    (first op, input-table offset) of the spec in memories loaded by ``program.pack_many``; ``excl``: the
+    sampler's gray exclusion (REG_SUBPIX bit 8). Op graphs sample all their channels (REG_SUBPIX)."""
     g = prog.geometry(spec)
     if prog.is_conditioner(spec):
         feat |= FEAT_OUT
     return [(REG_BASE, base[0] | (base[1] << 8)), (REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
             (REG_CHANNELS, g["channels"] if channels is None else channels), (REG_LEVELS, spec["levels"]),
-            (REG_COND, g["cond_channels"] | (g["cond_map"] << 8)), (REG_FLUSH, g["flush"]), (REG_FEAT, feat)]
+            (REG_COND, g["cond_channels"] | (g["cond_map"] << 8)), (REG_FLUSH, g["flush"]), (REG_FEAT, feat),
+            (REG_SUBPIX, (g["channels"] if "ops" in spec else 1) | (SUBPIX_EXCL if excl else 0))]
 
 
 class ConvEngine(Engine):
     engine_id = "CONV"
 
     def __init__(self, lanes=16, max_channels=32, max_width=32, max_layers=32, weight_depth=8192,
-                 bias_depth=1024, in_fifo=512, out_fifo=4096, max_maps=16, row_slots=4, feat_rows=32):
+                 bias_depth=2048, in_fifo=512, out_fifo=4096, max_maps=16, row_slots=4, feat_rows=32, max_outputs=256):
         self.cfg = prog.EngineParams(lanes=lanes, max_channels=max_channels, max_width=max_width,
                                      max_layers=max_layers, weight_depth=weight_depth, bias_depth=bias_depth,
                                      in_fifo=in_fifo, out_fifo=out_fifo, max_maps=max_maps, row_slots=row_slots,
-                                     feat_rows=feat_rows)
+                                     feat_rows=feat_rows, max_outputs=max_outputs)
         super().__init__(self.cfg.as_dict())
 
     def elaborate(self, platform):
@@ -131,7 +138,7 @@ class ConvEngine(Engine):
         m.submodules.tmem = tmem = memory.Memory(shape=unsigned(8 * prog.TAP_BYTES), depth=c.max_layers * prog.MAX_TAPS,
                                                  init=[])
         m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
-        m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=256, init=[])
+        m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=prog.INPUT_TABLE, init=[])
         wrd, wwr = wmem.read_port(), wmem.write_port()
         trd1, trd2, twr = tmem.read_port(), tmem.read_port(), tmem.write_port()
         crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
@@ -153,6 +160,7 @@ class ConvEngine(Engine):
         flush = Signal(8)
         feat_in, feat_out, feat_up = Signal(), Signal(), Signal()
         feat_rbase, feat_wbase = Signal(8), Signal(8)
+        nsub, excl = Signal(2), Signal()  # REG_SUBPIX
         cyc_active, cyc_wait, beats, pixels, images = (Signal(32, name=n) for n in
                                                        ("cyc_active", "cyc_wait", "beats", "pixels", "images"))
         ctrl_we = self.reg_we & (self.reg_addr == REG_CTRL)
@@ -208,7 +216,7 @@ class ConvEngine(Engine):
         rowmode = Signal()          # computing the row phase (row-phase ops over every column)
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
-        op_base, in_base = Signal(8), Signal(8)
+        op_base, in_base = Signal(8), Signal(range(prog.INPUT_TABLE))
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -316,11 +324,33 @@ class ConvEngine(Engine):
             lb.wr_data.eq(Mux(to_next, rq.out_data, in_wr_data)),
         ]
         sample_push = Signal()
+        # RGB sampling (REG_SUBPIX): sub-pixel ``sub`` of the pixel takes logits sub_base .. sub_base + levels - 1;
+        # gray exclusion: luma_y = partial + w_sub * v for the logit of level v in flight (accumulated as the
+        # logits arrive), luma_rest = the largest luma of the later sub-pixels, [luma_lo, luma_hi] streamed
+        sub = Signal(2)
+        sub_base = Signal(16)
+        partial, luma_acc, luma_rest = Signal(20), Signal(20), Signal(20)
+        luma_lo, luma_hi = Signal(24), Signal(24)
+        bin_k = Signal(3)
+        bin_have = Signal()
+        w_sub = Signal(10)
+        m.d.comb += w_sub.eq(Array([Const(w, 10) for w in LUMA_W + (0,)])[sub])
+        luma_y = Signal(20)
+        m.d.comb += luma_y.eq(Mux(rq.out_o == sub_base, partial, luma_acc))
+        with m.If(smp.in_valid):
+            m.d.sync += luma_acc.eq(luma_y + w_sub)
+        rest_w = Array([Const(sum(LUMA_W[k + 1:]), 10) for k in range(3)] + [Const(0, 10)])
+
+        def sub_reset():
+            m.d.sync += [sub.eq(0), sub_base.eq(0), partial.eq(0), bin_have.eq(0), bin_k.eq(0),
+                         luma_rest.eq(rest_w[0] * (levels - 1))]
         m.d.comb += [
             outq.w_en.eq((rq.out_valid & out_last & (mode == MODE_LIKELIHOOD) & ~feat_out) | sample_push),
             outq.w_data.eq(Mux(sample_push, smp.sample, rq.out_data)),
-            smp.in_valid.eq(rq.out_valid & out_last & (mode == MODE_SAMPLE) & ~feat_out & (rq.out_o < levels)),
-            smp.in_first.eq(rq.out_o == 0), smp.in_last.eq(rq.out_o + 1 == levels),
+            smp.in_valid.eq(rq.out_valid & out_last & (mode == MODE_SAMPLE) & ~feat_out &
+                            (rq.out_o >= sub_base) & (rq.out_o < sub_base + levels)),
+            smp.in_first.eq(rq.out_o == sub_base), smp.in_last.eq(rq.out_o + 1 == sub_base + levels),
+            smp.in_ok.eq(~excl | ((luma_y + luma_rest >= luma_lo) & (luma_y <= luma_hi))),
             smp.in_logit.eq(rq.out_data), smp.mult.eq(lmult),
             smp.seed.eq(self.reg_wdata), smp.seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED)),
         ]
@@ -328,7 +358,7 @@ class ConvEngine(Engine):
         space = Signal()
         m.d.comb += space.eq(outq.level <= c.out_fifo - c.max_outputs)
         waiting = Signal()
-        first_ch = Mux(mode == MODE_SAMPLE, 1, 0)
+        first_ch = Mux(mode == MODE_SAMPLE, Mux(nsub > 1, nsub, 1), 0)
         has_row_phase = (nrow != 0) | (cond_n != 0)
         flushing = Signal()  # a flush row after the image (row phase only, no pixels)
         m.d.comb += flushing.eq(row >= height)
@@ -373,6 +403,8 @@ class ConvEngine(Engine):
                     next_row()
                 with m.Elif(~space):
                     m.d.comb += waiting.eq(1)
+                with m.Elif((mode == MODE_SAMPLE) & excl & ~bin_have):
+                    m.next = "BIN_WAIT"
                 with m.Elif(first_ch < channels):
                     m.d.sync += ch.eq(first_ch)
                     m.next = "IN_WAIT"
@@ -418,6 +450,17 @@ class ConvEngine(Engine):
                 with m.Else():
                     m.d.sync += rowmode.eq(1)
                     m.next = "LAYER_START"
+            # sample mode with gray exclusion: the pixel's luma bounds lo, hi (3 bytes each, LE)
+            with m.State("BIN_WAIT"):
+                m.d.comb += [inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
+                with m.If(ctrl_we | (mode == MODE_IDLE)):
+                    m.d.comb += inq.r_en.eq(0)
+                    m.next = "IDLE"
+                with m.Elif(inq.r_rdy):
+                    m.d.sync += [Cat(luma_lo, luma_hi).word_select(bin_k, 8).eq(inq.r_data), bin_k.eq(bin_k + 1)]
+                    with m.If(bin_k == 5):
+                        m.d.sync += [bin_k.eq(0), bin_have.eq(1)]
+                        m.next = "PIX_START"
             with m.State("IN_WAIT"):
                 m.d.comb += [ird.addr.eq(inq.r_data + in_base), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
                 with m.If(ctrl_we | (mode == MODE_IDLE)):
@@ -483,12 +526,18 @@ class ConvEngine(Engine):
                     m.next = "SAMPLE_WRITE"
                 with m.Else():
                     m.next = "ADVANCE"
-            with m.State("SAMPLE_WRITE"):
-                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(0), in_wr_data.eq(ird.data), in_wr_map.eq(0),
+            with m.State("SAMPLE_WRITE"):  # the level into the image map, then the next sub-pixel or pixel
+                m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(sub), in_wr_data.eq(ird.data), in_wr_map.eq(0),
                              sample_push.eq(1)]
                 m.next = "ADVANCE"
+                with m.If(sub + 1 < nsub):  # RGB: the pixel ops again, now seeing this sub-pixel
+                    m.d.sync += [sub.eq(sub + 1), sub_base.eq(sub_base + levels), layer.eq(nrow),
+                                 partial.eq(partial + w_sub * smp.sample),
+                                 luma_rest.eq(rest_w[sub + 1] * (levels - 1))]
+                    m.next = "LAYER_START"
             with m.State("ADVANCE"):
                 m.d.sync += pixels.eq(pixels + 1)
+                sub_reset()
                 m.next = "PIX_START"
                 with m.If(col + 1 == width):
                     next_row()
@@ -509,6 +558,7 @@ class ConvEngine(Engine):
                 with m.Case(REG_CTRL):
                     m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), images.eq(0),
                                  row_done.eq(0), rowmode.eq(0)]
+                    sub_reset()
                     with m.If(self.reg_wdata[8]):
                         m.d.sync += [cyc_active.eq(0), cyc_wait.eq(0), beats.eq(0), pixels.eq(0)]
                 with m.Case(REG_NLAYERS):
@@ -530,9 +580,11 @@ class ConvEngine(Engine):
                 with m.Case(REG_COND):
                     m.d.sync += [cond_n.eq(self.reg_wdata[:8]), cond_map.eq(self.reg_wdata[8:16])]
                 with m.Case(REG_BASE):
-                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:16])]
+                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:8 + clog2(prog.INPUT_TABLE)])]
                 with m.Case(REG_FLUSH):
                     m.d.sync += flush.eq(self.reg_wdata[:8])
+                with m.Case(REG_SUBPIX):
+                    m.d.sync += [nsub.eq(self.reg_wdata[:2]), excl.eq(self.reg_wdata[8])]
                 with m.Case(REG_FEAT):
                     m.d.sync += [feat_in.eq(self.reg_wdata[0]), feat_out.eq(self.reg_wdata[1]),
                                  feat_up.eq(self.reg_wdata[2]), feat_rbase.eq(self.reg_wdata[8:16]),
@@ -548,6 +600,7 @@ class ConvEngine(Engine):
                                   (REG_NIMAGES, nimages), (REG_NROW, nrow),
                                   (REG_COND, Cat(cond_n, cond_map)), (REG_FLUSH, flush), (REG_BASE, Cat(op_base, in_base)),
                                   (REG_FEAT, Cat(feat_in, feat_out, feat_up, Signal(5), feat_rbase, feat_wbase)),
+                                  (REG_SUBPIX, Cat(nsub, Signal(6), excl)),
                                   (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
                                   (REG_PIXELS, pixels), (REG_IMAGES, images), (REG_PARAMS, params),
                                   (REG_DEPTHS, c.weight_depth | (c.bias_depth << 16)), (REG_LOAD_ADDR, laddr),

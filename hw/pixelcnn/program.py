@@ -23,6 +23,7 @@ CONFIG_BYTES = 24
 TAP_BYTES = 3      # dy | dx << 3 | residual << 6, source map, channels
 LUT_PER_OP = 512   # two 256-entry tables per op (gated: tanh, sigmoid)
 MAX_TAPS = 32  # tap-list slots per op
+INPUT_TABLE = 512  # input-table entries (level -> int8 code) of all specs loaded together (identical ones shared)
 MAX_ROWS_BACK = 2  # causal (pixel-phase) taps: rows -2..0 (kernels up to 5x5 with masks A/B)
 MAX_DY = 2         # row-phase taps of a non-causal conv: rows -2..+2 of the op's output row (K <= 5)
 FLAG_RESIDUAL, FLAG_GATED, FLAG_RELU_IN, FLAG_PARITY = 1, 2, 4, 8
@@ -39,10 +40,10 @@ class EngineParams:
     max_width: int = 32       # image width; power of two
     max_layers: int = 32      # ops (layers, of all specs loaded at once); power of two
     weight_depth: int = 8192  # weight words of `lanes` bytes
-    bias_depth: int = 1024    # int32 biases (all ops)
+    bias_depth: int = 2048    # int32 biases (all ops)
     in_fifo: int = 512
     out_fifo: int = 4096
-    max_outputs: int = 256    # output channels of one layer (logits: channels * levels)
+    max_outputs: int = 256    # outputs of one op (logits: channels * levels; RGB 3 x 256 = 768)
     max_maps: int = 16        # feature maps in the line buffers; power of two
     row_slots: int = 4        # rows per map in the line buffers (ring); non-causal 5x5 convs need 8
     feat_rows: int = 32       # rows of the whole-image feature memory (feat_rows x max_width x max_channels)
@@ -346,9 +347,14 @@ def pack_many(runs, params: EngineParams):
     cfg = bytearray()
     wbase = bbase = i = 0
     bases = []
+    tables = {}  # identical input tables (same levels) are loaded once
     for spec, width, height in runs:
         check_fits(spec, params, width, height)
-        bases.append((i, len(inlut)))
+        table = (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
+        if table not in tables:
+            tables[table] = len(inlut)
+            inlut += table
+        bases.append((i, tables[table]))
         for o in engine_ops(spec)[0]:
             if i >= params.max_layers:
                 raise EngineFitError(f"{sum(len(engine_ops(r[0])[0]) for r in runs)} ops together, the engine "
@@ -379,13 +385,12 @@ def pack_many(runs, params: EngineParams):
             wbase += wblock * (4 if o["blocks"] else 1)
             bbase += co
             i += 1
-        inlut += (np.asarray(spec["input_lut"], np.int64) & 0xFF).astype(np.uint8).tobytes()
     if wbase > params.weight_depth:
         raise EngineFitError(f"weights need {wbase} words of {P} bytes together, the engine has {params.weight_depth}")
     if bbase > params.bias_depth:
         raise EngineFitError(f"biases need {bbase} entries together, the engine has {params.bias_depth}")
-    if len(inlut) > 256:
-        raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has 256")
+    if len(inlut) > INPUT_TABLE:
+        raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has {INPUT_TABLE}")
     return ({T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
              T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}, bases)
 
@@ -444,13 +449,27 @@ HA_TAPS, HB_TAPS = ((0, -1),), ((0, -1), (0, 0))          # 1x3 horizontal, firs
 
 
 def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels=0, wmax=40, bias_max=2000,
-                      shift=(15, 19), gate_shift=(17, 21)):
+                      shift=(15, 19), gate_shift=(17, 21), channels=1):
     """A random integer Gated PixelCNN op graph with the structure ``export.quantize_gated`` writes
-    (k = 3; vertical ops in the row phase, the link folded into the horizontal op), for tests."""
-    ch, C = hidden, 1
+    (k = 3; vertical ops in the row phase, the link folded into the horizontal op), for tests.
+    ``channels`` 3: RGB, the centre taps zeroed by the channel-group masks (``models.pixelcnn.layers``:
+    output group o reads input group i at the current pixel iff i < o over x, i <= o over hidden maps)."""
+    ch, C = hidden, channels
 
-    def inp(m, taps, cin, cout):
-        return dict(map=m, taps=np.asarray(taps, np.int32), weight=rng.integers(-wmax, wmax + 1, (cout, cin, len(taps))).astype(np.int8))
+    def grp(k, n):
+        return k * C // n
+
+    def inp(m, taps, cin, cout, strict=None, per=None):
+        w = rng.integers(-wmax, wmax + 1, (cout, cin, len(taps)))
+        if C > 1 and strict is not None:  # group mask at the centre tap
+            t = [k for k, tp in enumerate(taps) if tuple(tp) == (0, 0)]
+            per = per or cout
+            for o in range(cout):
+                for i in range(cin):
+                    gi, go = grp(i, cin), grp(o % per, per)
+                    if gi > go or (gi == go and strict):
+                        w[o, i, t] = 0
+        return dict(map=m, taps=np.asarray(taps, np.int32), weight=w.astype(np.int8))
 
     def op(name, kind, phase, out, inputs, cout, residual="", relu_in=False):
         cond = [inp("cond", [(0, 0)], cond_channels, cout)] if cond_channels and kind == "gated" else []
@@ -465,13 +484,14 @@ def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels
         v_in, cin, vt = ("x", C, V0_TAPS) if l == 0 else (f"v{l - 1}", ch, V_TAPS)
         if l < n_layers - 1:
             vops.append(op(f"V{l}", "gated", "row", f"v{l}", [inp(v_in, vt, cin, 2 * ch)], 2 * ch))
-        hin = [inp("x", V0_TAPS + HA_TAPS, C, 2 * ch)] if l == 0 else \
-            [inp(f"h{l - 1}", HB_TAPS, ch, 2 * ch), inp(v_in, vt, ch, 2 * ch)]
+        hin = [inp("x", V0_TAPS + HA_TAPS + (((0, 0),) if C > 1 else ()), C, 2 * ch, True, ch)] if l == 0 else \
+            [inp(f"h{l - 1}", HB_TAPS, ch, 2 * ch, False, ch), inp(v_in, vt, ch, 2 * ch)]
         pops.append(op(f"H{l}", "gated", "pixel", "g", hin, 2 * ch))
-        pops.append(op(f"Hout{l}", "conv", "pixel", f"h{l}", [inp("g", [(0, 0)], ch, ch)], ch,
+        pops.append(op(f"Hout{l}", "conv", "pixel", f"h{l}", [inp("g", [(0, 0)], ch, ch, False)], ch,
                        residual="" if l == 0 else f"h{l - 1}"))
-    pops.append(op("head1", "conv", "pixel", "head", [inp(f"h{n_layers - 1}", [(0, 0)], ch, head)], head, relu_in=True))
-    pops.append(op("head2", "conv", "pixel", "logits", [inp("head", [(0, 0)], head, C * levels)], C * levels))
+    pops.append(op("head1", "conv", "pixel", "head", [inp(f"h{n_layers - 1}", [(0, 0)], ch, head, False)], head,
+                   relu_in=True))
+    pops.append(op("head2", "conv", "pixel", "logits", [inp("head", [(0, 0)], head, C * levels, False)], C * levels))
     inlut = np.floor((2 * np.arange(levels) / (levels - 1) - 1) * 127 + 0.5).astype(np.int8)
     return dict(format="zippix-pixelcnn-gated-int8", architecture="gated", channels=C, levels=levels,
                 input_lut=inlut, logit_scale=0.05, cond_channels=cond_channels, ops=vops + pops)
@@ -530,6 +550,17 @@ def input_stream(spec, x, cond=None, sample=False, feat=False):
                 out += (np.asarray(cond[k, :, i], np.int64).T.reshape(-1) & 0xFF).astype(np.uint8).tobytes()
             out += px[k, :, i].T.reshape(-1).astype(np.uint8).tobytes()
     return bytes(out)
+
+
+def bounds_stream(bounds):
+    """Bytes a sample run with the gray exclusion streams in (REG_SUBPIX bit 8): per pixel (raster order, image
+    after image) the luma bounds lo, hi of its known gray value, 3 bytes each, little-endian. ``bounds``
+    (N, 2, H, W) from ``integer.luma_bounds``."""
+    b = np.asarray(bounds, np.int64)
+    if b.min() < 0 or b.max() >= 1 << 24:
+        raise ValueError("luma bounds must be in 0..2**24-1")
+    px = b.transpose(0, 2, 3, 1).reshape(-1, 2)
+    return bytes(np.stack([(px >> (8 * k)) & 0xFF for k in range(3)], -1).reshape(-1).astype(np.uint8))
 
 
 def word_bytes(target, params: EngineParams):

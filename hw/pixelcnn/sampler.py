@@ -54,33 +54,43 @@ class SamplerTwin:
         self.mult = mult
         self.table = gumbel_table()
 
-    def draw(self, logits):
+    def draw(self, logits, ok=None):
+        """One level from ``logits``; ``ok`` (bool per level): only allowed levels compete (the generator
+        steps for every level); none allowed: 0."""
         best = arg = None
         for v, lg in enumerate(logits):
             self.state = xorshift32(self.state)
             s = int(lg) * self.mult + int(self.table[self.state >> (32 - RBITS)])
-            if best is None or s > best:
+            if (ok is None or ok[v]) and (best is None or s > best):
                 best, arg = s, v
-        return arg
+        return 0 if arg is None else arg
 
 
-def sample_images_twin(spec, n, height, width, seed, mult, cond=None):
-    """Generate n images exactly as the engine does (channel 0 sampled; channels 1.. from ``cond``
-    (n, C-1, H, W) if the model has conditioning inputs). Returns int64 (n, 1, H, W) levels."""
+def sample_images_twin(spec, n, height, width, seed, mult, cond=None, bounds=None):
+    """Generate n images exactly as the engine does. Plain masked nets: channel 0 sampled, channels 1..
+    from ``cond`` (n, C-1, H, W). Op graphs (``cond``: their int8 conditioning map): every channel,
+    R then G then B per pixel, each fed back before the next; ``bounds`` (n, 2, H, W) luma bounds of the
+    known gray pixels (``integer.luma_bounds``): the sampler's exclusion (``integer.luma_ok``).
+    Returns int64 (n, C, H, W) levels (C = 1 for plain nets)."""
+    from models.pixelcnn.integer import luma_ok
+
     from .program import logits_any
     L = spec["levels"]
     tw = SamplerTwin(seed, mult)
     graph = "ops" in spec  # op graphs take ``cond`` as their int8 conditioning map
-    C = 1 if graph else spec["layers"][0]["in"]
-    out = np.zeros((n, 1, height, width), np.int64)
+    C = spec["channels"] if graph else spec["layers"][0]["in"]
+    S = C if graph else 1  # sampled sub-pixels
+    out = np.zeros((n, S, height, width), np.int64)
     for k in range(n):
         x = np.zeros((1, C, height, width), np.int64)
-        if C > 1:
+        if not graph and C > 1:
             x[0, 1:] = cond[k]
         kw = {"cond": cond[k:k + 1]} if graph and spec.get("cond_channels") else {}
         for i in range(height):
             for j in range(width):
-                lg = logits_any(spec, x, **kw)[0, :L, i, j]
-                x[0, 0, i, j] = tw.draw(lg)
-        out[k, 0] = x[0, 0]
+                for c in range(S):
+                    lg = logits_any(spec, x, **kw)[0, c * L:(c + 1) * L, i, j]
+                    ok = None if bounds is None else luma_ok(x[0, :c, i, j], c, L, *bounds[k, :, i, j])
+                    x[0, c, i, j] = tw.draw(lg, ok)
+        out[k] = x[0, :S]
     return out

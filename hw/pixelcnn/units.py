@@ -271,12 +271,13 @@ class Requant(wiring.Component):
 class Sampler(wiring.Component):
     """Gumbel-max sampler (twin: ``sampler.SamplerTwin``). Logits arrive one per cycle
     (``in_first`` on level 0, ``in_last`` on level L-1); ``done`` pulses with ``sample`` four cycles
-    after the last one (table read, scaled logit, score, argmax)."""
+    after the last one (table read, scaled logit, score, argmax). ``in_ok`` = 0 excludes a level from the
+    argmax (the generator still steps for it); with no level allowed the sample is 0."""
 
     def __init__(self):
         super().__init__({
             "seed_we": In(1), "seed": In(32), "mult": In(16),
-            "in_valid": In(1), "in_first": In(1), "in_last": In(1), "in_logit": In(signed(8)),
+            "in_valid": In(1), "in_first": In(1), "in_last": In(1), "in_logit": In(signed(8)), "in_ok": In(1, init=1),
             "done": Out(1), "sample": Out(8), "busy": Out(1), "state": Out(32),
         })
 
@@ -289,7 +290,7 @@ class Sampler(wiring.Component):
         x1, x2, x3 = Signal(32), Signal(32), Signal(32)
         m.d.comb += [x1.eq(x ^ (x << 13)[:32]), x2.eq(x1 ^ (x1 >> 17)), x3.eq(x2 ^ (x2 << 5)[:32])]
         m.d.comb += [grd.addr.eq(x3[32 - S.RBITS:]), grd.en.eq(1)]
-        v1, f1, l1 = Signal(), Signal(), Signal()
+        v1, f1, l1, ok1, ok2, ok3, have = Signal(), Signal(), Signal(), Signal(), Signal(), Signal(), Signal()
         lg1 = Signal(signed(8))
         idx, idx1 = Signal(8), Signal(8)
         best = Signal(signed(40))
@@ -298,7 +299,7 @@ class Sampler(wiring.Component):
         with m.Elif(self.in_valid):
             m.d.sync += [x.eq(x3), idx.eq(Mux(self.in_first, 1, idx + 1)), idx1.eq(Mux(self.in_first, 0, idx))]
         m.d.sync += [v1.eq(self.in_valid), f1.eq(self.in_first), l1.eq(self.in_last & self.in_valid),
-                     lg1.eq(self.in_logit)]
+                     lg1.eq(self.in_logit), ok1.eq(self.in_ok), ok2.eq(ok1), ok3.eq(ok2)]
         # stage 2: the scaled logit and the Gumbel value registered; stage 3: their sum; then the argmax
         v2, f2, l2, v3, f3, l3 = (Signal(name=n) for n in ("v2", "f2", "l2", "v3", "f3", "l3"))
         idx2, idx3 = Signal(8), Signal(8)
@@ -309,8 +310,10 @@ class Sampler(wiring.Component):
                      v3.eq(v2), f3.eq(f2), l3.eq(l2), idx3.eq(idx2), score.eq(sl2 + g2)]
         m.d.sync += self.done.eq(0)
         with m.If(v3):
-            with m.If(f3 | (score > best)):
-                m.d.sync += [best.eq(score), self.sample.eq(idx3)]
+            with m.If(ok3 & (f3 | ~have | (score > best))):
+                m.d.sync += [best.eq(score), self.sample.eq(idx3), have.eq(1)]
+            with m.Elif(f3):
+                m.d.sync += [self.sample.eq(0), have.eq(0)]
             with m.If(l3):
                 m.d.sync += self.done.eq(1)
         m.d.comb += self.busy.eq(self.in_valid | v1 | v2 | v3)

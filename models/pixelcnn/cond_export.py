@@ -36,7 +36,10 @@ MODEL_OF = {"gray-pixelcnn": "gray", "pyramid-pixelcnn": "pyramid"}
 def aux_image(bundle, x):
     """The auxiliary image a = f(x) (N, 1, H', W'): the gray view, or the 2x2 average-pooled image."""
     x = np.asarray(x, np.int64)
-    if bundle["model"] == "gray":
+    if bundle["model"] == "gray":  # models.to_gray: RGB through the ITU-R 601 luma
+        if x.shape[1] == 3:
+            y = sum(w * x[:, c:c + 1] for c, w in enumerate(I.LUMA))
+            return (y * bundle["aux_levels"]) // (1000 * bundle["levels"])
         return (x * bundle["aux_levels"]) // bundle["levels"]
     n, c, h, w = x.shape
     s = x.reshape(n, c, h // 2, 2, w // 2, 2).sum(axis=(3, 5))
@@ -51,9 +54,17 @@ def feature_maps(bundle, a):
     return I.graph_forward(st["up_fine"], None, I.upsample2(I.graph_forward(st["up_coarse"], a)))
 
 
-def stage_bits(spec, logits, target):
-    n, _, h, w = target.shape
-    return I.bits_per_image(np.asarray(logits).reshape(n, 1, spec["levels"], h, w), target, spec["logit_scale"])
+def allowed(bundle, x, a):
+    """The colour stage's exclusion of values inconsistent with the gray image a (``exact`` RGB gray bundles:
+    ``integer.luma_allowed``, the rule the engine's sampler applies); else None."""
+    if bundle["model"] != "gray" or not bundle.get("exact") or np.asarray(x).shape[1] != 3:
+        return None
+    return I.luma_allowed(x, a, bundle["levels"], bundle["aux_levels"])
+
+
+def stage_bits(spec, logits, target, ok=None):
+    n, c, h, w = target.shape
+    return I.bits_per_image(np.asarray(logits).reshape(n, c, spec["levels"], h, w), target, spec["logit_scale"], ok)
 
 
 def reference_bits(bundle, x):
@@ -62,7 +73,8 @@ def reference_bits(bundle, x):
     prior, cond = (st["prior"], st["colour"]) if bundle["model"] == "gray" else (st["coarse"], st["fine"])
     a = aux_image(bundle, x)
     return (stage_bits(prior, I.graph_forward(prior, a), a),
-            stage_bits(cond, I.graph_forward(cond, x, feature_maps(bundle, a)), np.asarray(x, np.int64)))
+            stage_bits(cond, I.graph_forward(cond, x, feature_maps(bundle, a)), np.asarray(x, np.int64),
+                       allowed(bundle, x, a)))
 
 
 # --- bundle file
@@ -71,6 +83,7 @@ def save_bundle(path, bundle):
     d = {"format": np.str_(BUNDLE_FORMAT), "model": np.str_(bundle["model"]), "dataset": np.str_(bundle["dataset"])}
     for k in ("channels", "levels", "height", "width", "aux_levels"):
         d[k] = np.int32(bundle[k])
+    d["exact"] = np.int32(bundle.get("exact", 0))
     d["float_bits_per_dim"] = np.float64(bundle["float_bits_per_dim"])
     d["float_parts"] = np.asarray(bundle["float_parts"], np.float64)
     for name, spec in bundle["stages"].items():
@@ -97,6 +110,7 @@ def load_bundle(path):
         raise X.ExportError(f"{path}: unknown model {b['model']!r} (gray or pyramid)")
     for k in ("channels", "levels", "height", "width", "aux_levels"):
         b[k] = int(X._need(z, k, np.int32))
+    b["exact"] = int(X._need(z, "exact", np.int32)) if "exact" in z else 0  # gray: colour exclusion
     b["float_bits_per_dim"] = float(X._need(z, "float_bits_per_dim", np.float64))
     b["float_parts"] = [float(v) for v in z.get("float_parts", [])]
     b["stages"] = {}
@@ -157,7 +171,7 @@ def quantize_gray(model, calib, levels):
         feat = h
     prior = X.quantize_gated(model.prior, X.calibrate_gated(model.prior, g.numpy()))
     colour = X.quantize_gated(model.colour, X.calibrate_gated(model.colour, calib, cond=feat.numpy()), cond_scale=s_in)
-    return {"prior": prior, "cond": _conditioner(ops, 1, model.gray_levels), "colour": colour}
+    return {"prior": prior, "cond": _conditioner(ops, 1, model.gray_levels), "colour": colour}, int(model.exact)
 
 
 def quantize_pyramid(model, calib, levels):
@@ -177,14 +191,14 @@ def quantize_pyramid(model, calib, levels):
         p2 = c2(a1)
     s0p, s0, s1p, s1, s2 = _pct(p0), _pct(a0), _pct(p1), _pct(a1), _pct(p2)
     up_coarse = _conditioner([_conv_op("up0", "u0", "x", c0.weight.detach().numpy(), c0.bias.detach().numpy(), 1 / 127, s0p, s0,
-                                       "relu", 2)], 1, levels)
+                                       "relu", 2)], c0.in_channels, levels)
     w_t = ct.weight.detach().numpy().transpose(1, 0, 2, 3)  # (Cin, Cout, 2, 2) -> (Cout, Cin, a, b)
     up_fine = _conditioner([_conv_op("upT", "u1", "cond", w_t, ct.bias.detach().numpy(), s0, s1p, s1, "relu", 0, parity=True),
                             _conv_op("up2", "u2", "u1", c2.weight.detach().numpy(), c2.bias.detach().numpy(), s1, s2, s2, "none", 1)],
                            0, levels, cond_channels=c0.out_channels)
     coarse = X.quantize_gated(model.coarse, X.calibrate_gated(model.coarse, xc.numpy()))
     fine = X.quantize_gated(model.fine[0], X.calibrate_gated(model.fine[0], calib, cond=p2.numpy()), cond_scale=s2)
-    return {"coarse": coarse, "up_coarse": up_coarse, "up_fine": up_fine, "fine": fine}
+    return {"coarse": coarse, "up_coarse": up_coarse, "up_fine": up_fine, "fine": fine}, 0
 
 
 def export_checkpoint(kind, ckpt, out, calib_n=500, log=print):
@@ -198,14 +212,16 @@ def export_checkpoint(kind, ckpt, out, calib_n=500, log=print):
         raise X.ExportError(f"{ckpt}: a {type(model).__name__} checkpoint, expected {want}")
     ds = data.load(ck["meta"]["dataset"])
     calib = ds.train[np.random.RandomState(0).permutation(len(ds.train))[:calib_n]]
-    stages = (quantize_gray if kind == "gray" else quantize_pyramid)(model, calib, ds.levels)
+    stages, exact = (quantize_gray if kind == "gray" else quantize_pyramid)(model, calib, ds.levels)
+    if exact and ds.shape[0] != 3:
+        raise X.ExportError("the engine's gray exclusion (exact=1) is for RGB images; train 1-channel gray models with exact=0")
     model = model.double().eval()
     with torch.no_grad():
         parts = model.loss_parts(torch.as_tensor(ds.test))
     fparts = [float(v.sum()) / ds.test.size for v in parts.values()]
     bundle = dict(model=kind, dataset=ds.name, channels=ds.test.shape[1], levels=ds.levels, height=ds.shape[1],
                   width=ds.shape[2], aux_levels=model.gray_levels if kind == "gray" else ds.levels,
-                  float_bits_per_dim=sum(fparts), float_parts=fparts, stages=stages)
+                  float_bits_per_dim=sum(fparts), float_parts=fparts, stages=stages, exact=exact)
     for spec in stages.values():
         spec.setdefault("dataset", ds.name)
     save_bundle(out, bundle)

@@ -117,16 +117,19 @@ def forward_int(spec, x, trace=False):
     return (logits, maps) if trace else logits
 
 
-def log_probs(logits_int, logit_scale):
-    """float64 log-softmax (nats) over the level axis (axis 2) of logit_scale * integer logits."""
+def log_probs(logits_int, logit_scale, allowed=None):
+    """float64 log-softmax (nats) over the level axis (axis 2) of logit_scale * integer logits;
+    ``allowed`` (bool, same shape): excluded levels get probability 0 (logit -inf) before the softmax."""
     z = np.asarray(logits_int, np.float64) * float(logit_scale)
+    if allowed is not None:
+        z = np.where(allowed, z, -np.inf)
     m = z.max(axis=2, keepdims=True)
     return z - m - np.log(np.exp(z - m).sum(axis=2, keepdims=True))
 
 
-def bits_per_image(logits_int, x, logit_scale):
-    """Bits of each image x (N,C,H,W) under the integer logits (float64)."""
-    lp = log_probs(logits_int, logit_scale)
+def bits_per_image(logits_int, x, logit_scale, allowed=None):
+    """Bits of each image x (N,C,H,W) under the integer logits (float64; ``allowed``: see log_probs)."""
+    lp = log_probs(logits_int, logit_scale, allowed)
     x = np.asarray(x, np.int64)
     if x.ndim == 3:
         x = x[None]
@@ -134,10 +137,50 @@ def bits_per_image(logits_int, x, logit_scale):
     return -sel.reshape(len(x), -1).sum(1) / math.log(2.0)
 
 
-def bits_per_dim(logits_int, x, logit_scale):
+def bits_per_dim(logits_int, x, logit_scale, allowed=None):
     """Mean bits/dim of images x under integer logits: -sum log2 p(x) / (N*C*H*W), float64."""
     x = np.asarray(x)
-    return float(bits_per_image(logits_int, x, logit_scale).sum() / x.size)
+    return float(bits_per_image(logits_int, x, logit_scale, allowed).sum() / x.size)
+
+
+# --- exclusion of colours inconsistent with a known gray pixel (Grayscale PixelCNN colour stage)
+#
+# g = floor(Y G / (1000 L)), Y = 299 R + 587 G + 114 B (``models.to_gray``): the gray pixel bounds Y to
+# [lo, hi] (``luma_bounds``). Sub-pixel c (R, G, B in order) may take value v iff, with ``partial`` the luma
+# of the sub-pixels already fixed, partial + w_c v + (max luma of the later sub-pixels) >= lo and
+# partial + w_c v <= hi. The engine's sampler applies this rule (accumulating w_c v as it walks the
+# levels); the likelihood applies it to the logits (``luma_allowed``). Equal to the exact
+# ``models.gray_consistent`` when a gray bin is wider than the blue weight's step (tests check it).
+
+LUMA = (299, 587, 114)
+
+
+def luma_bounds(g, levels, gray_levels):
+    """Luma range (lo, hi) of gray values g (int arrays): the NumPy twin of ``models.luma_bin``."""
+    g = np.asarray(g, np.int64)
+    return -((-g * 1000 * levels) // gray_levels), -((-(g + 1) * 1000 * levels) // gray_levels) - 1
+
+
+def luma_ok(prev, c, levels, lo, hi):
+    """Bool (levels,): the values of sub-pixel c allowed after the earlier sub-pixels ``prev`` (c values)."""
+    partial = sum(w * int(p) for w, p in zip(LUMA, prev))
+    y = partial + LUMA[c] * np.arange(levels, dtype=np.int64)
+    return (y + sum(LUMA[c + 1:]) * (levels - 1) >= lo) & (y <= hi)
+
+
+def luma_allowed(x, g, levels, gray_levels):
+    """Bool (N, 3, L, H, W): ``luma_ok`` for every sub-pixel of the RGB images x (N, 3, H, W) given their
+    gray view g (N, 1, H, W) (causal: sub-pixel c's row uses only x's sub-pixels before c)."""
+    x = np.asarray(x, np.int64)
+    lo, hi = luma_bounds(np.asarray(g)[:, 0], levels, gray_levels)
+    v = np.arange(levels, dtype=np.int64)[None, :, None, None]
+    partial = np.zeros_like(x[:, 0])
+    out = []
+    for c in range(3):
+        y = partial[:, None] + LUMA[c] * v
+        out.append((y + sum(LUMA[c + 1:]) * (levels - 1) >= lo[:, None]) & (y <= hi[:, None]))
+        partial = partial + LUMA[c] * x[:, c]
+    return np.stack(out, 1)
 
 
 def evaluate_int(spec, x, batch=256):
