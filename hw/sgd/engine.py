@@ -259,6 +259,11 @@ class SgdEngine(Engine):
         features = Signal(16)
         beats = Signal(16, init=1)
         run_samples = Signal(32)
+        # beats - 1 and run_samples - 1, kept as registers beside them: the end-of-sample and end-of-run tests are
+        # then equalities with registers, not a subtraction or an increment and a comparison (the full build's
+        # critical path ran from BEATS through beats - 1 and k == beats - 1 into the pipeline enable: Fmax)
+        beats_m1 = Signal(signed(18), init=0)
+        run_m1 = Signal(signed(34), init=-1)
         step_shift = Signal(6)
         batch_mask = Signal(32)
         flags = Signal(4)
@@ -307,9 +312,9 @@ class SgdEngine(Engine):
                 with m.Case(REG_FEATURES):
                     m.d.sync += features.eq(self.reg_wdata)
                 with m.Case(REG_BEATS):
-                    m.d.sync += beats.eq(self.reg_wdata)
+                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1)]
                 with m.Case(REG_RUN_SAMPLES):
-                    m.d.sync += run_samples.eq(self.reg_wdata)
+                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m1.eq(self.reg_wdata[:32] - 1)]
                 with m.Case(REG_STEP_SHIFT):
                     m.d.sync += step_shift.eq(self.reg_wdata)
                 with m.Case(REG_BATCH_MASK):
@@ -489,7 +494,7 @@ class SgdEngine(Engine):
         base = Signal(16)
         i_in = Signal(32)
         last = Signal()
-        m.d.comb += last.eq(k == beats - 1)
+        m.d.comb += last.eq(k == beats_m1)
         with m.If(start):
             m.d.comb += [running_n.eq(run_samples != 0), in_done_n.eq(0)]
             m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0),
@@ -498,7 +503,7 @@ class SgdEngine(Engine):
         with m.Elif(accept):
             with m.If(last):
                 m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
-                with m.If(i_in + 1 == run_samples):
+                with m.If(i_in == run_m1):
                     m.d.comb += in_done_n.eq(1)
             with m.Else():
                 m.d.sync += [k.eq(k + 1), base.eq(base + L)]
@@ -510,7 +515,7 @@ class SgdEngine(Engine):
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
         rem1 = Signal(signed(18))
-        refresh = ((i_in & batch_mask) == batch_mask) | (i_in + 1 == run_samples)
+        refresh = ((i_in & batch_mask) == batch_mask) | (i_in == run_m1)
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
                          rem1.eq(features - base)]
@@ -634,10 +639,10 @@ class SgdEngine(Engine):
         ua_t = Signal(signed(32))
         with m.If(ce):
             m.d.sync += [ua_v.eq(issue), ua_row.eq(row), ua_rem.eq(features - ubase), ua_t.eq(tt), ua_ref.eq(rr),
-                         ua_lastrow.eq(row == beats - 1)]
+                         ua_lastrow.eq(row == beats_m1)]
             with m.If(issue):
                 m.d.sync += [fifo_rp.eq(fifo_rp + 1), u_row.eq(row + 1), u_base.eq(ubase + L), u_t.eq(tt),
-                             u_ref.eq(rr), u_active.eq(row + 1 != beats)]
+                             u_ref.eq(rr), u_active.eq(row != beats_m1)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
         # U1: the beat's q2 codes (decoded from the FIFO block RAM's output) registered, so no lane product starts at a RAM's
@@ -743,7 +748,7 @@ class SgdEngine(Engine):
                 m.d.sync += x_sat.eq(1)
             with m.If(ud_lastrow):
                 m.d.sync += cnt_samples.eq(cnt_samples + 1)
-                with m.If(cnt_samples + 1 == run_samples):
+                with m.If(cnt_samples == run_m1):
                     m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
