@@ -596,8 +596,9 @@ def main(argv=None) -> int:
                         help="an engine parameter (repeat the flag), e.g. --param bits=2 --param bus_bits=64; "
                              "the engine's constructor arguments (max_features, store_beats, encoding, ...)")
     parser.add_argument("--clk-mhz", metavar="MHZ", type=float, default=None,
-                        help="clock the design from the PLL at this frequency (ECP5 boards); default: the "
-                             "board oscillator")
+                        help="clock the engine from the PLL at this frequency (ECP5 boards), in its own clock "
+                             "domain behind a clock-domain crossing (the link and UART: --link-clk-mhz); default: "
+                             "the board oscillator, one domain")
     parser.add_argument("--link-clk-mhz", metavar="MHZ", type=float, default=LINK_CLK_MHZ,
                         help="with --clk-mhz: the link and UART run in their own clock domain from the PLL's second "
                              "output, at the fastest VCO / k not above this")
