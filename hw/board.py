@@ -3,13 +3,16 @@
     uart.rx pin -> UartRx -> SyncFIFOBuffered -> LinkCore.rx
     LinkCore.tx -> UartTx -> uart.tx pin
 
-The clock is the platform's default clock (the ``sync`` domain Amaranth creates from it). LEDs, when
+The clock is the platform's default clock (the ``sync`` domain Amaranth creates from it), or the PLL's
+(``hw.build --clk-mhz``). With ``engine_clk_hz`` the engine runs in its own ``engine`` domain behind
+``hw.link.crossing.EngineCrossing``; the PLL's second output clocks the link and UART (``clk_hz``) and its first the
+engine (in simulation, without a platform, one clock drives both domains). LEDs, when
 the board has them: 0 = heartbeat (about 1 Hz), 1 = serial activity, 2 = a byte was dropped (framing
 error or overrun; sticky until reset). Board-level parameters go into the design's info blob and
 digest (``extra_params``), so ``host/run.py info`` shows which board/clock/baud a bitstream was built for.
 """
 from amaranth.build import ResourceError
-from amaranth.hdl import Elaboratable, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
 from amaranth.lib import fifo, io, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,22 +25,29 @@ RX_FIFO_DEPTH = 16
 
 class BoardTop(Elaboratable):
     def __init__(self, design: Design, *, board: str, clk_hz: float, baud: int = DEFAULT_BAUD,
-                 rx_fifo_depth: int = RX_FIFO_DEPTH):
+                 rx_fifo_depth: int = RX_FIFO_DEPTH, engine_clk_hz: float | None = None):
         self.design = design
         self.board = board
-        self.clk_hz = clk_hz
+        self.clk_hz = clk_hz  # the link and UART clock (the sync domain)
+        self.engine_clk_hz = engine_clk_hz  # None: the engine runs in the sync domain
         self.baud = baud
         self.divisor = uart_divisor(clk_hz, baud)
         self.rx_fifo_depth = rx_fifo_depth
-        self.core = design.make_core(extra_params=self.board_params())
+        self.core = design.make_core(extra_params=self.board_params(),
+                                     crossing=None if engine_clk_hz is None else "external")
         # created here so a simulation (``elaborate(None)``: no pins) can drive ``uart_rx.rx`` and
         # watch ``uart_tx.tx``
         self.uart_rx = UartRx(self.divisor)
         self.uart_tx = UartTx(self.divisor)
-        self.pll = None  # hw.pll.PllConfig: clock the sync domain from the FPGA's PLL at clk_hz (hw.build --clk-mhz)
+        # hw.pll.PllConfig: clock the sync domain from the FPGA's PLL at clk_hz (hw.build --clk-mhz); with
+        # engine_clk_hz, CLKOP at engine_clk_hz and CLKOS at clk_hz
+        self.pll = None
 
     def board_params(self) -> dict:
-        return {"board": self.board, "clk_hz": int(round(self.clk_hz)), "baud": self.baud}
+        params = {"board": self.board, "clk_hz": int(round(self.clk_hz)), "baud": self.baud}
+        if self.engine_clk_hz is not None:
+            params["engine_clk_hz"] = int(round(self.engine_clk_hz))
+        return params
 
     def elaborate(self, platform):
         m = Module()
@@ -49,12 +59,21 @@ class BoardTop(Elaboratable):
         wiring.connect(m, q.r_stream, core.rx)
         wiring.connect(m, core.tx, tx.i)
 
-        if platform is None:  # simulation / plain elaboration: no pins
+        if platform is None:  # simulation / plain elaboration: no pins; one clock for both domains
+            if self.engine_clk_hz is not None:
+                m.domains.engine = ClockDomain("engine")
+                m.d.comb += [ClockSignal("engine").eq(ClockSignal("sync")),
+                             ResetSignal("engine").eq(ResetSignal("sync"))]
             return m
 
         if self.pll is not None:
-            from .pll import add_pll_sync_domain
-            add_pll_sync_domain(m, platform, self.pll)
+            from .pll import add_pll_domains, add_pll_sync_domain
+            if self.engine_clk_hz is not None:
+                add_pll_domains(m, platform, self.pll)
+            else:
+                add_pll_sync_domain(m, platform, self.pll)
+        elif self.engine_clk_hz is not None:
+            raise ValueError("an engine clock of its own needs the PLL (BoardTop.pll)")
 
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx_pin = rx_pin = io.Buffer("i", uart.rx)

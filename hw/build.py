@@ -91,12 +91,14 @@ class BuildError(Exception):
 
 
 # what ``make bitstream BOARD=... DESIGN=sgd`` builds when no PARAMS are given, per FPGA family: (engine arguments,
-# PLL clock in MHz or None for the board oscillator; CLK_MHZ overrides it); docs/sgd-engine.md, Bitstreams.  The
-# ulx3s-85f build of this configuration against 100 MHz reached 64.8 MHz, limited by the link's reply path
-# (docs/reports/ulx3s-85f-sgd-q2-compact-64bit-100mhz-e06baef.json), so the default PLL clock is 60 MHz.
+# engine's PLL clock in MHz or None for the board oscillator; CLK_MHZ overrides it); docs/sgd-engine.md, Bitstreams.
+# The ulx3s-85f build of this configuration with the engine at 100 MHz and the link in its own 50 MHz domain reached
+# 78.3 MHz in the engine domain and 80.5 MHz in the link's
+# (docs/reports/ulx3s-85f-sgd-q2-compact-64bit-100mhz-2clk-555e6b6.json), so the default engine clock is 75 MHz
+# (VCO 600 MHz / 8; the link 600 / 12 = 50 MHz).
 DESIGN_DEFAULTS = {
     ("sgd", "ecp5"): ({"bits": 2, "bus_bits": 64, "max_features": 1024, "store_beats": 1024,
-                       "encoding": "compact"}, 60.0),
+                       "encoding": "compact"}, 75.0),
     ("sgd", "ice40"): ({"bits": 8, "bus_bits": 32, "max_features": 256, "store_beats": 512}, None),
 }
 
@@ -157,10 +159,15 @@ def tool_env(*, programming: bool, environ=None) -> dict:
     return env
 
 
+LINK_CLK_MHZ = 50.0  # the link and UART clock when the engine has its own (the PLL's CLKOS, at most this)
+
+
 def make_top(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
-             engine_args: dict | None = None, clk_mhz: float | None = None):
-    """(platform, BoardTop) for ``board``; nothing is built.  ``clk_mhz``: clock the design from the FPGA's PLL
-    at this frequency (ECP5 boards; ``hw.pll``) instead of the board oscillator."""
+             engine_args: dict | None = None, clk_mhz: float | None = None, link_clk_mhz: float = LINK_CLK_MHZ):
+    """(platform, BoardTop) for ``board``; nothing is built.  ``clk_mhz``: clock the engine from the FPGA's PLL
+    at this frequency (ECP5 boards; ``hw.pll``) instead of the board oscillator; the link and UART then run in
+    their own domain from the PLL's second output, at the fastest VCO / k not above ``link_clk_mhz``, and the
+    engine sits behind ``hw.link.crossing.EngineCrossing``."""
     from .board import BoardTop
     from .design import Design
 
@@ -172,8 +179,8 @@ def make_top(board: str, *, engine: str = "echo", baud: int = 115200, max_frame:
     if spec.family != "ecp5":
         raise ValueError(f"--clk-mhz needs an ECP5 board (the PLL is the ECP5 EHXPLLL); {board} is {spec.family}")
     from .pll import ecp5_pll_config
-    cfg = ecp5_pll_config(platform.default_clk_frequency / 1e6, clk_mhz)
-    top = BoardTop(design, board=board, clk_hz=cfg.f_out_mhz * 1e6, baud=baud)
+    cfg = ecp5_pll_config(platform.default_clk_frequency / 1e6, clk_mhz).with_second_output(link_clk_mhz)
+    top = BoardTop(design, board=board, clk_hz=cfg.f_os_mhz * 1e6, baud=baud, engine_clk_hz=cfg.f_out_mhz * 1e6)
     top.pll = cfg
     return platform, top
 
@@ -225,8 +232,11 @@ def _count_ice40_ffs(rpt: Path) -> int | None:
     return total
 
 
-def _critical_path(pnr: dict) -> dict | None:
+def _critical_path(pnr: dict, clock: str | None = None) -> dict | None:
+    """The first critical path in nextpnr's report, or the first from and to ``clock`` (a net name)."""
     paths = pnr.get("critical_paths") or []
+    if clock is not None:
+        paths = [p for p in paths if _clock_net(p.get("from")) == clock and _clock_net(p.get("to")) == clock]
     if not paths:
         return None
     p = paths[0]
@@ -249,8 +259,21 @@ def _critical_path(pnr: dict) -> dict | None:
     }
 
 
-def read_results(build_dir: Path, spec: BoardSpec, clk_hz: float) -> dict:
-    """Resources, Fmax and timing from nextpnr's JSON report (and Yosys's log for iCE40 FFs)."""
+def _clock_net(edge: str | None) -> str | None:
+    """``"posedge $glbnet$engine_clk"`` -> ``"$glbnet$engine_clk"``."""
+    return None if edge is None else edge.split(" ")[-1]
+
+
+def clock_domain_of(net: str) -> str:
+    """The design's clock domain of a nextpnr clock net: ``engine`` (``engine_clk``) or ``link`` (``clk``, the
+    sync domain)."""
+    return "engine" if "engine_clk" in net else "link"
+
+
+def read_results(build_dir: Path, spec: BoardSpec, clk_hz: float, link_clk_hz: float | None = None) -> dict:
+    """Resources, Fmax and timing from nextpnr's JSON report (and Yosys's log for iCE40 FFs).  ``clk_hz``: the
+    engine's clock target; ``link_clk_hz``: the link domain's, when it has its own (else one domain).  Timing is
+    met when every clock domain reaches its target; ``fmax_mhz`` is the engine domain's."""
     pnr_path = build_dir / f"{BITSTREAM_NAME}.pnr.json"
     pnr = json.loads(pnr_path.read_text())
     util = pnr.get("utilization", {})
@@ -262,17 +285,41 @@ def read_results(build_dir: Path, spec: BoardSpec, clk_hz: float) -> dict:
         ffs = _count_ice40_ffs(build_dir / f"{BITSTREAM_NAME}.rpt")
         resources["ff"] = {"used": ffs, "available": resources["lut"]["available"], "nextpnr_name": "SB_DFF*"}
     fmax = pnr.get("fmax", {})
-    # the design has one clock domain (sync, from the board clock); take the slowest reported clock
-    achieved = [v.get("achieved") for v in fmax.values() if v.get("achieved") is not None]
-    fmax_mhz = min(achieved) if achieved else None
     clk_mhz = clk_hz / 1e6
-    return {
+    if link_clk_hz is None:  # one domain (sync): every reported clock is it; take the slowest
+        targets = {"engine": clk_mhz}
+        by_domain = {"engine": [(k, v) for k, v in fmax.items() if v.get("achieved") is not None]}
+    else:
+        targets = {"engine": clk_mhz, "link": link_clk_hz / 1e6}
+        by_domain = {d: [(k, v) for k, v in fmax.items()
+                         if v.get("achieved") is not None and clock_domain_of(k) == d] for d in targets}
+    fmax_by_domain, paths, slowest = {}, {}, {}
+    for domain, clocks in by_domain.items():
+        if clocks:
+            net, v = min(clocks, key=lambda kv: kv[1]["achieved"])
+            fmax_by_domain[domain] = round(v["achieved"], 2)
+            slowest[domain] = net
+            paths[domain] = _critical_path(pnr, net)
+        else:
+            fmax_by_domain[domain] = None
+    met = {d: fmax_by_domain[d] is not None and fmax_by_domain[d] >= targets[d] for d in targets}
+    # the report's critical path: the failing domain's (the engine's first), else the engine's
+    worst = next((d for d in targets if not met[d]), "engine")
+    results = {
         "resources": resources,
-        "fmax_mhz": round(fmax_mhz, 2) if fmax_mhz is not None else None,
+        "fmax_mhz": fmax_by_domain["engine"],
         "fmax_by_clock": {k: v for k, v in fmax.items()},
-        "timing_met": fmax_mhz is not None and fmax_mhz >= clk_mhz,
-        "critical_path": _critical_path(pnr),
+        "timing_met": all(met.values()),
+        "critical_path": paths.get(worst) or _critical_path(pnr),
     }
+    if link_clk_hz is not None:
+        results.update({
+            "fmax_by_clock_mhz": fmax_by_domain,
+            "clk_target_by_clock_mhz": targets,
+            "timing_met_by_clock": met,
+            "critical_path_by_clock": paths,
+        })
+    return results
 
 
 def _bitstream_path(build_dir: Path, spec: BoardSpec) -> Path:
@@ -287,12 +334,13 @@ def _log_tail(path: Path, n: int = 15) -> str:
 
 
 def build_key(board: str, *, engine: str, baud: int, max_frame: int, engine_args: dict | None,
-              clk_mhz: float | None = None) -> str:
+              clk_mhz: float | None = None, link_clk_mhz: float = LINK_CLK_MHZ) -> str:
     """Hash of everything a bitstream depends on here: board, design arguments, every ``hw/`` source file
     and the Amaranth version (the YoWASP tools are pinned by the project's dependencies)."""
     from importlib import metadata
     h = hashlib.sha256(json.dumps([board, engine, baud, max_frame, engine_args or {}, clk_mhz,
-                                   metadata.version("amaranth")], sort_keys=True).encode())
+                                   metadata.version("amaranth")]
+                                  + ([link_clk_mhz] if clk_mhz is not None else []), sort_keys=True).encode())
     for path in sorted((REPO / "hw").rglob("*.py")):
         h.update(str(path.relative_to(REPO)).encode())
         h.update(path.read_bytes())
@@ -373,7 +421,8 @@ def _run_with_progress(execute, build_dir: Path, family: str, *, progress: bool,
 
 def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
-          log=print, clk_mhz: float | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False) -> dict:
+          log=print, clk_mhz: float | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False,
+          link_clk_mhz: float = LINK_CLK_MHZ) -> dict:
     """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure).
     With ``program``, a finished build with the same :func:`build_key` is programmed as it is (unless
     ``rebuild``).  ``progress``: a tqdm bar over the tool stages; ``verbose``: the tools' logs as written."""
@@ -393,7 +442,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
 
     build_dir = Path(build_root) / board
     key = build_key(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args,
-                    clk_mhz=clk_mhz)
+                    clk_mhz=clk_mhz, link_clk_mhz=link_clk_mhz)
     if program and not rebuild:
         report = reusable_report(build_dir, spec, key)
         if report is not None:
@@ -403,14 +452,16 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
             _program(spec.make_platform(), LocalBuildProducts(str(build_dir)), board, log)
             return report
     platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args,
-                             clk_mhz=clk_mhz)
-    clk_hz = top.clk_hz
+                             clk_mhz=clk_mhz, link_clk_mhz=link_clk_mhz)
+    clk_hz = top.engine_clk_hz or top.clk_hz  # the engine's clock
+    link_clk_hz = top.clk_hz if top.engine_clk_hz else None
 
     stale = [f"{BITSTREAM_NAME}.pnr.json", "report.json", *LOGS, *(out for _, out in STAGES[spec.family])]
     for name in stale:  # the stage watcher and a reuse must not see a previous build's files
         (build_dir / name).unlink(missing_ok=True)
     (build_dir / _bitstream_path(build_dir, spec).name).unlink(missing_ok=True)
-    log(f"building {board} ({platform.device}, {clk_hz / 1e6:g} MHz, {baud} baud, engine {engine}) "
+    clocks = f"{clk_hz / 1e6:g} MHz" + (f", link {link_clk_hz / 1e6:g} MHz" if link_clk_hz else "")
+    log(f"building {board} ({platform.device}, {clocks}, {baud} baud, engine {engine}) "
         f"into {build_dir}/ ...")
     t0 = time.monotonic()
     for tool in platform.required_tools:
@@ -432,7 +483,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                          f"({BITSTREAM_NAME}.rpt: Yosys, {BITSTREAM_NAME}.tim: nextpnr). Last lines:\n{tail}")
     seconds = time.monotonic() - t0
 
-    results = read_results(build_dir, spec, clk_hz)
+    results = read_results(build_dir, spec, clk_hz, link_clk_hz)
     bitstream = _bitstream_path(build_dir, spec)
     report = {
         "board": board,
@@ -445,12 +496,13 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "design_digest": f"{top.core.digest:08x}",
         "design_params": json.loads(top.core.info_blob),
         "clk_mhz": clk_hz / 1e6,
+        "link_clk_mhz": top.clk_hz / 1e6,
         "pll": None if getattr(top, "pll", None) is None else {
             "clki_div": top.pll.clki_div, "clkfb_div": top.pll.clkfb_div, "clkop_div": top.pll.clkop_div,
-            "f_in_mhz": top.pll.f_in_mhz, "vco_mhz": top.pll.vco_mhz},
+            "clkos_div": top.pll.clkos_div, "f_in_mhz": top.pll.f_in_mhz, "vco_mhz": top.pll.vco_mhz},
         "baud": baud,
         "uart_divisor": top.divisor,
-        "baud_actual": round(clk_hz / top.divisor, 1),
+        "baud_actual": round(top.clk_hz / top.divisor, 1),
         **results,
         "build_seconds": round(seconds, 2),
         "bitstream": str(bitstream),
@@ -487,8 +539,14 @@ def check_timing(report: dict, build_dir: Path) -> None:
     if report["timing_met"]:
         return
     cp = report.get("critical_path") or {}
-    raise BuildError(f"timing FAILED on {report['board']}: Fmax {report['fmax_mhz']} MHz < board clock "
-                     f"{report['clk_mhz']:g} MHz. Critical path: {cp.get('from')} -> {cp.get('to')}, "
+    failing = [d for d, ok in (report.get("timing_met_by_clock") or {}).items() if not ok]
+    if failing:  # two domains: name the one that fails
+        d = failing[0]
+        what = (f"{d} domain Fmax {report['fmax_by_clock_mhz'][d]} MHz < its clock "
+                f"{report['clk_target_by_clock_mhz'][d]:g} MHz")
+    else:
+        what = f"Fmax {report['fmax_mhz']} MHz < board clock {report['clk_mhz']:g} MHz"
+    raise BuildError(f"timing FAILED on {report['board']}: {what}. Critical path: {cp.get('from')} -> {cp.get('to')}, "
                      f"{cp.get('delay_ns')} ns, {cp.get('logic_levels')} logic levels (details in "
                      f"{build_dir}/{BITSTREAM_NAME}.tim). The bitstream was written but may not work.")
 
@@ -503,7 +561,9 @@ def summary(report: dict) -> str:
     lut_name = "LC" if report["family"] == "ice40" else "LUT4"
     return (f"{report['board']}: {lut_name} {u('lut')}, FF {u('ff')}, BRAM {u('bram')}, DSP {u('dsp')}; "
             f"Fmax {report['fmax_mhz']} MHz vs {report['clk_mhz']:g} MHz clock "
-            f"({'timing met' if report['timing_met'] else 'TIMING FAILED'}); "
+            + (f"(link: {report['fmax_by_clock_mhz']['link']} MHz vs {report['link_clk_mhz']:g} MHz) "
+               if report.get("fmax_by_clock_mhz") else "")
+            + f"({'timing met' if report['timing_met'] else 'TIMING FAILED'}); "
             f"{report['bitstream']} {report['bitstream_bytes']} B in {report['build_seconds']} s")
 
 
@@ -538,8 +598,12 @@ def main(argv=None) -> int:
                         help="an engine parameter (repeat the flag), e.g. --param bits=2 --param bus_bits=64; "
                              "the engine's constructor arguments (max_features, store_beats, encoding, ...)")
     parser.add_argument("--clk-mhz", metavar="MHZ", type=float, default=None,
-                        help="clock the design from the PLL at this frequency (ECP5 boards); default: the "
-                             "board oscillator")
+                        help="clock the engine from the PLL at this frequency (ECP5 boards), in its own clock "
+                             "domain behind a clock-domain crossing (the link and UART: --link-clk-mhz); default: "
+                             "the board oscillator, one domain")
+    parser.add_argument("--link-clk-mhz", metavar="MHZ", type=float, default=LINK_CLK_MHZ,
+                        help="with --clk-mhz: the link and UART run in their own clock domain from the PLL's second "
+                             "output, at the fastest VCO / k not above this")
     parser.add_argument("--list", action="store_true", default=False,
                         help="list the boards and the designs (engines) and exit")
     args = parser.parse_args(argv)
@@ -562,7 +626,8 @@ def main(argv=None) -> int:
                 engine_args, clk_mhz = dict(default[0]), default[1] if clk_mhz is None else clk_mhz
         build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
               build_root=args.build_dir, program=args.program, engine_args=engine_args, clk_mhz=clk_mhz,
-              rebuild=args.rebuild, progress=not args.no_progress, verbose=args.verbose)
+              rebuild=args.rebuild, progress=not args.no_progress, verbose=args.verbose,
+              link_clk_mhz=args.link_clk_mhz)
     except ValueError as e:  # bad board, baud, max_frame: argument errors
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -29,5 +29,6 @@ class Design:
     def make_engine(self):
         return ENGINES[self.engine](**self.engine_args)
 
-    def make_core(self, extra_params: dict | None = None) -> LinkCore:
-        return LinkCore(self.make_engine(), max_frame=self.max_frame, extra_params=extra_params)
+    def make_core(self, extra_params: dict | None = None, crossing: str | None = None) -> LinkCore:
+        """The link core with this engine; ``crossing``: see ``LinkCore`` (None: one clock domain)."""
+        return LinkCore(self.make_engine(), max_frame=self.max_frame, extra_params=extra_params, crossing=crossing)

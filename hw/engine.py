@@ -9,6 +9,10 @@ An engine is a ``wiring.Component`` whose signature contains ``ENGINE_MEMBERS``:
   Addresses are engine-relative (link address - ``ENGINE_REG_BASE``);
 - ``busy``: high while the engine is working without input (simulation bridges keep the clock running
   while it is high, and may sleep when everything is idle).
+- optional ``reg_ack`` (``Out(1)``): a component that has it (``hw.link.crossing.EngineCrossing``, which runs an
+  engine in its own clock domain) raises it for one cycle when a write is done or a read's data is on
+  ``reg_rdata``, and the router waits for it. Without it the router takes ``reg_rdata`` on the cycle after
+  ``reg_re`` and a write is done with its pulse. Engines themselves do not have it.
 
 It also has two Python attributes: ``engine_id`` (four ASCII characters) and ``params`` (a JSON-able
 dict of everything that changes its behaviour; it goes into the design digest).

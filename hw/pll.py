@@ -4,6 +4,10 @@ Divider search and parameters as nextpnr's ``ecppll`` tool (nextpnr/ecp5/ecppll:
 400-800 MHz, feedback from CLKOP, so f_out = f_in * CLKFB_DIV / CLKI_DIV; CLKOP_CPHASE = (CLKOP_DIV - 1) // 2).
 nextpnr-ecp5 derives the output clock's timing constraint from the input pin's, so the build report's Fmax is
 checked against the PLL frequency.  The domain is held in reset until the PLL locks.
+
+With a second output (``PllConfig.clkos_div``), ``add_pll_domains`` clocks two domains from one PLL: ``sync`` (the
+link and UART) from CLKOS = VCO / CLKOS_DIV and ``engine`` from CLKOP, for a design whose engine sits behind
+``hw.link.crossing.EngineCrossing``.  CLKOS has CLKOP's coarse phase (ecppll's secondary output at 0 degrees).
 """
 from dataclasses import dataclass
 
@@ -21,6 +25,7 @@ class PllConfig:
     clkfb_div: int
     clkop_div: int
     f_in_mhz: float
+    clkos_div: int | None = None  # second output (CLKOS): VCO / clkos_div, or None
 
     @property
     def f_out_mhz(self) -> float:
@@ -29,6 +34,19 @@ class PllConfig:
     @property
     def vco_mhz(self) -> float:
         return self.f_out_mhz * self.clkop_div
+
+    @property
+    def f_os_mhz(self) -> float | None:
+        return None if self.clkos_div is None else self.vco_mhz / self.clkos_div
+
+    def with_second_output(self, max_mhz: float) -> "PllConfig":
+        """This setting plus CLKOS at the fastest VCO / k (k = 1..128) not above ``max_mhz``."""
+        k = max(1, -int(-self.vco_mhz // max_mhz))  # ceil: the output must not exceed max_mhz
+        while self.vco_mhz / k > max_mhz + 1e-9:
+            k += 1
+        if k > 128:
+            raise ValueError(f"no CLKOS divider makes at most {max_mhz} MHz from a {self.vco_mhz} MHz VCO")
+        return PllConfig(self.clki_div, self.clkfb_div, self.clkop_div, self.f_in_mhz, k)
 
 
 def ecp5_pll_config(f_in_mhz: float, f_out_mhz: float) -> PllConfig:
@@ -54,17 +72,29 @@ def ecp5_pll_config(f_in_mhz: float, f_out_mhz: float) -> PllConfig:
 
 class Ecp5Pll(Elaboratable):
     """Drives the ``sync`` clock domain (defined by the parent) from ``clk_in`` (the board oscillator's pin)
-    through an EHXPLLL."""
+    through an EHXPLLL; with ``os_domain`` (and ``cfg.clkos_div``), CLKOP drives ``op_domain`` and CLKOS drives
+    ``os_domain`` instead."""
 
-    def __init__(self, clk_in, cfg: PllConfig):
+    def __init__(self, clk_in, cfg: PllConfig, *, op_domain: str = "sync", os_domain: str | None = None):
+        if (os_domain is None) != (cfg.clkos_div is None):
+            raise ValueError("a second PLL output needs both a CLKOS divider and a domain for it")
         self.clk_in = clk_in
         self.cfg = cfg
+        self.op_domain = op_domain
+        self.os_domain = os_domain
         self.locked = Signal()
 
     def elaborate(self, platform):
         m = Module()
         c = self.cfg
         clk_out = Signal()
+        second = {}
+        if self.os_domain is not None:
+            clk_os = Signal()
+            second = dict(a_FREQUENCY_PIN_CLKOS=f"{c.f_os_mhz:g}", p_CLKOS_ENABLE="ENABLED", p_CLKOS_DIV=c.clkos_div,
+                          p_CLKOS_CPHASE=(c.clkop_div - 1) // 2, p_CLKOS_FPHASE=0, o_CLKOS=clk_os)
+            m.d.comb += ClockSignal(self.os_domain).eq(clk_os)
+            m.submodules.os_reset_sync = ResetSynchronizer(~self.locked, domain=self.os_domain)
         m.submodules.pll = Instance(
             "EHXPLLL",
             a_FREQUENCY_PIN_CLKI=f"{c.f_in_mhz:g}", a_FREQUENCY_PIN_CLKOP=f"{c.f_out_mhz:g}",
@@ -77,9 +107,9 @@ class Ecp5Pll(Elaboratable):
             p_CLKFB_DIV=c.clkfb_div,
             i_RST=0, i_STDBY=0, i_CLKI=self.clk_in, i_CLKFB=clk_out, i_PHASESEL0=0, i_PHASESEL1=0,
             i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0,
-            o_CLKOP=clk_out, o_LOCK=self.locked)
-        m.d.comb += ClockSignal("sync").eq(clk_out)
-        m.submodules.reset_sync = ResetSynchronizer(~self.locked, domain="sync")
+            o_CLKOP=clk_out, o_LOCK=self.locked, **second)
+        m.d.comb += ClockSignal(self.op_domain).eq(clk_out)
+        m.submodules.reset_sync = ResetSynchronizer(~self.locked, domain=self.op_domain)
         return m
 
 
@@ -89,3 +119,13 @@ def add_pll_sync_domain(m: Module, platform, config: PllConfig) -> None:
     clk_pin = platform.request(platform.default_clk, dir="-")
     m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
     m.submodules.pll = Ecp5Pll(clk_buf.i, config)
+
+
+def add_pll_domains(m: Module, platform, config: PllConfig) -> None:
+    """Clock ``m``'s ``engine`` domain from CLKOP and its ``sync`` domain from CLKOS (``config.clkos_div``) of the
+    ECP5 PLL fed by the board's oscillator pin."""
+    m.domains.sync = ClockDomain("sync")
+    m.domains.engine = ClockDomain("engine")
+    clk_pin = platform.request(platform.default_clk, dir="-")
+    m.submodules.clk_in = clk_buf = io.Buffer("i", clk_pin)
+    m.submodules.pll = Ecp5Pll(clk_buf.i, config, op_domain="engine", os_domain="sync")

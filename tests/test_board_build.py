@@ -103,6 +103,34 @@ def test_timing_failure_is_reported(tmp_path):
     B.check_timing({**report, "timing_met": True}, tmp_path)
 
 
+def test_two_clock_domains_each_meet_their_target_or_timing_fails(tmp_path):
+    """With the engine in its own domain, the report keeps fmax_mhz (the engine's), adds each domain's Fmax, and
+    timing is met only when both the engine (100 MHz) and the link (50 MHz) domain reach their clocks."""
+    def path(net):
+        return {"from": f"posedge {net}", "to": f"posedge {net}", "path": [
+            {"type": "logic", "from": {"cell": net + "_a", "port": "A"}, "to": {"cell": net + "_b", "port": "D"},
+             "delay": 5.0}]}
+
+    def results(engine_mhz, link_mhz):
+        pnr = {"utilization": {}, "fmax": {"$glbnet$engine_clk": {"achieved": engine_mhz, "constraint": 100.0},
+                                           "$glbnet$clk": {"achieved": link_mhz, "constraint": 50.0}},
+               "critical_paths": [path("$glbnet$clk"), path("$glbnet$engine_clk")]}
+        (tmp_path / "top.pnr.json").write_text(json.dumps(pnr))
+        return B.read_results(tmp_path, B.get_board("ulx3s-85f"), 100e6, 50e6)
+
+    ok = results(104.0, 71.0)
+    assert ok["timing_met"] and ok["fmax_mhz"] == 104.0
+    assert ok["fmax_by_clock_mhz"] == {"engine": 104.0, "link": 71.0}
+    assert ok["critical_path"]["from"] == "$glbnet$engine_clk_a.A"
+    slow_link = results(104.0, 45.0)
+    assert not slow_link["timing_met"] and slow_link["timing_met_by_clock"] == {"engine": True, "link": False}
+    assert slow_link["critical_path"]["from"] == "$glbnet$clk_a.A"
+    report = {"board": "ulx3s-85f", "clk_mhz": 100.0, **slow_link}
+    with pytest.raises(B.BuildError, match=r"link domain Fmax 45.0 MHz < its clock 50 MHz"):
+        B.check_timing(report, tmp_path)
+    assert not results(99.0, 71.0)["timing_met"]
+
+
 # ---------------------------------------------------------------- elaboration without tools
 
 

@@ -1,5 +1,7 @@
 """SGD bitstream plumbing without the toolchain: the ECP5 PLL settings, engine arguments from the command line,
 and the board top clocked from the PLL (elaborated and prepared, not built)."""
+import json
+
 import pytest
 
 from hw.build import DESIGN_DEFAULTS, main, parse_engine_args, prepare
@@ -12,6 +14,13 @@ def test_pll_settings_are_exact_and_in_range(f_out):
     assert abs(c.f_out_mhz - f_out) < 1e-9
     assert VCO_MHZ[0] <= c.vco_mhz <= VCO_MHZ[1] and PFD_MHZ[0] <= 25.0 / c.clki_div <= PFD_MHZ[1]
     assert ecp5_pll_config(25.0, 100.0).clkfb_div == 4  # ecppll's 25 -> 100 MHz: CLKI_DIV 1, CLKFB_DIV 4
+
+
+@pytest.mark.parametrize("f_out,link", [(100.0, 50.0), (60.0, 50.0), (75.0, 50.0), (120.0, 48.0)])
+def test_pll_second_output_is_the_fastest_not_above_the_link_target(f_out, link):
+    c = ecp5_pll_config(25.0, f_out).with_second_output(link)
+    assert c.f_os_mhz <= link + 1e-9 and c.vco_mhz / (c.clkos_div - 1) > link
+    assert c.f_out_mhz == ecp5_pll_config(25.0, f_out).f_out_mhz  # CLKOP unchanged
 
 
 def test_pll_refuses_what_it_cannot_make():
@@ -29,9 +38,12 @@ def test_engine_args_from_the_command_line():
 def test_sgd_board_top_runs_from_the_pll():
     args = dict(DESIGN_DEFAULTS[("sgd", "ecp5")][0], max_features=64, store_beats=64)
     plan, top = prepare("ulx3s-85f", engine="sgd", engine_args=args, clk_mhz=100.0)
-    assert top.clk_hz == 100e6 and top.divisor == round(100e6 / 115200)
+    # the engine at 100 MHz from CLKOP; the link and UART at 50 MHz from CLKOS (VCO 600 MHz / 12)
+    assert top.engine_clk_hz == 100e6 and top.clk_hz == 50e6 and top.divisor == round(50e6 / 115200)
+    assert top.core.crossing == "external"
+    assert json.loads(top.core.info_blob)["engine_clk_hz"] == 100_000_000
     il = plan.files["top.il"]
-    assert "EHXPLLL" in il and "CLKFB_DIV" in il
+    assert "EHXPLLL" in il and "CLKFB_DIV" in il and "CLKOS_DIV" in il
     with pytest.raises(ValueError, match="needs an ECP5 board"):
         prepare("icebreaker", engine="sgd", engine_args={"bits": 8, "bus_bits": 32, "max_features": 16,
                                                          "store_beats": 16}, clk_mhz=50.0)

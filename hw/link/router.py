@@ -13,13 +13,14 @@ the engine takes every byte once and in order whatever was lost, repeated or cut
 import hashlib
 import json
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Module, Mux, ResetSignal, Signal, unsigned
 from amaranth.lib import fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .. import protocol as P
 from .cobs import CobsDecoder, CobsEncoder
 from .crc import CRC_INIT, CrcAppender, crc16_update
+from .crossing import EngineCrossing
 
 HEADER_BYTES = 7  # seq, cmd and up to five argument bytes are kept in registers
 READ_IDLE_CYCLES = 64  # READ_BULK stops after this many cycles without a byte from the engine
@@ -39,17 +40,30 @@ def design_info(engine, max_frame: int, extra_params: dict | None = None) -> tup
     return blob, int.from_bytes(hashlib.sha256(blob).digest()[:4], "big")
 
 
+CROSSINGS = (None, "external", "same-clock")
+
+
 class LinkCore(wiring.Component):
-    """Byte streams on one side (from a UART PHY or a simulation bridge), an engine on the other."""
+    """Byte streams on one side (from a UART PHY or a simulation bridge), an engine on the other.
+
+    ``crossing``: None, the engine runs in the link's ``sync`` domain; ``"external"``, the engine runs in the
+    ``engine`` clock domain behind a ``hw.link.crossing.EngineCrossing``, and the parent defines that domain (the
+    board top, from the PLL); ``"same-clock"``, the same crossing with the ``engine`` domain defined here from the
+    ``sync`` clock and reset (simulation: one clock drives both sides, the FIFOs and handshakes still work).
+    """
 
     rx: In(stream.Signature(8))
     tx: Out(stream.Signature(8))
     busy: Out(1)
 
-    def __init__(self, engine, *, max_frame: int = 512, extra_params: dict | None = None):
+    def __init__(self, engine, *, max_frame: int = 512, extra_params: dict | None = None,
+                 crossing: str | None = None):
         if not 16 <= max_frame <= 4096:
             raise ValueError(f"max_frame must be in 16..4096 bytes, got {max_frame}")
-        self.engine = engine
+        if crossing not in CROSSINGS:
+            raise ValueError(f"crossing must be one of {', '.join(map(repr, CROSSINGS))}, got {crossing!r}")
+        self.crossing = crossing
+        self.engine = engine if crossing is None else EngineCrossing(engine, domain="engine")
         self.max_frame = max_frame
         self.info_blob, self.digest = design_info(engine, max_frame, extra_params)
         if len(self.info_blob) > 0xFFFF:
@@ -63,6 +77,17 @@ class LinkCore(wiring.Component):
         max_reply_data = max_frame - P.FRAME_OVERHEAD
 
         m.submodules.engine = eng
+        if self.crossing == "same-clock":
+            m.domains.engine = ClockDomain("engine")
+            m.d.comb += [ClockSignal("engine").eq(ClockSignal("sync")), ResetSignal("engine").eq(ResetSignal("sync"))]
+        # a register access is done when the engine acknowledges it (``hw.engine``): with ``reg_ack`` whenever the
+        # engine raises it, without it on the cycle after the pulse (a write needs no wait then)
+        has_ack = "reg_ack" in eng.signature.members
+        reg_ack = Signal()
+        if has_ack:
+            m.d.comb += reg_ack.eq(eng.reg_ack)
+        else:
+            m.d.sync += reg_ack.eq(eng.reg_re | eng.reg_we)
         m.submodules.decoder = dec = CobsDecoder()
         m.submodules.appender = app = CrcAppender()
         m.submodules.encoder = enc = CobsEncoder()
@@ -196,9 +221,13 @@ class LinkCore(wiring.Component):
                                     m.d.sync += scratch.eq(reg_wdata)
                                 with m.If(reg_addr == P.REG_SESSION):
                                     m.d.sync += session.eq(reg_wdata)
+                                m.next = "HDR_SEQ"
+                                if has_ack:
+                                    with m.If(reg_addr >= P.ENGINE_REG_BASE):
+                                        m.next = "REG_WRITE"
                             with m.Else():
                                 m.d.sync += status.eq(P.STATUS_BAD_LEN)
-                            m.next = "HDR_SEQ"
+                                m.next = "HDR_SEQ"
                         with m.Case(P.CMD_WRITE_BULK):
                             with m.If(n_args < P.BULK_POS_BYTES):
                                 m.d.sync += status.eq(P.STATUS_BAD_LEN)
@@ -240,10 +269,16 @@ class LinkCore(wiring.Component):
                     m.d.comb += srd.addr.eq(ptr + 1)
                     m.d.sync += ptr.eq(ptr + 1)
 
+            with m.State("REG_WRITE"):  # an engine behind a crossing: wait for the write's acknowledge
+                with m.If(reg_ack):
+                    m.next = "HDR_SEQ"
+
             with m.State("REG_READ"):
                 m.d.sync += [value_bytes.eq(4), op.eq(OP_REG)]
                 with m.If(reg_addr >= P.ENGINE_REG_BASE):
                     m.d.sync += value.eq(eng.reg_rdata)
+                    with m.If(reg_ack):
+                        m.next = "HDR_SEQ"
                 with m.Else():
                     with m.Switch(reg_addr):
                         with m.Case(P.REG_ID):
@@ -274,7 +309,7 @@ class LinkCore(wiring.Component):
                             m.d.sync += value.eq(frames_replayed)
                         with m.Default():
                             m.d.sync += value.eq(0)
-                m.next = "HDR_SEQ"
+                    m.next = "HDR_SEQ"
 
             with m.State("BULK_IN"):
                 # nothing is offered in the cycle that ends the frame, so ``in_pos`` is final there

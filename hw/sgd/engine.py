@@ -218,6 +218,14 @@ class SgdEngine(Engine):
             return (prod >> nb) + (rand[32 - nb:] < prod[:nb])
         return Mux(sgn, one(self.bits - 2), one(self.bits - 1))
 
+    @staticmethod
+    def _int32_overflow(v):
+        """(v > 2**31 - 1, v < -2**31) for a signed ``v`` wider than 32 bits, as tests of its bits 31 and up (not
+        as wide comparisons, which Yosys maps to carry chains: Fmax)."""
+        top = v[31:]
+        neg = v[-1]
+        return ~neg & (top != 0), neg & (top != (1 << len(top)) - 1)
+
     def _shift_nb(self, v, sgn):
         b = self.bits
         if b == 1:
@@ -251,6 +259,11 @@ class SgdEngine(Engine):
         features = Signal(16)
         beats = Signal(16, init=1)
         run_samples = Signal(32)
+        # beats - 1 and run_samples - 1, kept as registers beside them: the end-of-sample and end-of-run tests are
+        # then equalities with registers, not a subtraction or an increment and a comparison (the full build's
+        # critical path ran from BEATS through beats - 1 and k == beats - 1 into the pipeline enable: Fmax)
+        beats_m1 = Signal(signed(18), init=0)
+        run_m1 = Signal(signed(34), init=-1)
         step_shift = Signal(6)
         batch_mask = Signal(32)
         flags = Signal(4)
@@ -299,9 +312,9 @@ class SgdEngine(Engine):
                 with m.Case(REG_FEATURES):
                     m.d.sync += features.eq(self.reg_wdata)
                 with m.Case(REG_BEATS):
-                    m.d.sync += beats.eq(self.reg_wdata)
+                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1)]
                 with m.Case(REG_RUN_SAMPLES):
-                    m.d.sync += run_samples.eq(self.reg_wdata)
+                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m1.eq(self.reg_wdata[:32] - 1)]
                 with m.Case(REG_STEP_SHIFT):
                     m.d.sync += step_shift.eq(self.reg_wdata)
                 with m.Case(REG_BATCH_MASK):
@@ -481,7 +494,7 @@ class SgdEngine(Engine):
         base = Signal(16)
         i_in = Signal(32)
         last = Signal()
-        m.d.comb += last.eq(k == beats - 1)
+        m.d.comb += last.eq(k == beats_m1)
         with m.If(start):
             m.d.comb += [running_n.eq(run_samples != 0), in_done_n.eq(0)]
             m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0),
@@ -490,7 +503,7 @@ class SgdEngine(Engine):
         with m.Elif(accept):
             with m.If(last):
                 m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
-                with m.If(i_in + 1 == run_samples):
+                with m.If(i_in == run_m1):
                     m.d.comb += in_done_n.eq(1)
             with m.Else():
                 m.d.sync += [k.eq(k + 1), base.eq(base + L)]
@@ -502,7 +515,7 @@ class SgdEngine(Engine):
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
         rem1 = Signal(signed(18))
-        refresh = ((i_in & batch_mask) == batch_mask) | (i_in + 1 == run_samples)
+        refresh = ((i_in & batch_mask) == batch_mask) | (i_in == run_m1)
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
                          rem1.eq(features - base)]
@@ -523,12 +536,15 @@ class SgdEngine(Engine):
         # the lane products: Fmax)
         v1b, last1b, ref1b = Signal(), Signal(), Signal()
         lab1b = Signal(signed(32))
-        rem1b = Signal(signed(18))
+        # the lanes that hold features (lane j: rem1 > j), decided here from a register: with the comparisons
+        # after it, Yosys shared them across lanes and the lane terms waited on routes across the chip (the
+        # engine-alone build's critical path, 13.5 ns)
+        mask1b = Signal(L)
         yrow = Signal(mw * L)
         with m.If(ce):
             m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1),
                          lab1b.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())),
-                         rem1b.eq(rem1), yrow.eq(yr.data)]
+                         mask1b.eq(Cat(*[rem1 > j for j in range(L)])), yrow.eq(yr.data)]
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
@@ -537,7 +553,7 @@ class SgdEngine(Engine):
             for j in range(L):
                 xj = stored_to_q23(yrow[mw * j:mw * j + mw])
                 term = self._shift_nb(self._mul(xj, q1[j]), sgn)
-                m.d.sync += terms[j].eq(Mux(rem1b > j, term, 0))
+                m.d.sync += terms[j].eq(Mux(mask1b[j], term, 0))
         m.d.comb += tree.i.eq(terms)
         # delay lines alongside the tree
         va, lasta, refa, laba = v2, last2, ref2, lab2
@@ -598,8 +614,7 @@ class SgdEngine(Engine):
         with m.If(ce):
             m.d.sync += [shifted.eq(diff >> shift), hv.eq(dv2), href.eq(dref2),
                          active.eq(Mux(loss == LOSS_L2SVM, Mux(dpos, diff < 0, diff > 0), 1))]
-        t_hi = shifted > 2**31 - 1
-        t_lo = shifted < -2**31
+        t_hi, t_lo = self._int32_overflow(shifted)
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
         with m.If(ce):
@@ -624,10 +639,10 @@ class SgdEngine(Engine):
         ua_t = Signal(signed(32))
         with m.If(ce):
             m.d.sync += [ua_v.eq(issue), ua_row.eq(row), ua_rem.eq(features - ubase), ua_t.eq(tt), ua_ref.eq(rr),
-                         ua_lastrow.eq(row == beats - 1)]
+                         ua_lastrow.eq(row == beats_m1)]
             with m.If(issue):
                 m.d.sync += [fifo_rp.eq(fifo_rp + 1), u_row.eq(row + 1), u_base.eq(ubase + L), u_t.eq(tt),
-                             u_ref.eq(rr), u_active.eq(row + 1 != beats)]
+                             u_ref.eq(rr), u_active.eq(row != beats_m1)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
         # U1: the beat's q2 codes (decoded from the FIFO block RAM's output) registered, so no lane product starts at a RAM's
@@ -635,10 +650,11 @@ class SgdEngine(Engine):
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
         ub_row = Signal(16)
         ub_rem = Signal(signed(18))
+        ub_mask = Signal(L)  # the lanes that hold features (ua_rem > j), registered as mask1b (Fmax)
         ub_t = Signal(signed(32))
         with m.If(ce):
             m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
-                         ub_rem.eq(ua_rem), ub_t.eq(ua_t)]
+                         ub_rem.eq(ua_rem), ub_mask.eq(Cat(*[ua_rem > j for j in range(L)])), ub_t.eq(ua_t)]
         q2 = self._registered_codes(m, ce, fr.data, 1, sgn)
         # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
@@ -661,7 +677,7 @@ class SgdEngine(Engine):
                         with m.Case(j):
                             m.d.sync += st.eq(word_next)
         for name in rng_sets:
-            step = ce & (ub_v & (ub_rem > 0) if name == "g" else uc_v & (uc_rem > 0))
+            step = ce & (ub_v & ub_mask[0] if name == "g" else uc_v & (uc_rem > 0))
             for j, st in enumerate(all_states[name]):
                 x1 = Signal(32, name=f"xs{name}{j}a")
                 x2 = Signal(32, name=f"xs{name}{j}b")
@@ -693,7 +709,7 @@ class SgdEngine(Engine):
             for j in range(L):
                 prod = self._mul(ub_t, q2[j])
                 gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
-                m.d.sync += g[j].eq(Mux(ub_rem > j, gj, 0))
+                m.d.sync += g[j].eq(Mux(ub_mask[j], gj, 0))
         with m.If(reading):
             m.d.sync += xrow.eq(xr.data)
         x_cur = Signal(mw * L)
@@ -705,7 +721,7 @@ class SgdEngine(Engine):
             xj = stored_to_q23(x_cur[mw * j:mw * j + mw])
             nv = Signal(signed(gw + 1), name=f"new{j}")
             m.d.comb += nv.eq(xj - g[j])
-            hi, lo = nv > 2**31 - 1, nv < -2**31
+            hi, lo = self._int32_overflow(nv)
             sat = Mux(hi, Const(2**31 - 1, 32), Mux(lo, Const(2**31, 32), nv[:32]))
             if mw < 32:  # stochastic rounding on write to w bits, then saturate to the w-bit range
                 n32 = Signal(signed(32), name=f"n32_{j}")
@@ -732,7 +748,7 @@ class SgdEngine(Engine):
                 m.d.sync += x_sat.eq(1)
             with m.If(ud_lastrow):
                 m.d.sync += cnt_samples.eq(cnt_samples + 1)
-                with m.If(cnt_samples + 1 == run_samples):
+                with m.If(cnt_samples == run_m1):
                     m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
