@@ -209,6 +209,7 @@ class ConvEngine(Engine):
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
         op_base, in_base = Signal(8), Signal(8)
+        in_byte = Signal(8)  # an input byte, registered before its input-table read
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -418,13 +419,17 @@ class ConvEngine(Engine):
                 with m.Else():
                     m.d.sync += rowmode.eq(1)
                     m.next = "LAYER_START"
-            with m.State("IN_WAIT"):
-                m.d.comb += [ird.addr.eq(inq.r_data + in_base), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
+            with m.State("IN_WAIT"):  # the byte registered (no add on the FIFO's RAM output), then its table read
+                m.d.comb += [inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
                 with m.If(ctrl_we | (mode == MODE_IDLE)):
                     m.d.comb += inq.r_en.eq(0)
                     m.next = "IDLE"
                 with m.Elif(inq.r_rdy):
-                    m.next = "IN_WRITE"
+                    m.d.sync += in_byte.eq(inq.r_data)
+                    m.next = "IN_READ"
+            with m.State("IN_READ"):
+                m.d.comb += [ird.addr.eq(in_byte + in_base), ird.en.eq(1)]
+                m.next = "IN_WRITE"
             with m.State("IN_WRITE"):
                 m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(ch), in_wr_data.eq(ird.data), in_wr_map.eq(0)]
                 m.d.sync += ch.eq(ch + 1)
