@@ -17,10 +17,11 @@ def _run(dut, bench):
     sim.run()
 
 
-def test_line_buffer_taps_and_padding():
+@pytest.mark.parametrize("bank_depth", [LineBuffer.BANK_DEPTH, 64])  # one bank (512 words), eight banks
+def test_line_buffer_taps_and_padding(bank_depth):
     rng = np.random.default_rng(0)
     H, W, C, NL = 5, 6, 3, 2
-    dut = LineBuffer(max_layers=4, max_width=8, max_channels=4)
+    dut = LineBuffer(max_layers=4, max_width=8, max_channels=4, bank_depth=bank_depth)
     maps = rng.integers(-128, 128, size=(NL, C, H, W))
     checked = []
 
