@@ -210,6 +210,7 @@ class ConvEngine(Engine):
         cfg = crd.data
         op_base, in_base = Signal(8), Signal(8)
         in_byte = Signal(8)  # an input byte, registered before its input-table read
+        poff_q = Signal(16)  # a parity op's weight-block offset, registered in LAYER_START
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -222,7 +223,8 @@ class ConvEngine(Engine):
         m.d.comb += op_row.eq(row - cfg.delay)
         with m.If(mac.out_valid):
             m.d.sync += rq_row.eq(op_row)
-        m.d.comb += [lb.row.eq(op_row), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
+        op_row_q = Signal(signed(18))  # op_row registered in LAYER_START: the line buffer's reads in MAC
+        m.d.comb += [lb.row.eq(op_row_q), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
         # Tap words without a memory read in the issue path: ``tw`` = word of the current tap, ``tw1`` = word of
         # the next one (taps wrap at ntaps: the next group starts at tap 0). Two registered read ports fetch
         # the words two and three taps ahead (indices n2, n3 kept in registers, k mod ntaps at an op's start);
@@ -252,7 +254,10 @@ class ConvEngine(Engine):
         # its word registered alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
-        beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == tap_nch)
+        # the op's tap and group counts, registered in LAYER_START (the config's LUT-RAM read, addressed by
+        # layer + op_base, stays out of the beat-issue decision)
+        ntaps_q, groups_q = Signal.like(cfg.ntaps), Signal.like(cfg.groups)
+        beat_last = (tap + 1 == ntaps_q) & (ch + 1 == tap_nch)
         a_issue, a_first, a_last, a_res, a_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         a_ch = Signal(cbits)
         a_wptr = Signal.like(wptr)
@@ -448,13 +453,15 @@ class ConvEngine(Engine):
                     m.next = "LAYER_START"
             with m.State("LAYER_START"):  # the tap ports read taps 0 and 1 at least once, then tw/tw1 load
                 m.d.comb += [priming.eq(1), layer_start.eq(1)]
-                m.d.sync += primed.eq(1)
+                # parity ops (transposed conv): weight block (i & 1) * 2 + (j & 1) of the output pixel; its offset,
+                # the op's row and tap/group counts registered here (LAYER_START lasts two cycles or more, with
+                # the op, row and column unchanged)
+                poff = Mux(op_row[0], cfg.wblock << 1, 0) + Mux(col[0], cfg.wblock, 0)
+                m.d.sync += [primed.eq(1), poff_q.eq(Mux(cfg.flags[3], poff, 0)), op_row_q.eq(op_row),
+                             ntaps_q.eq(cfg.ntaps), groups_q.eq(cfg.groups)]
                 with m.If(mac_idle & primed):
                     m.d.comb += priming.eq(0)  # now the ports read the taps two and three ahead of tap 0
-                    # parity ops (transposed conv): weight block (i & 1) * 2 + (j & 1) of the output pixel
-                    poff = Mux(op_row[0], cfg.wblock << 1, 0) + Mux(col[0], cfg.wblock, 0)
-                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0),
-                                 wptr.eq(cfg.wbase + Mux(cfg.flags[3], poff, 0)),
+                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0), wptr.eq(cfg.wbase + poff_q),
                                  tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0),
                                  n2.eq(c2), n3.eq(c3)]
                     m.next = "MAC"
@@ -465,10 +472,10 @@ class ConvEngine(Engine):
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
                     with m.If(ch + 1 == tap_nch):
                         m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1),
-                                     n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps, 0, n3 + 1))]
-                        with m.If(tap + 1 == cfg.ntaps):
+                                     n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps_q, 0, n3 + 1))]
+                        with m.If(tap + 1 == ntaps_q):
                             m.d.sync += [tap.eq(0), og.eq(og + 1)]
-                            with m.If(og + 1 == cfg.groups):
+                            with m.If(og + 1 == groups_q):
                                 m.next = "LAYER_END"
                         with m.Else():
                             m.d.sync += tap.eq(tap + 1)
