@@ -211,6 +211,7 @@ class ConvEngine(Engine):
         op_base, in_base = Signal(8), Signal(8)
         in_byte = Signal(8)  # an input byte, registered before its input-table read
         poff_q = Signal(16)  # a parity op's weight-block offset, registered in LAYER_START
+        feat_q = Signal(signed(8))  # a feature-memory byte on its way to the COND map
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -393,12 +394,16 @@ class ConvEngine(Engine):
                     m.next = "ADVANCE"
                 with m.Else():
                     m.next = "LAYER_START"
-            # row phase, 1 (feature memory): the COND map's row from the feature memory, 2 cycles a byte
+            # row phase, 1 (feature memory): the COND map's row from the feature memory, 3 cycles a byte (the
+            # memory's read mux registered before the line buffer's write data)
             with m.State("COND_FEAT"):
                 m.d.comb += frd.en.eq(1)
+                m.next = "COND_FEAT_Q"
+            with m.State("COND_FEAT_Q"):
+                m.d.sync += feat_q.eq(frd.data)
                 m.next = "COND_FEAT_WR"
             with m.State("COND_FEAT_WR"):
-                m.d.comb += [in_wr_en.eq(1), in_wr_map.eq(cond_map), in_wr_c.eq(ch), in_wr_data.eq(frd.data)]
+                m.d.comb += [in_wr_en.eq(1), in_wr_map.eq(cond_map), in_wr_c.eq(ch), in_wr_data.eq(feat_q)]
                 m.d.sync += ch.eq(ch + 1)
                 m.next = "COND_FEAT"
                 with m.If(ch + 1 == cond_n):
