@@ -258,7 +258,9 @@ class ConvEngine(Engine):
         # the op's tap and group counts, registered in LAYER_START (the config's LUT-RAM read, addressed by
         # layer + op_base, stays out of the beat-issue decision)
         ntaps_q, groups_q = Signal.like(cfg.ntaps), Signal.like(cfg.groups)
-        beat_last = (tap + 1 == ntaps_q) & (ch + 1 == tap_nch)
+        # ch + 1 == tap_nch and tap + 1 == ntaps kept in registers (set with ch and tap), out of the issue decision
+        ch_last, tap_last = Signal(), Signal()
+        beat_last = tap_last & ch_last
         a_issue, a_first, a_last, a_res, a_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         a_ch = Signal(cbits)
         a_wptr = Signal.like(wptr)
@@ -306,11 +308,15 @@ class ConvEngine(Engine):
         # The next op starts while the requantiser still drains the previous one (it latched that
         # op's parameters); beats at the centre tap (any map at the current pixel may be the one that
         # drain writes) and group ends (a new requant start) wait for the drain.
+        # Both conditions are registered (one cycle late: conservative, as neither can rise within an op's beats
+        # but through a last beat issued in the previous cycle, which a_last covers).
         prev_pending = Signal()
-        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
+        m.d.sync += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
         in_flight = a_issue | b_issue | c_issue | issued
-        can_last = ~(rq.reading | (a_issue & a_last) | (b_issue & b_last) | (c_issue & c_last) | mac.last_pending |
-                     prev_pending)
+        last_block = Signal()
+        m.d.sync += last_block.eq(rq.reading | (a_issue & a_last) | (b_issue & b_last) | (c_issue & c_last) |
+                                  mac.last_pending | rq.busy & (rq.cur_layer != abs_layer[:lbits]))
+        can_last = ~(last_block | (a_issue & a_last))
         all_idle = ~(in_flight | mac.busy | rq.busy | smp.busy)
         mac_idle = ~(in_flight | mac.busy)
         beat_centre = (tap_dy == 0) & (tap_dx == 0)
@@ -467,6 +473,7 @@ class ConvEngine(Engine):
                 with m.If(mac_idle & primed):
                     m.d.comb += priming.eq(0)  # now the ports read the taps two and three ahead of tap 0
                     m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0), wptr.eq(cfg.wbase + poff_q),
+                                 ch_last.eq(trd1.data[16:24] == 1), tap_last.eq(ntaps_q == 1),
                                  tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0),
                                  n2.eq(c2), n3.eq(c3)]
                     m.next = "MAC"
@@ -475,17 +482,17 @@ class ConvEngine(Engine):
                 with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
-                    with m.If(ch + 1 == tap_nch):
-                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1),
+                    with m.If(ch_last):
+                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1), ch_last.eq(tw1[16:24] == 1),
                                      n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps_q, 0, n3 + 1))]
-                        with m.If(tap + 1 == ntaps_q):
-                            m.d.sync += [tap.eq(0), og.eq(og + 1)]
+                        with m.If(tap_last):
+                            m.d.sync += [tap.eq(0), og.eq(og + 1), tap_last.eq(ntaps_q == 1)]
                             with m.If(og + 1 == groups_q):
                                 m.next = "LAYER_END"
                         with m.Else():
-                            m.d.sync += tap.eq(tap + 1)
+                            m.d.sync += [tap.eq(tap + 1), tap_last.eq(tap + 2 == ntaps_q)]
                     with m.Else():
-                        m.d.sync += ch.eq(ch + 1)
+                        m.d.sync += [ch.eq(ch + 1), ch_last.eq(ch + 2 == tap_nch)]
             with m.State("LAYER_END"):
                 with m.If(rowmode):  # a row-phase op: drain, then the next column, then the next op
                     with m.If(all_idle):
