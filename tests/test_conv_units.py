@@ -17,11 +17,10 @@ def _run(dut, bench):
     sim.run()
 
 
-@pytest.mark.parametrize("bank_depth", [LineBuffer.BANK_DEPTH, 64])  # one bank (512 words), eight banks
-def test_line_buffer_taps_and_padding(bank_depth):
+def test_line_buffer_taps_and_padding():
     rng = np.random.default_rng(0)
     H, W, C, NL = 5, 6, 3, 2
-    dut = LineBuffer(max_layers=4, max_width=8, max_channels=4, bank_depth=bank_depth)
+    dut = LineBuffer(max_layers=4, max_width=8, max_channels=4)
     maps = rng.integers(-128, 128, size=(NL, C, H, W))
     checked = []
 

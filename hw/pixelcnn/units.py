@@ -25,22 +25,18 @@ class LineBuffer(wiring.Component):
     Address = ``{layer, slot, column, channel}`` (power-of-two fields, no multiplier). A read names a
     tap ``(dy, dx)`` (dy, dx in -2..2) relative to ``(row, col)`` (``row``: signed, the reading op's
     output row) and a channel; taps above, below (row + dy >= ``height``) or left/right of the image
-    read 0 (zero padding). Four read stages: the address and the padding flag are registered, the
-    memory is read, every bank's data is registered, the selected bank's (padded) data is registered:
-    ``rd_data`` holds it ``READ_LATENCY`` = 4 cycles after ``rd_en``. The memory is split by depth into
-    banks of ``bank_depth`` (default ``BANK_DEPTH``) 8-bit words (one ECP5 DP16KD each, 2048 x 9) whose outputs go straight to
-    flip-flops: left to Yosys, a 64 k x 8 memory is the same 32 RAMs behind a 32:1 mux on the RAMs' slow
-    clock-to-out (15.5 ns, docs/conv-engine.md). (A width split, eight 1-bit memories, makes Yosys's ECP5
-    synthesis of the whole merged engine stop on an internal assertion: docs/conv-engine.md, Build status.)
-    Writes go to column ``col`` of a layer's map in slot ``slot``.
+    read 0 (zero padding). Three read stages: the address and the padding flag are registered, the
+    memory is read, the (padded) data is registered: ``rd_data`` holds it ``READ_LATENCY`` = 3 cycles
+    after ``rd_en``. One 8-bit memory: the width-split variant (eight 1-bit memories, a shallower read mux,
+    70.9 MHz before the conditioner passes) makes Yosys's ECP5 synthesis of the whole merged engine stop on an
+    internal assertion (docs/conv-engine.md, Build status). Writes go to column ``col`` of a layer's map in
+    slot ``slot``.
     """
 
-    READ_LATENCY = 4
-    BANK_DEPTH = 2048
+    READ_LATENCY = 3
 
-    def __init__(self, max_layers=8, max_width=32, max_channels=32, row_slots=4, bank_depth=BANK_DEPTH):
+    def __init__(self, max_layers=8, max_width=32, max_channels=32, row_slots=4):
         self.max_layers, self.max_width, self.max_channels = max_layers, max_width, max_channels
-        self.bank_depth = bank_depth
         self.lbits, self.wbits, self.cbits = clog2(max_layers), clog2(max_width), clog2(max_channels)
         self.sbits = clog2(row_slots)
         super().__init__({
@@ -53,15 +49,9 @@ class LineBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        abits = self.lbits + self.sbits + self.wbits + self.cbits
-        bank_bits = clog2(self.bank_depth)
-        nbanks = 1 << max(0, abits - bank_bits)
-        rds, wrs = [], []
-        for b in range(nbanks):
-            mem = memory.Memory(shape=unsigned(8), depth=min(1 << abits, self.bank_depth), init=[])
-            m.submodules[f"mem{b}"] = mem
-            rds.append(mem.read_port())
-            wrs.append(mem.write_port())
+        depth = 1 << (self.lbits + self.sbits + self.wbits + self.cbits)
+        m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
+        rds, wrs = [mem.read_port()], [mem.write_port()]
 
         rrow = Signal(signed(18))
         m.d.comb += rrow.eq(self.row + self.rd_dy)
@@ -70,26 +60,21 @@ class LineBuffer(wiring.Component):
         m.d.comb += colx.eq(self.col + self.rd_dx)
         inside = (colx >= 0) & (colx < self.width) & (rrow >= 0) & (rrow < self.height)
         # stage 1: address and padding flag registered
-        addr_q = Signal(abits)
-        en_q, pad_q, en_r, pad_r, en_s, pad = Signal(), Signal(), Signal(), Signal(), Signal(), Signal()
+        addr_q = Signal(len(rds[0].addr))
+        en_q, pad_q, en_r, pad = Signal(), Signal(), Signal(), Signal()
         m.d.sync += en_q.eq(self.rd_en)
         with m.If(self.rd_en):
             m.d.sync += [addr_q.eq(Cat(self.rd_c, colx[:self.wbits], rslot, self.rd_layer)), pad_q.eq(~inside)]
-        # stage 2: the banks read; stage 3: every bank's data registered; stage 4: the bank selected, padded
-        bank_r, bank_s = Signal(range(nbanks)), Signal(range(nbanks))
-        banks_s = Signal(data.ArrayLayout(unsigned(8), nbanks))
-        m.d.sync += [en_r.eq(en_q), en_s.eq(en_r)]
+        # stage 2: memory read; stage 3: the padded data registered
+        m.d.sync += en_r.eq(en_q)
         with m.If(en_q):
-            m.d.sync += [pad_r.eq(pad_q), bank_r.eq(addr_q[bank_bits:])]
+            m.d.sync += pad.eq(pad_q)
         with m.If(en_r):
-            m.d.sync += [pad.eq(pad_r), bank_s.eq(bank_r)] + [banks_s[b].eq(rd.data) for b, rd in enumerate(rds)]
-        with m.If(en_s):
-            m.d.sync += self.rd_data.eq(Mux(pad, 0, (banks_s[bank_s] if nbanks > 1 else banks_s[0]).as_signed()))
+            m.d.sync += self.rd_data.eq(Mux(pad, 0, Cat(rd.data for rd in rds).as_signed()))
         wr_addr = Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)
-        for b, (rd, wr) in enumerate(zip(rds, wrs)):
-            m.d.comb += [rd.addr.eq(addr_q[:bank_bits]), rd.en.eq(en_q),
-                         wr.addr.eq(wr_addr[:bank_bits]), wr.data.eq(self.wr_data),
-                         wr.en.eq(self.wr_en & (wr_addr[bank_bits:] == b))]
+        for rd, wr in zip(rds, wrs):
+            m.d.comb += [rd.addr.eq(addr_q), rd.en.eq(en_q),
+                         wr.addr.eq(wr_addr), wr.data.eq(self.wr_data), wr.en.eq(self.wr_en)]
         return m
 
 
