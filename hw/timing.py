@@ -80,7 +80,7 @@ def build_engine_alone(board: str, engine_args: dict, clk_mhz: float, build_dir:
     t0 = time.monotonic()
     plan = platform.prepare(EngineAloneTop(eng, cfg), name=BITSTREAM_NAME, **_build_kwargs(spec))
     plan.execute_local(str(build_dir), env=env)
-    report = {"board": board, "device": platform.device, "engine": engine,
+    report = {"board": board, "device": platform.device, "engine_alone": engine,  # not "engine": no board build
               "design": f"{engine} engine alone (hw.timing)",
               "engine_args": engine_args, "engine_params": eng.params, "clk_mhz": cfg.f_out_mhz,
               **read_results(build_dir, spec, cfg.f_out_mhz * 1e6),
