@@ -217,6 +217,9 @@ class ConvEngine(Engine):
         row_done = Signal()         # the current row's row phase is done
         cfg = crd.data
         op_base, in_base = Signal(8), Signal(range(prog.INPUT_TABLE))
+        in_byte = Signal(8)  # an input byte, registered before its input-table read
+        poff_q = Signal(16)  # a parity op's weight-block offset, registered in LAYER_START
+        feat_q = Signal(signed(8))  # a feature-memory byte on its way to the COND map
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -229,7 +232,8 @@ class ConvEngine(Engine):
         m.d.comb += op_row.eq(row - cfg.delay)
         with m.If(mac.out_valid):
             m.d.sync += rq_row.eq(op_row)
-        m.d.comb += [lb.row.eq(op_row), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
+        op_row_q = Signal(signed(18))  # op_row registered in LAYER_START: the line buffer's reads in MAC
+        m.d.comb += [lb.row.eq(op_row_q), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
         # Tap words without a memory read in the issue path: ``tw`` = word of the current tap, ``tw1`` = word of
         # the next one (taps wrap at ntaps: the next group starts at tap 0). Two registered read ports fetch
         # the words two and three taps ahead (indices n2, n3 kept in registers, k mod ntaps at an op's start);
@@ -258,7 +262,12 @@ class ConvEngine(Engine):
         # registered); the weight memory is read in stage b and its word registered alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
-        beat_last = (tap + 1 == cfg.ntaps) & (ch + 1 == tap_nch)
+        # the op's tap and group counts, registered in LAYER_START (the config's LUT-RAM read, addressed by
+        # layer + op_base, stays out of the beat-issue decision)
+        ntaps_q, groups_q = Signal.like(cfg.ntaps), Signal.like(cfg.groups)
+        # ch + 1 == tap_nch and tap + 1 == ntaps kept in registers (set with ch and tap), out of the issue decision
+        ch_last, tap_last = Signal(), Signal()
+        beat_last = tap_last & ch_last
         a_issue, a_first, a_last, a_res, a_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         a_ch = Signal(cbits)
         a_wptr = Signal.like(wptr)
@@ -301,10 +310,15 @@ class ConvEngine(Engine):
         # The next op starts while the requantiser still drains the previous one (it latched that
         # op's parameters); beats at the centre tap (any map at the current pixel may be the one that
         # drain writes) and group ends (a new requant start) wait for the drain.
+        # Both conditions are registered (one cycle late: conservative, as neither can rise within an op's beats
+        # but through a last beat issued in the previous cycle, which a_last covers).
         prev_pending = Signal()
-        m.d.comb += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
+        m.d.sync += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
         in_flight = a_issue | b_issue | issued
-        can_last = ~(rq.reading | (a_issue & a_last) | (b_issue & b_last) | mac.last_pending | prev_pending)
+        last_block = Signal()
+        m.d.sync += last_block.eq(rq.reading | (a_issue & a_last) | (b_issue & b_last) |
+                                  mac.last_pending | rq.busy & (rq.cur_layer != abs_layer[:lbits]))
+        can_last = ~(last_block | (a_issue & a_last))
         all_idle = ~(in_flight | mac.busy | rq.busy | smp.busy)
         mac_idle = ~(in_flight | mac.busy)
         beat_centre = (tap_dy == 0) & (tap_dx == 0)
@@ -412,12 +426,16 @@ class ConvEngine(Engine):
                     m.next = "ADVANCE"
                 with m.Else():
                     m.next = "LAYER_START"
-            # row phase, 1 (feature memory): the COND map's row from the feature memory, 2 cycles a byte
+            # row phase, 1 (feature memory): the COND map's row from the feature memory, 3 cycles a byte (the
+            # memory's read mux registered before the line buffer's write data)
             with m.State("COND_FEAT"):
                 m.d.comb += frd.en.eq(1)
+                m.next = "COND_FEAT_Q"
+            with m.State("COND_FEAT_Q"):
+                m.d.sync += feat_q.eq(frd.data)
                 m.next = "COND_FEAT_WR"
             with m.State("COND_FEAT_WR"):
-                m.d.comb += [in_wr_en.eq(1), in_wr_map.eq(cond_map), in_wr_c.eq(ch), in_wr_data.eq(frd.data)]
+                m.d.comb += [in_wr_en.eq(1), in_wr_map.eq(cond_map), in_wr_c.eq(ch), in_wr_data.eq(feat_q)]
                 m.d.sync += ch.eq(ch + 1)
                 m.next = "COND_FEAT"
                 with m.If(ch + 1 == cond_n):
@@ -461,13 +479,17 @@ class ConvEngine(Engine):
                     with m.If(bin_k == 5):
                         m.d.sync += [bin_k.eq(0), bin_have.eq(1)]
                         m.next = "PIX_START"
-            with m.State("IN_WAIT"):
-                m.d.comb += [ird.addr.eq(inq.r_data + in_base), ird.en.eq(1), inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
+            with m.State("IN_WAIT"):  # the byte registered (no add on the FIFO's RAM output), then its table read
+                m.d.comb += [inq.r_en.eq(1), waiting.eq(~inq.r_rdy)]
                 with m.If(ctrl_we | (mode == MODE_IDLE)):
                     m.d.comb += inq.r_en.eq(0)
                     m.next = "IDLE"
                 with m.Elif(inq.r_rdy):
-                    m.next = "IN_WRITE"
+                    m.d.sync += in_byte.eq(inq.r_data)
+                    m.next = "IN_READ"
+            with m.State("IN_READ"):
+                m.d.comb += [ird.addr.eq(in_byte + in_base), ird.en.eq(1)]
+                m.next = "IN_WRITE"
             with m.State("IN_WRITE"):
                 m.d.comb += [in_wr_en.eq(1), in_wr_c.eq(ch), in_wr_data.eq(ird.data), in_wr_map.eq(0)]
                 m.d.sync += ch.eq(ch + 1)
@@ -479,13 +501,16 @@ class ConvEngine(Engine):
                     m.next = "LAYER_START"
             with m.State("LAYER_START"):  # the tap ports read taps 0 and 1 at least once, then tw/tw1 load
                 m.d.comb += [priming.eq(1), layer_start.eq(1)]
-                m.d.sync += primed.eq(1)
+                # parity ops (transposed conv): weight block (i & 1) * 2 + (j & 1) of the output pixel; its offset,
+                # the op's row and tap/group counts registered here (LAYER_START lasts two cycles or more, with
+                # the op, row and column unchanged)
+                poff = Mux(op_row[0], cfg.wblock << 1, 0) + Mux(col[0], cfg.wblock, 0)
+                m.d.sync += [primed.eq(1), poff_q.eq(Mux(cfg.flags[3], poff, 0)), op_row_q.eq(op_row),
+                             ntaps_q.eq(cfg.ntaps), groups_q.eq(cfg.groups)]
                 with m.If(mac_idle & primed):
                     m.d.comb += priming.eq(0)  # now the ports read the taps two and three ahead of tap 0
-                    # parity ops (transposed conv): weight block (i & 1) * 2 + (j & 1) of the output pixel
-                    poff = Mux(op_row[0], cfg.wblock << 1, 0) + Mux(col[0], cfg.wblock, 0)
-                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0),
-                                 wptr.eq(cfg.wbase + Mux(cfg.flags[3], poff, 0)),
+                    m.d.sync += [og.eq(0), tap.eq(0), ch.eq(0), rq_og.eq(0), wptr.eq(cfg.wbase + poff_q),
+                                 ch_last.eq(trd1.data[16:24] == 1), tap_last.eq(ntaps_q == 1),
                                  tw.eq(trd1.data), tw1.eq(trd2.data), adv_q.eq(0), primed.eq(0),
                                  n2.eq(c2), n3.eq(c3)]
                     m.next = "MAC"
@@ -494,17 +519,17 @@ class ConvEngine(Engine):
                 with m.If((~beat_last | can_last) & ~(beat_centre & prev_pending)):
                     m.d.comb += issue.eq(1)
                     m.d.sync += [wptr.eq(wptr + 1), beats.eq(beats + 1)]
-                    with m.If(ch + 1 == tap_nch):
-                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1),
-                                     n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps, 0, n3 + 1))]
-                        with m.If(tap + 1 == cfg.ntaps):
-                            m.d.sync += [tap.eq(0), og.eq(og + 1)]
-                            with m.If(og + 1 == cfg.groups):
+                    with m.If(ch_last):
+                        m.d.sync += [ch.eq(0), tw.eq(tw1), tw1.eq(tw2), adv_q.eq(1), ch_last.eq(tw1[16:24] == 1),
+                                     n2.eq(n3), n3.eq(Mux(n3 + 1 >= ntaps_q, 0, n3 + 1))]
+                        with m.If(tap_last):
+                            m.d.sync += [tap.eq(0), og.eq(og + 1), tap_last.eq(ntaps_q == 1)]
+                            with m.If(og + 1 == groups_q):
                                 m.next = "LAYER_END"
                         with m.Else():
-                            m.d.sync += tap.eq(tap + 1)
+                            m.d.sync += [tap.eq(tap + 1), tap_last.eq(tap + 2 == ntaps_q)]
                     with m.Else():
-                        m.d.sync += ch.eq(ch + 1)
+                        m.d.sync += [ch.eq(ch + 1), ch_last.eq(ch + 2 == tap_nch)]
             with m.State("LAYER_END"):
                 with m.If(rowmode):  # a row-phase op: drain, then the next column, then the next op
                     with m.If(all_idle):

@@ -148,7 +148,7 @@ class Requant(wiring.Component):
     op) once ``busy`` has dropped. Bias and LUT memories live here. Twin: ``integer.op_forward``.
     """
 
-    LATENCY = 13  # cycles from an accumulator's selection to its output
+    LATENCY = 14  # cycles from an accumulator's selection to its output
 
     def __init__(self, lanes=16, max_layers=8, bias_depth=512, max_channels=32):
         self.lanes, self.max_layers, self.bias_depth, self.max_channels = lanes, max_layers, bias_depth, max_channels
@@ -186,14 +186,14 @@ class Requant(wiring.Component):
                          residual.eq(self.residual), self.cur_layer.eq(self.layer), gated.eq(self.gated),
                          gmult.eq(self.gmult), gshift.eq(self.gshift), self.cur_map.eq(self.out_map)]
         # Each stage carries (valid, output index, residual value) to the next; every arithmetic step
-        # (33x32 multiply as four 17x17 partial products, 66-bit sum, variable shift, saturation, table
-        # reads, gate product) has a register after it.
+        # (bias read, bias add, 33x32 multiply as four 17x17 partial products, 66-bit sum, variable shift,
+        # saturation, table reads, gate product) has a register after it.
         L = self.LATENCY
         v = [Signal(name=f"v{i}") for i in range(L + 1)]
         o = [Signal(16, name=f"o{i}") for i in range(L + 1)]
         r = [Signal(signed(8), name=f"r{i}") for i in range(L + 1)]
         for i in range(1, L + 1):
-            if i != 10:  # stage 9 drops the tanh half of a gated pair and halves the index
+            if i != 11:  # stage 10 drops the tanh half of a gated pair and halves the index
                 m.d.sync += [v[i].eq(v[i - 1]), o[i].eq(o[i - 1]), r[i].eq(r[i - 1])]
         # S0: select the accumulator, read the bias, pick the residual
         m.d.comb += [v[0].eq(active), o[0].eq(ocnt), brd.addr.eq(bptr), brd.en.eq(1)]
@@ -204,20 +204,21 @@ class Requant(wiring.Component):
             with m.If(k + 1 == count):
                 m.d.sync += active.eq(0)
         m.d.comb += r[0].eq(self.centre[ocnt[:clog2(self.max_channels)]])
-        # S1: add the bias
+        # S1: the bias registered (no add on the RAM's output); S2: add it
+        acc2, bias2 = Signal(signed(32)), Signal(signed(32))
         sum2 = Signal(signed(32))
-        m.d.sync += sum2.eq(acc1 + brd.data)
-        # S2: partial products of sum (signed 32 = sh:sl) * mult (unsigned 32 = mh:ml)
+        m.d.sync += [acc2.eq(acc1), bias2.eq(brd.data), sum2.eq(acc2 + bias2)]
+        # S3: partial products of sum (signed 32 = sh:sl) * mult (unsigned 32 = mh:ml)
         sl, sh = sum2[:16], sum2[16:].as_signed()
         ml, mh = mult[:16], mult[16:]
         p_ll, p_lh = Signal(32), Signal(33)
         p_hl, p_hh = Signal(signed(33)), Signal(signed(33))
         m.d.sync += [p_ll.eq(sl * ml), p_lh.eq(sl * mh), p_hl.eq(sh * ml), p_hh.eq(sh * mh)]
-        # S3: middle partial sum; outer products concatenate (p_ll < 2**32)
+        # S4: middle partial sum; outer products concatenate (p_ll < 2**32)
         mid = Signal(signed(35))
         outer = Signal(signed(65))
         m.d.sync += [mid.eq(p_lh.as_signed() + p_hl), outer.eq(Cat(p_ll, p_hh).as_signed())]
-        # S4: + rounding 2**(shift-1) on the middle term
+        # S5: + rounding 2**(shift-1) on the middle term
         shm1 = Signal(6)
         m.d.comb += shm1.eq(shift - 1)
         rnd = Signal(66)
@@ -225,39 +226,39 @@ class Requant(wiring.Component):
         mid_r = Signal(signed(68))
         outer4 = Signal(signed(65))
         m.d.sync += [mid_r.eq((mid << 16) + rnd.as_signed()), outer4.eq(outer)]
-        # S5: the full (sum * mult + round)
+        # S6: the full (sum * mult + round)
         t5 = Signal(signed(69))
         m.d.sync += t5.eq(outer4 + mid_r)
-        # S6: arithmetic shift
+        # S7: arithmetic shift
         t6 = Signal(signed(69))
         m.d.sync += t6.eq(t5 >> shift[:6])
-        # S7: saturate, LUT address (gated: table 1 for the sigmoid half)
+        # S8: saturate, LUT address (gated: table 1 for the sigmoid half)
         y = Signal(signed(8))
         m.d.comb += y.eq(_sat8(t6))
-        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, gated & o[7][0], self.cur_layer)), lrd.en.eq(1)]
-        # S8: LUT data registered
+        m.d.comb += [lrd.addr.eq(Cat(y.as_unsigned() ^ 0x80, gated & o[8][0], self.cur_layer)), lrd.en.eq(1)]
+        # S9: LUT data registered
         z = Signal(signed(8))
         m.d.sync += z.eq(lrd.data)
-        # S9: plain: residual; gated: hold the tanh half, multiply by the sigmoid half
+        # S10: plain: residual; gated: hold the tanh half, multiply by the sigmoid half
         za = Signal(signed(8))
         d10 = Signal(signed(8))
         p10 = Signal(signed(17))
-        with m.If(v[9] & gated & ~o[9][0]):
+        with m.If(v[10] & gated & ~o[10][0]):
             m.d.sync += za.eq(z)
-        m.d.sync += [v[10].eq(v[9] & (~gated | o[9][0])), o[10].eq(Mux(gated, o[9] >> 1, o[9])),
-                     d10.eq(Mux(residual, _sat8(z + r[9]), z)), p10.eq(za * z)]
-        # S10: gate product * gmult (33-bit signed product)
+        m.d.sync += [v[11].eq(v[10] & (~gated | o[10][0])), o[11].eq(Mux(gated, o[10] >> 1, o[10])),
+                     d10.eq(Mux(residual, _sat8(z + r[10]), z)), p10.eq(za * z)]
+        # S11: gate product * gmult (33-bit signed product)
         pg = Signal(signed(34))
         d11 = Signal(signed(8))
         m.d.sync += [pg.eq(p10 * Cat(gmult, Const(0, 1)).as_signed()), d11.eq(d10)]
-        # S11: + rounding 2**(gshift-1)
+        # S12: + rounding 2**(gshift-1)
         gsm1 = Signal(5)
         grnd = Signal(34)
         q = Signal(signed(34))
         d12 = Signal(signed(8))
         m.d.comb += [gsm1.eq(gshift - 1), grnd.eq(Const(1, 34) << gsm1)]
         m.d.sync += [q.eq(pg + grnd.as_signed()), d12.eq(d11)]
-        # S12: shift, saturate
+        # S13: shift, saturate
         d13 = Signal(signed(8))
         m.d.sync += d13.eq(Mux(gated, _sat8(q >> gshift), d12))
         m.d.comb += [
