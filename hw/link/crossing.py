@@ -8,7 +8,7 @@ engine contract (``hw.engine``) plus ``reg_ack``:
   "Clock Domain Crossing (CDC) Design & Verification Techniques Using SystemVerilog", SNUG 2008, §5.8): the
   router's ``reg_we``/``reg_re`` pulse latches address, data and direction in the link domain and flips a
   request toggle; the engine side sees the flip two flip-flops later, pulses the engine's ``reg_we`` or
-  ``reg_re``, captures ``reg_rdata`` on the next engine cycle and flips the acknowledge toggle; the link side
+  ``reg_re`` from a register on the next engine cycle (address and data from engine-domain copies), captures ``reg_rdata`` on the next engine cycle and flips the acknowledge toggle; the link side
   pulses ``reg_ack`` when it sees that flip, with ``reg_rdata`` stable. Every multi-bit value that crosses is
   held still from before its toggle flips until after the other side has acted on it;
 - ``busy`` is the engine's ``busy`` or data in either FIFO (engine side, synchronised) or an access in flight.
@@ -73,16 +73,21 @@ class EngineCrossing(wiring.Component):
         rdata = Signal.like(self.reg_rdata)
         ack_toggle = Signal()
         reading = Signal()  # engine side: the read pulsed last cycle; its data is on the engine's reg_rdata now
-        m.d.comb += [eng.reg_addr.eq(req_addr), eng.reg_wdata.eq(req_wdata)]
-        m.d[dom] += reading.eq(0)
+        # the engine's port is driven from engine-domain flip-flops only (address and data copied every cycle,
+        # stable long before the synchronised toggle arrives; the pulses registered one cycle after it), so no
+        # synchroniser output or link-domain register starts a path into the engine's register logic
+        eng_we, eng_re = Signal(), Signal()
+        m.d[dom] += [eng.reg_addr.eq(req_addr), eng.reg_wdata.eq(req_wdata), eng_we.eq(0), eng_re.eq(0)]
+        m.d.comb += [eng.reg_we.eq(eng_we), eng.reg_re.eq(eng_re)]
+        m.d[dom] += reading.eq(eng_re)
         with m.If(req_seen != req_done):
             m.d[dom] += req_done.eq(req_seen)
             with m.If(req_read):
-                m.d.comb += eng.reg_re.eq(1)
-                m.d[dom] += reading.eq(1)
+                m.d[dom] += eng_re.eq(1)
             with m.Else():
-                m.d.comb += eng.reg_we.eq(1)
-                m.d[dom] += ack_toggle.eq(~ack_toggle)
+                m.d[dom] += eng_we.eq(1)
+        with m.If(eng_we):
+            m.d[dom] += ack_toggle.eq(~ack_toggle)
         with m.If(reading):
             m.d[dom] += [rdata.eq(eng.reg_rdata), ack_toggle.eq(~ack_toggle)]
 
