@@ -24,6 +24,18 @@ def test_line_buffer_taps_and_padding():
     maps = rng.integers(-128, 128, size=(NL, C, H, W))
     checked = []
 
+    async def read_tap(ctx, layer, c, dy, dx):
+        """One read of the tap (layer, c, dy, dx) at the current pixel; its data after the read latency."""
+        ctx.set(dut.rd_en, 1)
+        ctx.set(dut.rd_layer, layer)
+        ctx.set(dut.rd_c, c)
+        ctx.set(dut.rd_dy, dy)
+        ctx.set(dut.rd_dx, dx)
+        await ctx.tick()
+        ctx.set(dut.rd_en, 0)
+        await ctx.tick().repeat(LineBuffer.READ_LATENCY - 1)
+        return ctx.get(dut.rd_data)
+
     async def bench(ctx):
         ctx.set(dut.width, W)
         ctx.set(dut.height, H)
@@ -45,15 +57,7 @@ def test_line_buffer_taps_and_padding():
                     dy, dx = int(rng.integers(-2, 1)), int(rng.integers(-2, 3))
                     if dy == 0 and dx > 0:
                         dx = -dx  # a future pixel of the current row is not written yet
-                    ctx.set(dut.rd_en, 1)
-                    ctx.set(dut.rd_layer, layer)
-                    ctx.set(dut.rd_c, c)
-                    ctx.set(dut.rd_dy, dy)
-                    ctx.set(dut.rd_dx, dx)
-                    await ctx.tick()
-                    ctx.set(dut.rd_en, 0)
-                    await ctx.tick().repeat(LineBuffer.READ_LATENCY - 1)
-                    got = ctx.get(dut.rd_data)
+                    got = await read_tap(ctx, layer, c, dy, dx)
                     y, x = i + dy, j + dx
                     want = int(maps[layer, c, y, x]) if 0 <= y and 0 <= x < W else 0
                     checked.append((got, want, (i, j, dy, dx)))
@@ -66,17 +70,10 @@ def test_line_buffer_taps_and_padding():
                 ctx.set(dut.col, j)
                 for dy in range(-1, 3):
                     layer, c, dx = int(rng.integers(NL)), int(rng.integers(C)), int(rng.integers(-2, 3))
-                    ctx.set(dut.rd_en, 1)
-                    ctx.set(dut.rd_layer, layer)
-                    ctx.set(dut.rd_c, c)
-                    ctx.set(dut.rd_dy, dy)
-                    ctx.set(dut.rd_dx, dx)
-                    await ctx.tick()
-                    ctx.set(dut.rd_en, 0)
-                    await ctx.tick().repeat(LineBuffer.READ_LATENCY - 1)
+                    got = await read_tap(ctx, layer, c, dy, dx)
                     y, x = i + dy, j + dx
                     want = int(maps[layer, c, y, x]) if y < H and 0 <= x < W else 0
-                    checked.append((ctx.get(dut.rd_data), want, (i, j, dy, dx)))
+                    checked.append((got, want, (i, j, dy, dx)))
 
     _run(dut, bench)
     bad = [t for t in checked if t[0] != t[1]]
