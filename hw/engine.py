@@ -6,7 +6,9 @@ An engine is a ``wiring.Component`` whose signature contains ``ENGINE_MEMBERS``:
 - ``o``: bytes for ``READ_BULK`` replies (stream; the router takes what is ready);
 - ``reg_addr``/``reg_wdata``/``reg_we``/``reg_re``/``reg_rdata``: a register port. The router pulses
   ``reg_we`` for one cycle to write; it pulses ``reg_re`` and samples ``reg_rdata`` on the next cycle.
-  Addresses are engine-relative (link address - ``ENGINE_REG_BASE``);
+  Addresses are engine-relative (link address - ``ENGINE_REG_BASE``). An engine may apply a write on the
+  cycle after its pulse (from registered address, data and decode, off its critical paths): the router's next
+  access is in a later command, several cycles on;
 - ``busy``: high while the engine is working without input (simulation bridges keep the clock running
   while it is high, and may sleep when everything is idle).
 - optional ``reg_ack`` (``Out(1)``): a component that has it (``hw.link.crossing.EngineCrossing``, which runs an

@@ -74,6 +74,7 @@ class EngineTB:
         dut.reg_we.value = 1
         await FallingEdge(dut.clk)
         dut.reg_we.value = 0
+        await FallingEdge(dut.clk)  # an engine may apply a write on the cycle after its pulse (hw.engine)
 
     async def read(self, addr):
         dut = self.dut

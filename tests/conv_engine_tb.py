@@ -97,6 +97,7 @@ class EngineSim:
                     ctx.set(e.reg_we, 1)
                     await ctx.tick()
                     ctx.set(e.reg_we, 0)
+                    await ctx.tick()  # the engine applies a write on the cycle after its pulse (hw.engine)
                 elif op[0] == "r":
                     ctx.set(e.reg_addr, op[1])
                     ctx.set(e.reg_re, 1)

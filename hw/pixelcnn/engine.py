@@ -163,7 +163,14 @@ class ConvEngine(Engine):
         nsub, excl = Signal(2), Signal()  # REG_SUBPIX
         cyc_active, cyc_wait, beats, pixels, images = (Signal(32, name=n) for n in
                                                        ("cyc_active", "cyc_wait", "beats", "pixels", "images"))
-        ctrl_we = self.reg_we & (self.reg_addr == REG_CTRL)
+        # register writes take effect one cycle after the router's pulse: the pulse, its address decoded and the
+        # data come from flip-flops, so the router's (or the clock-domain crossing's) port starts no path into the
+        # engine's control logic
+        wr_we, wr_addr, wr_data = Signal(), Signal.like(self.reg_addr), Signal.like(self.reg_wdata)
+        ctrl_we, seed_we = Signal(), Signal()
+        m.d.sync += [wr_we.eq(self.reg_we), wr_addr.eq(self.reg_addr), wr_data.eq(self.reg_wdata),
+                     ctrl_we.eq(self.reg_we & (self.reg_addr == REG_CTRL)),
+                     seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED))]
 
         # --- load path (mode 0): packets ``target, count u16 LE, count words`` on ``i`` -> memory
         word_bytes = Array([1, P, 4, 1, prog.TAP_BYTES, prog.CONFIG_BYTES, 1, 1])
@@ -353,11 +360,14 @@ class ConvEngine(Engine):
         m.d.comb += luma_y.eq(Mux(rq.out_o == sub_base, partial, luma_acc))
         with m.If(smp.in_valid):
             m.d.sync += luma_acc.eq(luma_y + w_sub)
-        rest_w = Array([Const(sum(LUMA_W[k + 1:]), 10) for k in range(3)] + [Const(0, 10)])
+        # rest_max[k] = (sum of the luma weights after sub-pixel k) * (levels - 1), recomputed every cycle from the
+        # levels register (written long before a run starts), so no multiplier sits behind the control logic
+        rest_max = Array(Signal(20, name=f"rest_max{k}") for k in range(4))
+        m.d.sync += [rest_max[k].eq(sum(LUMA_W[k + 1:]) * (levels - 1)) for k in range(3)]
 
         def sub_reset():
             m.d.sync += [sub.eq(0), sub_base.eq(0), partial.eq(0), bin_have.eq(0), bin_k.eq(0),
-                         luma_rest.eq(rest_w[0] * (levels - 1))]
+                         luma_rest.eq(rest_max[0])]
         m.d.comb += [
             outq.w_en.eq((rq.out_valid & out_last & (mode == MODE_LIKELIHOOD) & ~feat_out) | sample_push),
             outq.w_data.eq(Mux(sample_push, smp.sample, rq.out_data)),
@@ -366,7 +376,7 @@ class ConvEngine(Engine):
             smp.in_first.eq(rq.out_o == sub_base), smp.in_last.eq(rq.out_o + 1 == sub_base + levels),
             smp.in_ok.eq(~excl | ((luma_y + luma_rest >= luma_lo) & (luma_y <= luma_hi))),
             smp.in_logit.eq(rq.out_data), smp.mult.eq(lmult),
-            smp.seed.eq(self.reg_wdata), smp.seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED)),
+            smp.seed.eq(wr_data), smp.seed_we.eq(seed_we),
         ]
 
         space = Signal()
@@ -558,7 +568,7 @@ class ConvEngine(Engine):
                 with m.If(sub + 1 < nsub):  # RGB: the pixel ops again, now seeing this sub-pixel
                     m.d.sync += [sub.eq(sub + 1), sub_base.eq(sub_base + levels), layer.eq(nrow),
                                  partial.eq(partial + w_sub * smp.sample),
-                                 luma_rest.eq(rest_w[sub + 1] * (levels - 1))]
+                                 luma_rest.eq(rest_max[sub + 1])]
                     m.next = "LAYER_START"
             with m.State("ADVANCE"):
                 m.d.sync += pixels.eq(pixels + 1)
@@ -570,7 +580,7 @@ class ConvEngine(Engine):
                     m.d.sync += col.eq(col + 1)
 
         computing = ~fsm.ongoing("IDLE") & ~waiting
-        m.d.comb += self.busy.eq(computing | pend | load_byte | mac.busy | rq.busy)
+        m.d.comb += self.busy.eq(computing | pend | load_byte | mac.busy | rq.busy | wr_we)
         with m.If(mode != MODE_IDLE):
             with m.If(computing):
                 m.d.sync += cyc_active.eq(cyc_active + 1)
@@ -578,42 +588,42 @@ class ConvEngine(Engine):
                 m.d.sync += cyc_wait.eq(cyc_wait + 1)
 
         # --- register writes
-        with m.If(self.reg_we):
-            with m.Switch(self.reg_addr):
+        with m.If(wr_we):
+            with m.Switch(wr_addr):
                 with m.Case(REG_CTRL):
-                    m.d.sync += [mode.eq(self.reg_wdata[:2]), row.eq(0), col.eq(0), images.eq(0),
+                    m.d.sync += [mode.eq(wr_data[:2]), row.eq(0), col.eq(0), images.eq(0),
                                  row_done.eq(0), rowmode.eq(0)]
                     sub_reset()
-                    with m.If(self.reg_wdata[8]):
+                    with m.If(wr_data[8]):
                         m.d.sync += [cyc_active.eq(0), cyc_wait.eq(0), beats.eq(0), pixels.eq(0)]
                 with m.Case(REG_NLAYERS):
-                    m.d.sync += nlayers.eq(self.reg_wdata)
+                    m.d.sync += nlayers.eq(wr_data)
                 with m.Case(REG_WIDTH):
-                    m.d.sync += width.eq(self.reg_wdata)
+                    m.d.sync += width.eq(wr_data)
                 with m.Case(REG_HEIGHT):
-                    m.d.sync += height.eq(self.reg_wdata)
+                    m.d.sync += height.eq(wr_data)
                 with m.Case(REG_CHANNELS):
-                    m.d.sync += channels.eq(self.reg_wdata)
+                    m.d.sync += channels.eq(wr_data)
                 with m.Case(REG_LEVELS):
-                    m.d.sync += levels.eq(self.reg_wdata)
+                    m.d.sync += levels.eq(wr_data)
                 with m.Case(REG_LOGIT_MULT):
-                    m.d.sync += lmult.eq(self.reg_wdata)
+                    m.d.sync += lmult.eq(wr_data)
                 with m.Case(REG_NIMAGES):
-                    m.d.sync += nimages.eq(self.reg_wdata)
+                    m.d.sync += nimages.eq(wr_data)
                 with m.Case(REG_NROW):
-                    m.d.sync += nrow.eq(self.reg_wdata)
+                    m.d.sync += nrow.eq(wr_data)
                 with m.Case(REG_COND):
-                    m.d.sync += [cond_n.eq(self.reg_wdata[:8]), cond_map.eq(self.reg_wdata[8:16])]
+                    m.d.sync += [cond_n.eq(wr_data[:8]), cond_map.eq(wr_data[8:16])]
                 with m.Case(REG_BASE):
-                    m.d.sync += [op_base.eq(self.reg_wdata[:8]), in_base.eq(self.reg_wdata[8:8 + clog2(prog.INPUT_TABLE)])]
+                    m.d.sync += [op_base.eq(wr_data[:8]), in_base.eq(wr_data[8:8 + clog2(prog.INPUT_TABLE)])]
                 with m.Case(REG_FLUSH):
-                    m.d.sync += flush.eq(self.reg_wdata[:8])
+                    m.d.sync += flush.eq(wr_data[:8])
                 with m.Case(REG_SUBPIX):
-                    m.d.sync += [nsub.eq(self.reg_wdata[:2]), excl.eq(self.reg_wdata[8])]
+                    m.d.sync += [nsub.eq(wr_data[:2]), excl.eq(wr_data[8])]
                 with m.Case(REG_FEAT):
-                    m.d.sync += [feat_in.eq(self.reg_wdata[0]), feat_out.eq(self.reg_wdata[1]),
-                                 feat_up.eq(self.reg_wdata[2]), feat_rbase.eq(self.reg_wdata[8:16]),
-                                 feat_wbase.eq(self.reg_wdata[16:24])]
+                    m.d.sync += [feat_in.eq(wr_data[0]), feat_out.eq(wr_data[1]),
+                                 feat_up.eq(wr_data[2]), feat_rbase.eq(wr_data[8:16]),
+                                 feat_wbase.eq(wr_data[16:24])]
 
         # --- register reads (data the cycle after reg_re)
         params = P | (c.max_channels << 8) | (c.max_width << 16) | (c.max_layers << 24)
