@@ -226,7 +226,9 @@ class ConvEngine(Engine):
         op_base, in_base = Signal(8), Signal(range(prog.INPUT_TABLE))
         in_byte = Signal(8)  # an input byte, registered before its input-table read
         poff_q = Signal(16)  # a parity op's weight-block offset, registered in LAYER_START
-        feat_q = Signal(signed(8))  # a feature-memory byte on its way to the COND map
+        # a feature-memory byte on its way to the COND map: registered twice after the memory (the first
+        # register free-running, so it can sit near the block RAMs, which are spread over the chip)
+        feat_raw, feat_q = Signal(signed(8)), Signal(signed(8))
         abs_layer = Signal(lbits + 1)  # the op's index in the op memories
         m.d.comb += [abs_layer.eq(layer + op_base), crd.addr.eq(abs_layer)]
         last_layer = Signal()
@@ -400,6 +402,7 @@ class ConvEngine(Engine):
         m.d.comb += frd.addr.eq(Cat(ch[:cbits], Mux(feat_up, col >> 1, col)[:wbits],
                                     (Mux(feat_up, row >> 1, row) + feat_rbase)[:fbits]))
 
+        m.d.sync += feat_raw.eq(frd.data)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [load_byte.eq(inq.r_rdy & ~pend), inq.r_en.eq(load_byte)]
@@ -436,13 +439,15 @@ class ConvEngine(Engine):
                     m.next = "ADVANCE"
                 with m.Else():
                     m.next = "LAYER_START"
-            # row phase, 1 (feature memory): the COND map's row from the feature memory, 3 cycles a byte (the
-            # memory's read mux registered before the line buffer's write data)
+            # row phase, 1 (feature memory): the COND map's row from the feature memory, 4 cycles a byte (the
+            # memory's read mux registered twice before the line buffer's write data)
             with m.State("COND_FEAT"):
                 m.d.comb += frd.en.eq(1)
+                m.next = "COND_FEAT_R"
+            with m.State("COND_FEAT_R"):
                 m.next = "COND_FEAT_Q"
             with m.State("COND_FEAT_Q"):
-                m.d.sync += feat_q.eq(frd.data)
+                m.d.sync += feat_q.eq(feat_raw)
                 m.next = "COND_FEAT_WR"
             with m.State("COND_FEAT_WR"):
                 m.d.comb += [in_wr_en.eq(1), in_wr_map.eq(cond_map), in_wr_c.eq(ch), in_wr_data.eq(feat_q)]
