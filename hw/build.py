@@ -419,6 +419,20 @@ def _run_with_progress(execute, build_dir: Path, family: str, *, progress: bool,
     return out[0]
 
 
+def source_commit() -> str | None:
+    """The checkout's commit (short hash), with ``+dirty`` when ``hw/`` has uncommitted changes; None outside git.
+    Reports carry it so a committed report names the gateware it was built from."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "hw"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
           log=print, clk_mhz: float | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False,
@@ -451,6 +465,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
             from amaranth.build.run import LocalBuildProducts
             _program(spec.make_platform(), LocalBuildProducts(str(build_dir)), board, log)
             return report
+    commit = source_commit()  # before elaboration: the sources the gateware is made from
     platform, top = make_top(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args,
                              clk_mhz=clk_mhz, link_clk_mhz=link_clk_mhz)
     clk_hz = top.engine_clk_hz or top.clk_hz  # the engine's clock
@@ -511,6 +526,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "tools": {var: env[var] for var in YOWASP_TOOLS},
         "build_key": key,
         "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "source_commit": commit,
     }
     (build_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(summary(report))
