@@ -267,8 +267,9 @@ class ConvEngine(Engine):
         tap_nch = tw[16:24]
 
         # MAC beat issue (combinational strobe `issue` in state MAC); the beat's data arrive
-        # LineBuffer.READ_LATENCY = 3 cycles later (stage a: addresses registered, b: memories read, c: data
-        # registered); the weight memory is read in stage b and its word registered alongside
+        # LineBuffer.READ_LATENCY = 4 cycles later (stage a: addresses registered, b: memories read, c: bank words
+        # registered, then the selected word registered); the weight memory is read in stage c and its word
+        # registered alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
         # the op's tap and group counts, registered in LAYER_START (the config's LUT-RAM read, addressed by
@@ -282,20 +283,25 @@ class ConvEngine(Engine):
         a_wptr = Signal.like(wptr)
         b_issue, b_first, b_last, b_res, b_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         b_ch = Signal(cbits)
+        b_wptr = Signal.like(wptr)
+        c_issue, c_first, c_last, c_res, c_relu = Signal(), Signal(), Signal(), Signal(), Signal()
+        c_ch = Signal(cbits)
         issued, i_first, i_last, i_res, i_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         i_ch = Signal(cbits)
         w_q = Signal(8 * P)
         m.d.comb += [
             lb.rd_en.eq(issue), lb.rd_layer.eq(tap_src), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
-            wrd.addr.eq(a_wptr), wrd.en.eq(a_issue),
+            wrd.addr.eq(b_wptr), wrd.en.eq(b_issue),
         ]
         m.d.sync += [a_issue.eq(issue), a_first.eq(beat_first), a_last.eq(beat_last), a_ch.eq(ch), a_wptr.eq(wptr),
                      a_res.eq(tap_res & (og == 0)), a_relu.eq(cfg.flags[2]),
-                     b_issue.eq(a_issue), b_first.eq(a_first), b_last.eq(a_last), b_ch.eq(a_ch),
+                     b_issue.eq(a_issue), b_first.eq(a_first), b_last.eq(a_last), b_ch.eq(a_ch), b_wptr.eq(a_wptr),
                      b_res.eq(a_res), b_relu.eq(a_relu),
-                     issued.eq(b_issue), i_first.eq(b_first), i_last.eq(b_last), i_ch.eq(b_ch),
-                     i_res.eq(b_res), i_relu.eq(b_relu)]
-        with m.If(b_issue):
+                     c_issue.eq(b_issue), c_first.eq(b_first), c_last.eq(b_last), c_ch.eq(b_ch),
+                     c_res.eq(b_res), c_relu.eq(b_relu),
+                     issued.eq(c_issue), i_first.eq(c_first), i_last.eq(c_last), i_ch.eq(c_ch),
+                     i_res.eq(c_res), i_relu.eq(c_relu)]
+        with m.If(c_issue):
             m.d.sync += w_q.eq(wrd.data)
         act = Signal(signed(8))
         m.d.comb += act.eq(Mux(i_relu & lb.rd_data[7], 0, lb.rd_data))
@@ -323,9 +329,9 @@ class ConvEngine(Engine):
         # but through a last beat issued in the previous cycle, which a_last covers).
         prev_pending = Signal()
         m.d.sync += prev_pending.eq(rq.busy & (rq.cur_layer != abs_layer[:lbits]))
-        in_flight = a_issue | b_issue | issued
+        in_flight = a_issue | b_issue | c_issue | issued
         last_block = Signal()
-        m.d.sync += last_block.eq(rq.reading | (a_issue & a_last) | (b_issue & b_last) |
+        m.d.sync += last_block.eq(rq.reading | (a_issue & a_last) | (b_issue & b_last) | (c_issue & c_last) |
                                   mac.last_pending | rq.busy & (rq.cur_layer != abs_layer[:lbits]))
         can_last = ~(last_block | (a_issue & a_last))
         all_idle = ~(in_flight | mac.busy | rq.busy | smp.busy)

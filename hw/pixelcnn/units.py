@@ -4,7 +4,7 @@ All are ``wiring.Component``s with plain signal ports so that each can be unit-t
 Amaranth simulator; ``engine.ConvEngine`` wires them to the sequencer. Arithmetic is bit-exact with
 ``models.pixelcnn.integer`` (see that module's docstring) and ``hw.pixelcnn.sampler``.
 """
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -20,25 +20,28 @@ def _sat8(v):
 
 class LineBuffer(wiring.Component):
     """Every layer's input feature map, ``row_slots`` rows deep (a ring of row slots: row r lives in
-    slot r mod row_slots), in one memory.
+    slot r mod row_slots), in block-RAM banks of ``bank_depth`` words.
 
     Address = ``{layer, slot, column, channel}`` (power-of-two fields, no multiplier). A read names a
     tap ``(dy, dx)`` (dy, dx in -2..2) relative to ``(row, col)`` (``row``: signed, the reading op's
     output row) and a channel; taps above, below (row + dy >= ``height``) or left/right of the image
-    read 0 (zero padding). Three read stages: the address and the padding flag are registered, the
-    memory is read, the (padded) data is registered: ``rd_data`` holds it ``READ_LATENCY`` = 3 cycles
-    after ``rd_en``. One 8-bit memory: the width-split variant (eight 1-bit memories, a shallower read mux,
-    70.9 MHz before the conditioner passes) makes Yosys's ECP5 synthesis of the whole merged engine stop on an
-    internal assertion (docs/conv-engine.md, Build status). Writes go to column ``col`` of a layer's map in
-    slot ``slot``.
+    read 0 (zero padding). Four read stages: the address and the padding flag are registered; every bank
+    is read; every bank's word is registered (free-running registers beside their RAMs: the banks are spread
+    over the chip, and one memory's RAM -> 32:1 read mux -> register path was the 75 MHz ECP5 build's
+    critical path, 13.8 ns with 6.7 ns of routing); the selected bank's (padded) word is registered:
+    ``rd_data`` holds it ``READ_LATENCY`` = 4 cycles after ``rd_en``. Writes go to column ``col`` of a
+    layer's map in slot ``slot``.
     """
 
-    READ_LATENCY = 3
+    READ_LATENCY = 4
 
-    def __init__(self, max_layers=8, max_width=32, max_channels=32, row_slots=4):
+    def __init__(self, max_layers=8, max_width=32, max_channels=32, row_slots=4, bank_depth=2048):
         self.max_layers, self.max_width, self.max_channels = max_layers, max_width, max_channels
         self.lbits, self.wbits, self.cbits = clog2(max_layers), clog2(max_width), clog2(max_channels)
         self.sbits = clog2(row_slots)
+        if bank_depth < 2 or bank_depth & (bank_depth - 1):
+            raise ValueError(f"line-buffer bank depth must be a power of two >= 2, got {bank_depth}")
+        self.bank_depth = bank_depth
         super().__init__({
             "row": In(signed(17)), "height": In(16), "col": In(self.wbits + 1), "slot": In(self.sbits),
             "width": In(self.wbits + 1),
@@ -49,9 +52,11 @@ class LineBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        depth = 1 << (self.lbits + self.sbits + self.wbits + self.cbits)
-        m.submodules.mem = mem = memory.Memory(shape=unsigned(8), depth=depth, init=[])
-        rds, wrs = [mem.read_port()], [mem.write_port()]
+        abits = self.lbits + self.sbits + self.wbits + self.cbits
+        depth = 1 << abits
+        bank_depth = min(self.bank_depth, depth)
+        nbanks = depth // bank_depth
+        obits = clog2(bank_depth)  # address bits within a bank; the bits above select the bank
 
         rrow = Signal(signed(18))
         m.d.comb += rrow.eq(self.row + self.rd_dy)
@@ -60,21 +65,34 @@ class LineBuffer(wiring.Component):
         m.d.comb += colx.eq(self.col + self.rd_dx)
         inside = (colx >= 0) & (colx < self.width) & (rrow >= 0) & (rrow < self.height)
         # stage 1: address and padding flag registered
-        addr_q = Signal(len(rds[0].addr))
-        en_q, pad_q, en_r, pad = Signal(), Signal(), Signal(), Signal()
+        addr_q = Signal(abits)
+        en_q, pad_q = Signal(), Signal()
         m.d.sync += en_q.eq(self.rd_en)
         with m.If(self.rd_en):
             m.d.sync += [addr_q.eq(Cat(self.rd_c, colx[:self.wbits], rslot, self.rd_layer)), pad_q.eq(~inside)]
-        # stage 2: memory read; stage 3: the padded data registered
-        m.d.sync += en_r.eq(en_q)
+        # stage 2: every bank read; stage 3: every bank's word registered; stage 4: the selected (padded) word
+        en_r, en_s = Signal(), Signal()
+        pad_r, pad_s = Signal(), Signal()
+        sel_r, sel_s = Signal(max(1, abits - obits)), Signal(max(1, abits - obits))
+        m.d.sync += [en_r.eq(en_q), en_s.eq(en_r)]
         with m.If(en_q):
-            m.d.sync += pad.eq(pad_q)
+            m.d.sync += [pad_r.eq(pad_q), sel_r.eq(addr_q[obits:])]
         with m.If(en_r):
-            m.d.sync += self.rd_data.eq(Mux(pad, 0, Cat(rd.data for rd in rds).as_signed()))
+            m.d.sync += [pad_s.eq(pad_r), sel_s.eq(sel_r)]
         wr_addr = Cat(self.wr_c, self.col[:self.wbits], self.slot, self.wr_layer)
-        for rd, wr in zip(rds, wrs):
-            m.d.comb += [rd.addr.eq(addr_q), rd.en.eq(en_q),
-                         wr.addr.eq(wr_addr), wr.data.eq(self.wr_data), wr.en.eq(self.wr_en)]
+        words = []
+        for k in range(nbanks):
+            bank = memory.Memory(shape=unsigned(8), depth=bank_depth, init=[])
+            m.submodules[f"bank{k}"] = bank
+            rd, wr = bank.read_port(), bank.write_port()
+            word = Signal(8, name=f"bank{k}_q")
+            m.d.sync += word.eq(rd.data)
+            words.append(word)
+            m.d.comb += [rd.addr.eq(addr_q[:obits]), rd.en.eq(en_q), wr.addr.eq(wr_addr[:obits]),
+                         wr.data.eq(self.wr_data),
+                         wr.en.eq(self.wr_en & (wr_addr[obits:] == k) if nbanks > 1 else self.wr_en)]
+        with m.If(en_s):
+            m.d.sync += self.rd_data.eq(Mux(pad_s, 0, Array(words)[sel_s].as_signed()))
         return m
 
 
