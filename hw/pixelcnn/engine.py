@@ -241,6 +241,7 @@ class ConvEngine(Engine):
         m.d.comb += op_row.eq(row - cfg.delay)
         with m.If(mac.out_valid):
             m.d.sync += rq_row.eq(op_row)
+        row_end, row_skip = Signal(), Signal()  # ROW_OPS: no row op left; this op has no output row now
         op_row_q = Signal(signed(18))  # op_row registered in LAYER_START: the line buffer's reads in MAC
         m.d.comb += [lb.row.eq(op_row_q), lb.height.eq(height), lb.col.eq(col), lb.width.eq(width)]
         # Tap words without a memory read in the issue path: ``tw`` = word of the current tap, ``tw1`` = word of
@@ -480,11 +481,17 @@ class ConvEngine(Engine):
                             m.d.sync += col.eq(0)
                             m.next = "ROW_OPS"
             # row phase, 2: ops 0..NROW-1, each over every column of the row
+            # row phase, 2: the row ops; each op's row test (its config's LUT-RAM read, row - delay, the bounds
+            # compare) registered a cycle before the state acts on it
             with m.State("ROW_OPS"):
-                with m.If(layer == nrow):
+                m.d.sync += [row_end.eq(layer == nrow), row_skip.eq((op_row < 0) | (op_row >= height))]
+                m.next = "ROW_OPS_NEXT"
+            with m.State("ROW_OPS_NEXT"):
+                m.next = "ROW_OPS"
+                with m.If(row_end):
                     m.d.sync += [row_done.eq(1), col.eq(0)]
                     m.next = "PIX_START"
-                with m.Elif((op_row < 0) | (op_row >= height)):  # a delayed op before/after its rows
+                with m.Elif(row_skip):  # a delayed op before/after its rows
                     m.d.sync += layer.eq(layer + 1)
                 with m.Else():
                     m.d.sync += rowmode.eq(1)
