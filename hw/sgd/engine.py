@@ -259,11 +259,14 @@ class SgdEngine(Engine):
         features = Signal(16)
         beats = Signal(16, init=1)
         run_samples = Signal(32)
-        # beats - 1 and run_samples - 1, kept as registers beside them: the end-of-sample and end-of-run tests are
-        # then equalities with registers, not a subtraction or an increment and a comparison (the full build's
-        # critical path ran from BEATS through beats - 1 and k == beats - 1 into the pipeline enable: Fmax)
+        # beats - 1, beats - 2, run_samples - 2, beats == 1 and run_samples in {0, 1}, kept as registers beside
+        # them: the end-of-sample and end-of-run flags are registers set one step ahead (k == beats - 2 before
+        # k + 1), so no subtraction or comparison feeds the pipeline enable (the full build's critical path ran
+        # from BEATS through beats - 1 and k == beats - 1 into it: Fmax)
         beats_m1 = Signal(signed(18), init=0)
-        run_m1 = Signal(signed(34), init=-1)
+        beats_m2 = Signal(signed(18), init=-1)
+        run_m2 = Signal(signed(34), init=-2)
+        beats_one, run_one, run_zero = Signal(init=1), Signal(), Signal(init=1)
         step_shift = Signal(6)
         batch_mask = Signal(32)
         flags = Signal(4)
@@ -297,6 +300,7 @@ class SgdEngine(Engine):
         cnt_beats = Signal(32)
         cnt_stalls = Signal(32)
         cnt_samples = Signal(32)
+        s_last = Signal()        # cnt_samples == run_samples - 1, a register
         start = Signal()
         cmd_clear = Signal()
         cmd_read = Signal()
@@ -312,9 +316,11 @@ class SgdEngine(Engine):
                 with m.Case(REG_FEATURES):
                     m.d.sync += features.eq(self.reg_wdata)
                 with m.Case(REG_BEATS):
-                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1)]
+                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1),
+                                 beats_m2.eq(self.reg_wdata[:16] - 2), beats_one.eq(self.reg_wdata[:16] == 1)]
                 with m.Case(REG_RUN_SAMPLES):
-                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m1.eq(self.reg_wdata[:32] - 1)]
+                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m2.eq(self.reg_wdata[:32] - 2), run_one.eq(self.reg_wdata == 1),
+                                 run_zero.eq(self.reg_wdata == 0)]
                 with m.Case(REG_STEP_SHIFT):
                     m.d.sync += step_shift.eq(self.reg_wdata)
                 with m.Case(REG_BATCH_MASK):
@@ -493,20 +499,20 @@ class SgdEngine(Engine):
         k = Signal(16)
         base = Signal(16)
         i_in = Signal(32)
-        last = Signal()
-        m.d.comb += last.eq(k == beats_m1)
+        last = Signal(init=1)    # k == beats - 1, a register
+        i_last = Signal()        # i_in == run_samples - 1, a register
         with m.If(start):
-            m.d.comb += [running_n.eq(run_samples != 0), in_done_n.eq(0)]
-            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0),
-                         cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0),
+            m.d.comb += [running_n.eq(~run_zero), in_done_n.eq(0)]
+            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0), last.eq(beats_one), i_last.eq(run_one),
+                         cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0), s_last.eq(run_one),
                          t_sat.eq(0), x_sat.eq(0)]
         with m.Elif(accept):
             with m.If(last):
-                m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
-                with m.If(i_in == run_m1):
+                m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1), last.eq(beats_one), i_last.eq(i_in == run_m2)]
+                with m.If(i_last):
                     m.d.comb += in_done_n.eq(1)
             with m.Else():
-                m.d.sync += [k.eq(k + 1), base.eq(base + L)]
+                m.d.sync += [k.eq(k + 1), base.eq(base + L), last.eq(k == beats_m2)]
         m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
@@ -515,7 +521,7 @@ class SgdEngine(Engine):
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
         rem1 = Signal(signed(18))
-        refresh = ((i_in & batch_mask) == batch_mask) | (i_in == run_m1)
+        refresh = ((i_in & batch_mask) == batch_mask) | i_last
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
                          rem1.eq(features - base)]
@@ -584,8 +590,13 @@ class SgdEngine(Engine):
         half = SIGMOID_ENTRIES // 2
         sig_rd = self.sigmoid.read_port()
         coarse = dot >> SIGMOID_IN_SHIFT
+        # clamp(coarse, -half, half - 1) + half as bit tests (no carry chain in front of the RAM's address: Fmax):
+        # coarse is in range iff its bits from log2(half) up are all equal, and then + half flips bit log2(half)
+        hb = half.bit_length() - 1
+        top = coarse[hb:]
+        in_range = (top == 0) | (top == (1 << len(top)) - 1)
         m.d.comb += [sig_rd.en.eq(ce),
-                     sig_rd.addr.eq(Mux(coarse < -half, 0, Mux(coarse >= half, 2 * half - 1, coarse + half)))]
+                     sig_rd.addr.eq(Mux(in_range, Cat(coarse[:hb], ~coarse[hb]), Mux(coarse[-1], 0, 2 * half - 1)))]
         sv, sref = Signal(), Signal()
         sdot = Signal(signed(acc_w))
         slab = Signal(signed(32))
@@ -747,8 +758,8 @@ class SgdEngine(Engine):
             with m.If(ud_sat.any()):
                 m.d.sync += x_sat.eq(1)
             with m.If(ud_lastrow):
-                m.d.sync += cnt_samples.eq(cnt_samples + 1)
-                with m.If(cnt_samples == run_m1):
+                m.d.sync += [cnt_samples.eq(cnt_samples + 1), s_last.eq(cnt_samples == run_m2)]
+                with m.If(s_last):
                     m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
