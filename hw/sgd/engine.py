@@ -604,8 +604,9 @@ class SgdEngine(Engine):
             m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
 
         # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met.  Four register
-        # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot), the difference, its margin test and shift,
-        # the saturation
+        # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot); the difference shifted by the multiple of 8
+        # in shift and the margin test (as comparisons of f(dot) with the label, beside the subtraction); the
+        # remaining shift by shift mod 8 (no 6-level barrel shifter in one stage); the saturation
         fv, fref, fpos = Signal(), Signal(), Signal()
         f_dot = Signal(signed(acc_w))
         flab = Signal(signed(32))
@@ -614,17 +615,18 @@ class SgdEngine(Engine):
             m.d.sync += [fv.eq(sv), fref.eq(sref), fpos.eq(slab > 0), flab.eq(slab),
                          f_dot.eq(Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)),
                          fshift.eq(Mux(flags[3] & (slab <= 0), step_shift_neg, step_shift))]
-        diff = Signal(signed(acc_w + 1))
-        dv2, dref2, dpos = Signal(), Signal(), Signal()
-        shift = Signal(6)
+        diff8 = Signal(signed(acc_w + 1))
+        dv2, dref2, dactive = Signal(), Signal(), Signal()
+        shift_lo = Signal(3)
         with m.If(ce):
-            m.d.sync += [diff.eq(f_dot - flab), dv2.eq(fv), dref2.eq(fref), dpos.eq(fpos), shift.eq(fshift)]
+            m.d.sync += [diff8.eq((f_dot - flab) >> Cat(Const(0, 3), fshift[3:])), dv2.eq(fv), dref2.eq(fref),
+                         shift_lo.eq(fshift[:3]),
+                         dactive.eq(Mux(loss == LOSS_L2SVM, Mux(fpos, f_dot < flab, f_dot > flab), 1))]
         shifted = Signal(signed(acc_w + 1))
         active = Signal()
         hv, href = Signal(), Signal()
         with m.If(ce):
-            m.d.sync += [shifted.eq(diff >> shift), hv.eq(dv2), href.eq(dref2),
-                         active.eq(Mux(loss == LOSS_L2SVM, Mux(dpos, diff < 0, diff > 0), 1))]
+            m.d.sync += [shifted.eq(diff8 >> shift_lo), hv.eq(dv2), href.eq(dref2), active.eq(dactive)]
         t_hi, t_lo = self._int32_overflow(shifted)
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
