@@ -713,12 +713,14 @@ class SgdEngine(Engine):
         ue_v, uf_v = Signal(), Signal()
         ue_row, uf_row = Signal(16), Signal(16)
         ue_data, uf_data = Signal(mw * L), Signal(mw * L)
-        fwd_d, fwd_e, fwd_f = Signal(), Signal(), Signal()
+        # the source of U3's X row, encoded: 3 ud (the row written next), 2 ue, 1 uf, 0 the RAM's row; two select
+        # bits make each bit's choice one 4:1 mux (LUT4 pair + PFUMX) instead of a priority chain (Fmax)
+        x_src = Signal(2)
+        fwd_d, fwd_e, fwd_f = uc_v & (uc_row == ub_row), ud_v & (ud_row == ub_row), ue_v & (ue_row == ub_row)
         with m.If(ce):
             m.d.sync += [uc_v.eq(ub_v), uc_ref.eq(ub_ref), uc_lastrow.eq(ub_lastrow), uc_row.eq(ub_row),
                          uc_rem.eq(ub_rem), xrow.eq(xr.data),
-                         fwd_d.eq(uc_v & (uc_row == ub_row)), fwd_e.eq(ud_v & (ud_row == ub_row)),
-                         fwd_f.eq(ue_v & (ue_row == ub_row))]
+                         x_src.eq(Mux(fwd_d, 3, Mux(fwd_e, 2, Mux(fwd_f, 1, 0))))]
             for j in range(L):
                 prod = self._mul(ub_t, q2[j])
                 gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
@@ -726,7 +728,7 @@ class SgdEngine(Engine):
         with m.If(reading):
             m.d.sync += xrow.eq(xr.data)
         x_cur = Signal(mw * L)
-        m.d.comb += x_cur.eq(Mux(fwd_d, ud_data, Mux(fwd_e, ue_data, Mux(fwd_f, uf_data, xrow))))
+        m.d.comb += x_cur.eq(Mux(x_src[1], Mux(x_src[0], ud_data, ue_data), Mux(x_src[0], uf_data, xrow)))
         # U3: x_j = sat32(x_j - g_j) (then the stochastic rounding to w bits), registered with its saturation bits
         new_lanes = []
         any_sat = []
