@@ -209,6 +209,14 @@ class SgdEngine(Engine):
             acc = acc + Mux(q[k], x << k, 0)
         return acc - Mux(q[n - 1], x << (n - 1), 0) if q.shape().signed else acc + Mux(q[n - 1], x << (n - 1), 0)
 
+    def _product_nb(self, x, q, sgn):
+        """``(x * q) >> nb``.  Compact Q2 codes are -1, 0, 1 (signed, nb = 0) or 0, 1, 2 (nb = 1): the result is
+        one of x, -x, x >> 1 and 0, one mux after a negation of x alone, so no carry chain waits on the code (Fmax).
+        (Pair Q2 slots can hold codes outside those ranges: -2, 3.)"""
+        if self.bits == 2 and self.encoding == "compact":
+            return Mux(sgn, Mux(q[-1], -x, Mux(q[0], x, 0)), Mux(q[1], x, Mux(q[0], x >> 1, 0)))
+        return self._shift_nb(self._mul(x, q), sgn)
+
     def _round_nb(self, prod, rand, sgn):
         """``prod >> nb`` rounded up with probability (dropped bits) / 2**nb, using the top nb bits of ``rand``
         (``models.zipml.rng.stochastic_round_fixed``)."""
@@ -558,7 +566,7 @@ class SgdEngine(Engine):
             m.d.sync += [v2.eq(v1b), last2.eq(last1b), ref2.eq(ref1b), lab2.eq(lab1b)]
             for j in range(L):
                 xj = stored_to_q23(yrow[mw * j:mw * j + mw])
-                term = self._shift_nb(self._mul(xj, q1[j]), sgn)
+                term = self._product_nb(xj, q1[j], sgn)
                 m.d.sync += terms[j].eq(Mux(mask1b[j], term, 0))
         m.d.comb += tree.i.eq(terms)
         # delay lines alongside the tree
@@ -722,8 +730,10 @@ class SgdEngine(Engine):
                          uc_rem.eq(ub_rem), xrow.eq(xr.data),
                          x_src.eq(Mux(fwd_d, 3, Mux(fwd_e, 2, Mux(fwd_f, 1, 0))))]
             for j in range(L):
-                prod = self._mul(ub_t, q2[j])
-                gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
+                if self.stochastic_grad:
+                    gj = self._round_nb(self._mul(ub_t, q2[j]), rand["g"][j], sgn)
+                else:
+                    gj = self._product_nb(ub_t, q2[j], sgn)
                 m.d.sync += g[j].eq(Mux(ub_mask[j], gj, 0))
         with m.If(reading):
             m.d.sync += xrow.eq(xr.data)
