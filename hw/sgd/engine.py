@@ -722,14 +722,17 @@ class SgdEngine(Engine):
         ue_row, uf_row = Signal(16), Signal(16)
         ue_data, uf_data = Signal(mw * L), Signal(mw * L)
         # the source of U3's X row, encoded: 3 ud (the row written next), 2 ue, 1 uf, 0 the RAM's row; two select
-        # bits make each bit's choice one 4:1 mux (LUT4 pair + PFUMX) instead of a priority chain (Fmax)
-        x_src = Signal(2)
+        # bits make each bit's choice one 4:1 mux (LUT4 pair + PFUMX) instead of a priority chain (Fmax).  One
+        # select per lane, forced to the RAM's row in lanes beyond d: there g = 0, so every candidate holds the
+        # same word, and the lanes' selects are distinct signals that synthesis keeps apart (fan-out 32, not 32 L)
+        x_src = Signal(data.ArrayLayout(2, L))
         fwd_d, fwd_e, fwd_f = uc_v & (uc_row == ub_row), ud_v & (ud_row == ub_row), ue_v & (ue_row == ub_row)
         with m.If(ce):
             m.d.sync += [uc_v.eq(ub_v), uc_ref.eq(ub_ref), uc_lastrow.eq(ub_lastrow), uc_row.eq(ub_row),
-                         uc_rem.eq(ub_rem), xrow.eq(xr.data),
-                         x_src.eq(Mux(fwd_d, 3, Mux(fwd_e, 2, Mux(fwd_f, 1, 0))))]
+                         uc_rem.eq(ub_rem), xrow.eq(xr.data)]
+            src = Mux(fwd_d, 3, Mux(fwd_e, 2, Mux(fwd_f, 1, 0)))
             for j in range(L):
+                m.d.sync += x_src[j].eq(Mux(ub_mask[j], src, 0))
                 if self.stochastic_grad:
                     gj = self._round_nb(self._mul(ub_t, q2[j]), rand["g"][j], sgn)
                 else:
@@ -738,7 +741,11 @@ class SgdEngine(Engine):
         with m.If(reading):
             m.d.sync += xrow.eq(xr.data)
         x_cur = Signal(mw * L)
-        m.d.comb += x_cur.eq(Mux(x_src[1], Mux(x_src[0], ud_data, ue_data), Mux(x_src[0], uf_data, xrow)))
+        for j in range(L):
+            lane = slice(mw * j, mw * j + mw)
+            sel = x_src[j]
+            m.d.comb += x_cur[lane].eq(Mux(sel[1], Mux(sel[0], ud_data[lane], ue_data[lane]),
+                                           Mux(sel[0], uf_data[lane], xrow[lane])))
         # U3: x_j = sat32(x_j - g_j) (then the stochastic rounding to w bits), registered with its saturation bits
         new_lanes = []
         any_sat = []
