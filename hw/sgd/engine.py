@@ -490,12 +490,16 @@ class SgdEngine(Engine):
         # --- pipeline control
         accept = Signal()
         # ce = accept | (running & in_done), the enable of every pipeline register, is a register itself (its
-        # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on
-        ce = Signal()
+        # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on.
+        # The block RAMs' read enables have their own register, ce_mem = ce while running, else 1 (a distinct
+        # signal, so synthesis does not merge it into ce), and so have the FIFO and model-bank write enables
+        # (fifo_we = ce & v1, upd_we = ce & ud_v, from the next-state values of v1 and ud_v)
+        ce, ce_next, ce_mem = Signal(), Signal(), Signal()
         m.d.comb += [core_ready.eq(running & ~in_done),
-                     accept.eq(src_valid & core_ready)]
-        m.d.sync += ce.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
-                                                       st_valid_n)))
+                     accept.eq(src_valid & core_ready),
+                     ce_next.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
+                                                             st_valid_n)))]
+        m.d.sync += [ce.eq(ce_next), ce_mem.eq(~running_n | ce_next)]
         with m.If(running):
             m.d.sync += cnt_cycles.eq(cnt_cycles + 1)
             with m.If(accept):
@@ -521,7 +525,7 @@ class SgdEngine(Engine):
                     m.d.comb += in_done_n.eq(1)
             with m.Else():
                 m.d.sync += [k.eq(k + 1), base.eq(base + L), last.eq(k == beats_m2)]
-        m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
+        m.d.comb += [yr.addr.eq(k), yr.en.eq(ce_mem)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
 
@@ -534,10 +538,12 @@ class SgdEngine(Engine):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
                          rem1.eq(features - base)]
         # the beat goes into the FIFO from this register (not from the store's RAM output: Fmax)
-        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(ce & v1)]
+        fifo_we = Signal()
+        m.d.sync += fifo_we.eq(ce_next & Mux(ce, accept, v1))
+        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(fifo_we)]
         with m.If(start):
             m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
-        with m.Elif(ce & v1):
+        with m.Elif(fifo_we):
             m.d.sync += fifo_wp.eq(fifo_wp + 1)
         raw_lab = p1[W - 32:]
         one = 1 << 23
@@ -603,7 +609,7 @@ class SgdEngine(Engine):
         hb = half.bit_length() - 1
         top = coarse[hb:]
         in_range = (top == 0) | (top == (1 << len(top)) - 1)
-        m.d.comb += [sig_rd.en.eq(ce),
+        m.d.comb += [sig_rd.en.eq(ce_mem),
                      sig_rd.addr.eq(Mux(in_range, Cat(coarse[:hb], ~coarse[hb]), Mux(coarse[-1], 0, 2 * half - 1)))]
         sv, sref = Signal(), Signal()
         sdot = Signal(signed(acc_w))
@@ -653,7 +659,7 @@ class SgdEngine(Engine):
         ubase = Mux(tv, 0, u_base)
         tt = Mux(tv, t, u_t)
         rr = Mux(tv, tref, u_ref)
-        m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce)]
+        m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce_mem)]
         ua_v, ua_ref, ua_lastrow = Signal(), Signal(), Signal()
         ua_row = Signal(16)
         ua_rem = Signal(signed(18))
@@ -774,7 +780,7 @@ class SgdEngine(Engine):
             m.d.sync += [ue_v.eq(0), uf_v.eq(0)]
         # U4: the row written to bank X (and Y on refresh samples)
         upd_we = Signal()
-        m.d.comb += upd_we.eq(ce & ud_v)
+        m.d.sync += upd_we.eq(ce_next & Mux(ce, uc_v, ud_v))
         with m.If(upd_we):
             with m.If(ud_sat.any()):
                 m.d.sync += x_sat.eq(1)
@@ -789,7 +795,7 @@ class SgdEngine(Engine):
         rd_row = Signal(16)
         rd_lane = Signal(range(L))
         with m.If(running):
-            m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce),
+            m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce_mem),
                          xw.addr.eq(ud_row), xw.data.eq(ud_data), xw.en.eq(Mux(upd_we, all_lanes, 0)),
                          yw.addr.eq(ud_row), yw.data.eq(ud_data), yw.en.eq(Mux(upd_we & ud_ref, all_lanes, 0))]
         with m.Elif(clearing):
