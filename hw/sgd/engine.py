@@ -422,14 +422,21 @@ class SgdEngine(Engine):
         model_wrow = Signal(16)
         model_wlane = Signal(range(L))
         model_seek = Signal(16)
+        seek_zero = Signal(init=1)  # model_seek == 0, a register
         with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
-            m.d.comb += self.i.ready.eq(idle & (model_seek == 0))
+            m.d.comb += self.i.ready.eq(idle & seek_zero)
         with m.Else():
             m.d.comb += self.i.ready.eq(~beat_full | beat_take)
         beat_next = Cat(beat_sr[8:], self.i.payload)
         word_next = Cat(word_sr[8:], self.i.payload)
         model_word_we = Signal()
         rng_word_we = Signal()
+        # store beats and host model words reach their block RAMs from registers, a cycle after the byte that
+        # completes them: the write enable, which Yosys's port sharing puts in front of a RAM's address, does not
+        # start at the input handshake (the engine-alone build's critical path, 10.7 ns)
+        sw_en, sw_addr, sw_data = Signal(), Signal.like(store_waddr), Signal(W)
+        m.d.sync += sw_en.eq(0)
+        m.d.comb += [sw.en.eq(sw_en), sw.addr.eq(sw_addr), sw.data.eq(sw_data)]
         with m.If(beat_take):
             m.d.comb += beat_full_n.eq(0)
         with m.If(self.i.valid & self.i.ready):
@@ -443,7 +450,7 @@ class SgdEngine(Engine):
                 with m.If(beat_cnt == W // 8 - 1):
                     m.d.sync += beat_cnt.eq(0)
                     with m.If(in_mode == IN_STORE):
-                        m.d.comb += [sw.en.eq(1), sw.addr.eq(store_waddr), sw.data.eq(beat_next)]
+                        m.d.sync += [sw_en.eq(1), sw_addr.eq(store_waddr), sw_data.eq(beat_next)]
                         m.d.sync += store_waddr.eq(Mux(store_waddr == self.store_beats - 1, 0, store_waddr + 1))
                     with m.Else():
                         m.d.comb += beat_full_n.eq(1)
@@ -459,9 +466,10 @@ class SgdEngine(Engine):
 
         with m.If(maddr_write):
             m.d.sync += [model_waddr.eq(self.reg_wdata), model_wrow.eq(0), model_wlane.eq(0),
-                         model_seek.eq(self.reg_wdata)]
-        with m.Elif(model_seek != 0):
-            m.d.sync += [model_seek.eq(model_seek - 1), *next_word(model_wrow, model_wlane)]
+                         model_seek.eq(self.reg_wdata), seek_zero.eq(self.reg_wdata[:16] == 0)]
+        with m.Elif(~seek_zero):
+            m.d.sync += [model_seek.eq(model_seek - 1), seek_zero.eq(model_seek == 1),
+                         *next_word(model_wrow, model_wlane)]
         with m.Elif(model_word_we):
             m.d.sync += [model_waddr.eq(model_waddr + 1), *next_word(model_wrow, model_wlane)]
 
@@ -790,6 +798,10 @@ class SgdEngine(Engine):
                     m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
+        hw_we, hw_row, hw_lanes, hw_word = Signal(), Signal(16), Signal(L), Signal(mw)  # a host word, registered
+        m.d.sync += [hw_we.eq(model_word_we & (model_wrow < self.rows)), hw_row.eq(model_wrow),
+                     hw_lanes.eq(Const(1, L) << model_wlane),
+                     hw_word.eq(word_next[drop:drop + mw])]  # host words are Q.23; stored truncated to w bits
         all_lanes = (1 << L) - 1
         rd_word = Signal(16)
         rd_row = Signal(16)
@@ -798,18 +810,18 @@ class SgdEngine(Engine):
             m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce_mem),
                          xw.addr.eq(ud_row), xw.data.eq(ud_data), xw.en.eq(Mux(upd_we, all_lanes, 0)),
                          yw.addr.eq(ud_row), yw.data.eq(ud_data), yw.en.eq(Mux(upd_we & ud_ref, all_lanes, 0))]
-        with m.Elif(clearing):
+            with m.If(hw_we):  # the last host word, a cycle late, when RUN came right after it (no update yet)
+                m.d.comb += [xw.addr.eq(hw_row), xw.data.eq(Cat(*([hw_word] * L))), xw.en.eq(hw_lanes),
+                             yw.addr.eq(hw_row), yw.data.eq(Cat(*([hw_word] * L))), yw.en.eq(hw_lanes)]
+        with m.Elif(clearing):  # (a host word a cycle late is cleared anyway)
             m.d.comb += [xw.addr.eq(clear_row), xw.data.eq(0), xw.en.eq(all_lanes),
                          yw.addr.eq(clear_row), yw.data.eq(0), yw.en.eq(all_lanes)]
         with m.Else():
-            lane_en = Signal(L)
-            m.d.comb += lane_en.eq(Const(1, L) << model_wlane)
-            host_word = word_next[drop:drop + mw]  # host words are Q.23; stored truncated to w bits
             m.d.comb += [xr.addr.eq(rd_row), xr.en.eq(1),
-                         xw.addr.eq(model_wrow), xw.data.eq(Cat(*([host_word] * L))),
-                         yw.addr.eq(model_wrow), yw.data.eq(Cat(*([host_word] * L)))]
-            with m.If(model_word_we & (model_wrow < self.rows)):
-                m.d.comb += [xw.en.eq(lane_en), yw.en.eq(lane_en)]
+                         xw.addr.eq(hw_row), xw.data.eq(Cat(*([hw_word] * L))),
+                         yw.addr.eq(hw_row), yw.data.eq(Cat(*([hw_word] * L)))]
+            with m.If(hw_we):
+                m.d.comb += [xw.en.eq(hw_lanes), yw.en.eq(hw_lanes)]
 
         with m.If(cmd_clear):
             m.d.sync += [clearing.eq(1), clear_row.eq(0)]
