@@ -362,6 +362,24 @@ def test_classifier_losses_equal_golden(loss, enc, bits, bus, link, mask):
         assert np.array_equal(x, want), (k, shift_neg, int(np.sum(x != want)))
 
 
+@pytest.mark.parametrize("loss,shift,shift_neg", [("ls", 9, None), ("l2svm", 8, 13)])
+def test_step_shifts_of_eight_and_more_equal_golden(loss, shift, shift_neg):
+    # the scalar stage shifts by the multiple of 8 in one register stage and by the rest in the next
+    from models.zipml.fixed_point import ovr_labels
+    eng = SgdEngine(bits=2, bus_bits=64, max_features=64, store_beats=256, encoding="compact")
+    rng = np.random.default_rng(shift)
+    n, d, signed = 24, 30, True
+    q1, q2, _, x0 = random_problem(rng, n, d, 2, signed)
+    q2 = compact_pair(q1, q2, 2, signed)
+    lab = ovr_labels(rng.integers(0, 2, n), 1, loss) if loss == "l2svm" else rng.integers(-2**26, 2**26, n)
+    want = golden(eng, q1, q2, lab, x0, signed=signed, shift=shift, mask=0, loss=loss, shift_neg=shift_neg)
+    slower = golden(eng, q1, q2, lab, x0, signed=signed, shift=shift + 1, mask=0, loss=loss, shift_neg=shift_neg)
+    assert not np.array_equal(want.x, slower.x)  # the step reaches the model words
+    x, _ = EngineTB(eng).run(lambda tb, ctx: tb.train_run(ctx, q1, q2, lab, x0, signed=signed, shift=shift,
+                                                           mask=0, link=False, loss=loss, shift_neg=shift_neg))
+    assert np.array_equal(x, want.x), f"{int(np.sum(x != want.x))} of {d} model words differ"
+
+
 def test_sigmoid_table_twin():
     from models.zipml.fixed_point import sigmoid_fixed, sigmoid_table
     tab = sigmoid_table()

@@ -209,6 +209,14 @@ class SgdEngine(Engine):
             acc = acc + Mux(q[k], x << k, 0)
         return acc - Mux(q[n - 1], x << (n - 1), 0) if q.shape().signed else acc + Mux(q[n - 1], x << (n - 1), 0)
 
+    def _product_nb(self, x, q, sgn):
+        """``(x * q) >> nb``.  Compact Q2 codes are -1, 0, 1 (signed, nb = 0) or 0, 1, 2 (nb = 1): the result is
+        one of x, -x, x >> 1 and 0, one mux after a negation of x alone, so no carry chain waits on the code (Fmax).
+        (Pair Q2 slots can hold codes outside those ranges: -2, 3.)"""
+        if self.bits == 2 and self.encoding == "compact":
+            return Mux(sgn, Mux(q[-1], -x, Mux(q[0], x, 0)), Mux(q[1], x, Mux(q[0], x >> 1, 0)))
+        return self._shift_nb(self._mul(x, q), sgn)
+
     def _round_nb(self, prod, rand, sgn):
         """``prod >> nb`` rounded up with probability (dropped bits) / 2**nb, using the top nb bits of ``rand``
         (``models.zipml.rng.stochastic_round_fixed``)."""
@@ -259,11 +267,14 @@ class SgdEngine(Engine):
         features = Signal(16)
         beats = Signal(16, init=1)
         run_samples = Signal(32)
-        # beats - 1 and run_samples - 1, kept as registers beside them: the end-of-sample and end-of-run tests are
-        # then equalities with registers, not a subtraction or an increment and a comparison (the full build's
-        # critical path ran from BEATS through beats - 1 and k == beats - 1 into the pipeline enable: Fmax)
+        # beats - 1, beats - 2, run_samples - 2, beats == 1 and run_samples in {0, 1}, kept as registers beside
+        # them: the end-of-sample and end-of-run flags are registers set one step ahead (k == beats - 2 before
+        # k + 1), so no subtraction or comparison feeds the pipeline enable (the full build's critical path ran
+        # from BEATS through beats - 1 and k == beats - 1 into it: Fmax)
         beats_m1 = Signal(signed(18), init=0)
-        run_m1 = Signal(signed(34), init=-1)
+        beats_m2 = Signal(signed(18), init=-1)
+        run_m2 = Signal(signed(34), init=-2)
+        beats_one, run_one, run_zero = Signal(init=1), Signal(), Signal(init=1)
         step_shift = Signal(6)
         batch_mask = Signal(32)
         flags = Signal(4)
@@ -297,6 +308,7 @@ class SgdEngine(Engine):
         cnt_beats = Signal(32)
         cnt_stalls = Signal(32)
         cnt_samples = Signal(32)
+        s_last = Signal()        # cnt_samples == run_samples - 1, a register
         start = Signal()
         cmd_clear = Signal()
         cmd_read = Signal()
@@ -312,9 +324,11 @@ class SgdEngine(Engine):
                 with m.Case(REG_FEATURES):
                     m.d.sync += features.eq(self.reg_wdata)
                 with m.Case(REG_BEATS):
-                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1)]
+                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1),
+                                 beats_m2.eq(self.reg_wdata[:16] - 2), beats_one.eq(self.reg_wdata[:16] == 1)]
                 with m.Case(REG_RUN_SAMPLES):
-                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m1.eq(self.reg_wdata[:32] - 1)]
+                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m2.eq(self.reg_wdata[:32] - 2), run_one.eq(self.reg_wdata == 1),
+                                 run_zero.eq(self.reg_wdata == 0)]
                 with m.Case(REG_STEP_SHIFT):
                     m.d.sync += step_shift.eq(self.reg_wdata)
                 with m.Case(REG_BATCH_MASK):
@@ -408,14 +422,21 @@ class SgdEngine(Engine):
         model_wrow = Signal(16)
         model_wlane = Signal(range(L))
         model_seek = Signal(16)
+        seek_zero = Signal(init=1)  # model_seek == 0, a register
         with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
-            m.d.comb += self.i.ready.eq(idle & (model_seek == 0))
+            m.d.comb += self.i.ready.eq(idle & seek_zero)
         with m.Else():
             m.d.comb += self.i.ready.eq(~beat_full | beat_take)
         beat_next = Cat(beat_sr[8:], self.i.payload)
         word_next = Cat(word_sr[8:], self.i.payload)
         model_word_we = Signal()
         rng_word_we = Signal()
+        # store beats and host model words reach their block RAMs from registers, a cycle after the byte that
+        # completes them: the write enable, which Yosys's port sharing puts in front of a RAM's address, does not
+        # start at the input handshake (the engine-alone build's critical path, 10.7 ns)
+        sw_en, sw_addr, sw_data = Signal(), Signal.like(store_waddr), Signal(W)
+        m.d.sync += sw_en.eq(0)
+        m.d.comb += [sw.en.eq(sw_en), sw.addr.eq(sw_addr), sw.data.eq(sw_data)]
         with m.If(beat_take):
             m.d.comb += beat_full_n.eq(0)
         with m.If(self.i.valid & self.i.ready):
@@ -429,7 +450,7 @@ class SgdEngine(Engine):
                 with m.If(beat_cnt == W // 8 - 1):
                     m.d.sync += beat_cnt.eq(0)
                     with m.If(in_mode == IN_STORE):
-                        m.d.comb += [sw.en.eq(1), sw.addr.eq(store_waddr), sw.data.eq(beat_next)]
+                        m.d.sync += [sw_en.eq(1), sw_addr.eq(store_waddr), sw_data.eq(beat_next)]
                         m.d.sync += store_waddr.eq(Mux(store_waddr == self.store_beats - 1, 0, store_waddr + 1))
                     with m.Else():
                         m.d.comb += beat_full_n.eq(1)
@@ -445,9 +466,10 @@ class SgdEngine(Engine):
 
         with m.If(maddr_write):
             m.d.sync += [model_waddr.eq(self.reg_wdata), model_wrow.eq(0), model_wlane.eq(0),
-                         model_seek.eq(self.reg_wdata)]
-        with m.Elif(model_seek != 0):
-            m.d.sync += [model_seek.eq(model_seek - 1), *next_word(model_wrow, model_wlane)]
+                         model_seek.eq(self.reg_wdata), seek_zero.eq(self.reg_wdata[:16] == 0)]
+        with m.Elif(~seek_zero):
+            m.d.sync += [model_seek.eq(model_seek - 1), seek_zero.eq(model_seek == 1),
+                         *next_word(model_wrow, model_wlane)]
         with m.Elif(model_word_we):
             m.d.sync += [model_waddr.eq(model_waddr + 1), *next_word(model_wrow, model_wlane)]
 
@@ -476,12 +498,16 @@ class SgdEngine(Engine):
         # --- pipeline control
         accept = Signal()
         # ce = accept | (running & in_done), the enable of every pipeline register, is a register itself (its
-        # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on
-        ce = Signal()
+        # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on.
+        # The block RAMs' read enables have their own register, ce_mem = ce while running, else 1 (a distinct
+        # signal, so synthesis does not merge it into ce), and so have the FIFO and model-bank write enables
+        # (fifo_we = ce & v1, upd_we = ce & ud_v, from the next-state values of v1 and ud_v)
+        ce, ce_next, ce_mem = Signal(), Signal(), Signal()
         m.d.comb += [core_ready.eq(running & ~in_done),
-                     accept.eq(src_valid & core_ready)]
-        m.d.sync += ce.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
-                                                       st_valid_n)))
+                     accept.eq(src_valid & core_ready),
+                     ce_next.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
+                                                             st_valid_n)))]
+        m.d.sync += [ce.eq(ce_next), ce_mem.eq(~running_n | ce_next)]
         with m.If(running):
             m.d.sync += cnt_cycles.eq(cnt_cycles + 1)
             with m.If(accept):
@@ -493,21 +519,21 @@ class SgdEngine(Engine):
         k = Signal(16)
         base = Signal(16)
         i_in = Signal(32)
-        last = Signal()
-        m.d.comb += last.eq(k == beats_m1)
+        last = Signal(init=1)    # k == beats - 1, a register
+        i_last = Signal()        # i_in == run_samples - 1, a register
         with m.If(start):
-            m.d.comb += [running_n.eq(run_samples != 0), in_done_n.eq(0)]
-            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0),
-                         cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0),
+            m.d.comb += [running_n.eq(~run_zero), in_done_n.eq(0)]
+            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0), last.eq(beats_one), i_last.eq(run_one),
+                         cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0), s_last.eq(run_one),
                          t_sat.eq(0), x_sat.eq(0)]
         with m.Elif(accept):
             with m.If(last):
-                m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1)]
-                with m.If(i_in == run_m1):
+                m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1), last.eq(beats_one), i_last.eq(i_in == run_m2)]
+                with m.If(i_last):
                     m.d.comb += in_done_n.eq(1)
             with m.Else():
-                m.d.sync += [k.eq(k + 1), base.eq(base + L)]
-        m.d.comb += [yr.addr.eq(k), yr.en.eq(ce)]
+                m.d.sync += [k.eq(k + 1), base.eq(base + L), last.eq(k == beats_m2)]
+        m.d.comb += [yr.addr.eq(k), yr.en.eq(ce_mem)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
 
@@ -515,15 +541,17 @@ class SgdEngine(Engine):
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
         rem1 = Signal(signed(18))
-        refresh = ((i_in & batch_mask) == batch_mask) | (i_in == run_m1)
+        refresh = ((i_in & batch_mask) == batch_mask) | i_last
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
                          rem1.eq(features - base)]
         # the beat goes into the FIFO from this register (not from the store's RAM output: Fmax)
-        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(ce & v1)]
+        fifo_we = Signal()
+        m.d.sync += fifo_we.eq(ce_next & Mux(ce, accept, v1))
+        m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(fifo_we)]
         with m.If(start):
             m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
-        with m.Elif(ce & v1):
+        with m.Elif(fifo_we):
             m.d.sync += fifo_wp.eq(fifo_wp + 1)
         raw_lab = p1[W - 32:]
         one = 1 << 23
@@ -552,7 +580,7 @@ class SgdEngine(Engine):
             m.d.sync += [v2.eq(v1b), last2.eq(last1b), ref2.eq(ref1b), lab2.eq(lab1b)]
             for j in range(L):
                 xj = stored_to_q23(yrow[mw * j:mw * j + mw])
-                term = self._shift_nb(self._mul(xj, q1[j]), sgn)
+                term = self._product_nb(xj, q1[j], sgn)
                 m.d.sync += terms[j].eq(Mux(mask1b[j], term, 0))
         m.d.comb += tree.i.eq(terms)
         # delay lines alongside the tree
@@ -584,8 +612,13 @@ class SgdEngine(Engine):
         half = SIGMOID_ENTRIES // 2
         sig_rd = self.sigmoid.read_port()
         coarse = dot >> SIGMOID_IN_SHIFT
-        m.d.comb += [sig_rd.en.eq(ce),
-                     sig_rd.addr.eq(Mux(coarse < -half, 0, Mux(coarse >= half, 2 * half - 1, coarse + half)))]
+        # clamp(coarse, -half, half - 1) + half as bit tests (no carry chain in front of the RAM's address: Fmax):
+        # coarse is in range iff its bits from log2(half) up are all equal, and then + half flips bit log2(half)
+        hb = half.bit_length() - 1
+        top = coarse[hb:]
+        in_range = (top == 0) | (top == (1 << len(top)) - 1)
+        m.d.comb += [sig_rd.en.eq(ce_mem),
+                     sig_rd.addr.eq(Mux(in_range, Cat(coarse[:hb], ~coarse[hb]), Mux(coarse[-1], 0, 2 * half - 1)))]
         sv, sref = Signal(), Signal()
         sdot = Signal(signed(acc_w))
         slab = Signal(signed(32))
@@ -593,8 +626,9 @@ class SgdEngine(Engine):
             m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
 
         # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met.  Four register
-        # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot), the difference, its margin test and shift,
-        # the saturation
+        # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot); the difference shifted by the multiple of 8
+        # in shift and the margin test (as comparisons of f(dot) with the label, beside the subtraction); the
+        # remaining shift by shift mod 8 (no 6-level barrel shifter in one stage); the saturation
         fv, fref, fpos = Signal(), Signal(), Signal()
         f_dot = Signal(signed(acc_w))
         flab = Signal(signed(32))
@@ -603,17 +637,18 @@ class SgdEngine(Engine):
             m.d.sync += [fv.eq(sv), fref.eq(sref), fpos.eq(slab > 0), flab.eq(slab),
                          f_dot.eq(Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)),
                          fshift.eq(Mux(flags[3] & (slab <= 0), step_shift_neg, step_shift))]
-        diff = Signal(signed(acc_w + 1))
-        dv2, dref2, dpos = Signal(), Signal(), Signal()
-        shift = Signal(6)
+        diff8 = Signal(signed(acc_w + 1))
+        dv2, dref2, dactive = Signal(), Signal(), Signal()
+        shift_lo = Signal(3)
         with m.If(ce):
-            m.d.sync += [diff.eq(f_dot - flab), dv2.eq(fv), dref2.eq(fref), dpos.eq(fpos), shift.eq(fshift)]
+            m.d.sync += [diff8.eq((f_dot - flab) >> Cat(Const(0, 3), fshift[3:])), dv2.eq(fv), dref2.eq(fref),
+                         shift_lo.eq(fshift[:3]),
+                         dactive.eq(Mux(loss == LOSS_L2SVM, Mux(fpos, f_dot < flab, f_dot > flab), 1))]
         shifted = Signal(signed(acc_w + 1))
         active = Signal()
         hv, href = Signal(), Signal()
         with m.If(ce):
-            m.d.sync += [shifted.eq(diff >> shift), hv.eq(dv2), href.eq(dref2),
-                         active.eq(Mux(loss == LOSS_L2SVM, Mux(dpos, diff < 0, diff > 0), 1))]
+            m.d.sync += [shifted.eq(diff8 >> shift_lo), hv.eq(dv2), href.eq(dref2), active.eq(dactive)]
         t_hi, t_lo = self._int32_overflow(shifted)
         tv, tref = Signal(), Signal()
         t = Signal(signed(32))
@@ -632,7 +667,7 @@ class SgdEngine(Engine):
         ubase = Mux(tv, 0, u_base)
         tt = Mux(tv, t, u_t)
         rr = Mux(tv, tref, u_ref)
-        m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce)]
+        m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce_mem)]
         ua_v, ua_ref, ua_lastrow = Signal(), Signal(), Signal()
         ua_row = Signal(16)
         ua_rem = Signal(signed(18))
@@ -700,20 +735,31 @@ class SgdEngine(Engine):
         ue_v, uf_v = Signal(), Signal()
         ue_row, uf_row = Signal(16), Signal(16)
         ue_data, uf_data = Signal(mw * L), Signal(mw * L)
-        fwd_d, fwd_e, fwd_f = Signal(), Signal(), Signal()
+        # the source of U3's X row, encoded: 3 ud (the row written next), 2 ue, 1 uf, 0 the RAM's row; two select
+        # bits make each bit's choice one 4:1 mux (LUT4 pair + PFUMX) instead of a priority chain (Fmax).  One
+        # select per lane, forced to the RAM's row in lanes beyond d: there g = 0, so every candidate holds the
+        # same word, and the lanes' selects are distinct signals that synthesis keeps apart (fan-out 32, not 32 L)
+        x_src = Signal(data.ArrayLayout(2, L))
+        fwd_d, fwd_e, fwd_f = uc_v & (uc_row == ub_row), ud_v & (ud_row == ub_row), ue_v & (ue_row == ub_row)
         with m.If(ce):
             m.d.sync += [uc_v.eq(ub_v), uc_ref.eq(ub_ref), uc_lastrow.eq(ub_lastrow), uc_row.eq(ub_row),
-                         uc_rem.eq(ub_rem), xrow.eq(xr.data),
-                         fwd_d.eq(uc_v & (uc_row == ub_row)), fwd_e.eq(ud_v & (ud_row == ub_row)),
-                         fwd_f.eq(ue_v & (ue_row == ub_row))]
+                         uc_rem.eq(ub_rem), xrow.eq(xr.data)]
+            src = Mux(fwd_d, 3, Mux(fwd_e, 2, Mux(fwd_f, 1, 0)))
             for j in range(L):
-                prod = self._mul(ub_t, q2[j])
-                gj = self._round_nb(prod, rand["g"][j], sgn) if self.stochastic_grad else self._shift_nb(prod, sgn)
+                m.d.sync += x_src[j].eq(Mux(ub_mask[j], src, 0))
+                if self.stochastic_grad:
+                    gj = self._round_nb(self._mul(ub_t, q2[j]), rand["g"][j], sgn)
+                else:
+                    gj = self._product_nb(ub_t, q2[j], sgn)
                 m.d.sync += g[j].eq(Mux(ub_mask[j], gj, 0))
         with m.If(reading):
             m.d.sync += xrow.eq(xr.data)
         x_cur = Signal(mw * L)
-        m.d.comb += x_cur.eq(Mux(fwd_d, ud_data, Mux(fwd_e, ue_data, Mux(fwd_f, uf_data, xrow))))
+        for j in range(L):
+            lane = slice(mw * j, mw * j + mw)
+            sel = x_src[j]
+            m.d.comb += x_cur[lane].eq(Mux(sel[1], Mux(sel[0], ud_data[lane], ue_data[lane]),
+                                           Mux(sel[0], uf_data[lane], xrow[lane])))
         # U3: x_j = sat32(x_j - g_j) (then the stochastic rounding to w bits), registered with its saturation bits
         new_lanes = []
         any_sat = []
@@ -742,36 +788,40 @@ class SgdEngine(Engine):
             m.d.sync += [ue_v.eq(0), uf_v.eq(0)]
         # U4: the row written to bank X (and Y on refresh samples)
         upd_we = Signal()
-        m.d.comb += upd_we.eq(ce & ud_v)
+        m.d.sync += upd_we.eq(ce_next & Mux(ce, uc_v, ud_v))
         with m.If(upd_we):
             with m.If(ud_sat.any()):
                 m.d.sync += x_sat.eq(1)
             with m.If(ud_lastrow):
-                m.d.sync += cnt_samples.eq(cnt_samples + 1)
-                with m.If(cnt_samples == run_m1):
+                m.d.sync += [cnt_samples.eq(cnt_samples + 1), s_last.eq(cnt_samples == run_m2)]
+                with m.If(s_last):
                     m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
+        hw_we, hw_row, hw_lanes, hw_word = Signal(), Signal(16), Signal(L), Signal(mw)  # a host word, registered
+        m.d.sync += [hw_we.eq(model_word_we & (model_wrow < self.rows)), hw_row.eq(model_wrow),
+                     hw_lanes.eq(Const(1, L) << model_wlane),
+                     hw_word.eq(word_next[drop:drop + mw])]  # host words are Q.23; stored truncated to w bits
         all_lanes = (1 << L) - 1
         rd_word = Signal(16)
         rd_row = Signal(16)
         rd_lane = Signal(range(L))
         with m.If(running):
-            m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce),
+            m.d.comb += [xr.addr.eq(ua_row), xr.en.eq(ce_mem),
                          xw.addr.eq(ud_row), xw.data.eq(ud_data), xw.en.eq(Mux(upd_we, all_lanes, 0)),
                          yw.addr.eq(ud_row), yw.data.eq(ud_data), yw.en.eq(Mux(upd_we & ud_ref, all_lanes, 0))]
-        with m.Elif(clearing):
+            with m.If(hw_we):  # the last host word, a cycle late, when RUN came right after it (no update yet)
+                m.d.comb += [xw.addr.eq(hw_row), xw.data.eq(Cat(*([hw_word] * L))), xw.en.eq(hw_lanes),
+                             yw.addr.eq(hw_row), yw.data.eq(Cat(*([hw_word] * L))), yw.en.eq(hw_lanes)]
+        with m.Elif(clearing):  # (a host word a cycle late is cleared anyway)
             m.d.comb += [xw.addr.eq(clear_row), xw.data.eq(0), xw.en.eq(all_lanes),
                          yw.addr.eq(clear_row), yw.data.eq(0), yw.en.eq(all_lanes)]
         with m.Else():
-            lane_en = Signal(L)
-            m.d.comb += lane_en.eq(Const(1, L) << model_wlane)
-            host_word = word_next[drop:drop + mw]  # host words are Q.23; stored truncated to w bits
             m.d.comb += [xr.addr.eq(rd_row), xr.en.eq(1),
-                         xw.addr.eq(model_wrow), xw.data.eq(Cat(*([host_word] * L))),
-                         yw.addr.eq(model_wrow), yw.data.eq(Cat(*([host_word] * L)))]
-            with m.If(model_word_we & (model_wrow < self.rows)):
-                m.d.comb += [xw.en.eq(lane_en), yw.en.eq(lane_en)]
+                         xw.addr.eq(hw_row), xw.data.eq(Cat(*([hw_word] * L))),
+                         yw.addr.eq(hw_row), yw.data.eq(Cat(*([hw_word] * L)))]
+            with m.If(hw_we):
+                m.d.comb += [xw.en.eq(hw_lanes), yw.en.eq(hw_lanes)]
 
         with m.If(cmd_clear):
             m.d.sync += [clearing.eq(1), clear_row.eq(0)]
