@@ -269,8 +269,8 @@ class ConvEngine(Engine):
 
         # MAC beat issue (combinational strobe `issue` in state MAC); the beat's data arrive
         # LineBuffer.READ_LATENCY = 4 cycles later (stage a: addresses registered, b: memories read, c: bank words
-        # registered, then the selected word registered); the weight memory is read in stage c and its word
-        # registered alongside
+        # registered, then the selected word registered); the weight memory is read with stage b's enable and its
+        # word registered in stage c, alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
         # the op's tap and group counts, registered in LAYER_START (the config's LUT-RAM read, addressed by
@@ -371,7 +371,7 @@ class ConvEngine(Engine):
             m.d.sync += luma_acc.eq(luma_y + w_sub)
         # rest_max[k] = (sum of the luma weights after sub-pixel k) * (levels - 1), recomputed every cycle from the
         # levels register (written long before a run starts), so no multiplier sits behind the control logic
-        rest_max = Array(Signal(20, name=f"rest_max{k}") for k in range(4))
+        rest_max = Array([*(Signal(20, name=f"rest_max{k}") for k in range(3)), Const(0, 20)])
         m.d.sync += [rest_max[k].eq(sum(LUMA_W[k + 1:]) * (levels - 1)) for k in range(3)]
 
         def sub_reset():
