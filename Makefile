@@ -45,7 +45,7 @@ icarus:
 	else echo "note: no iverilog and no apt-get; the Icarus runs of the cocotb suites are skipped"; fi
 
 test: venv icarus
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --durations=25
 
 sim: venv icarus
 	$(PY) -m pytest -q sim
