@@ -102,15 +102,16 @@ DESIGN_DEFAULTS = {
     ("sgd", "ice40"): ({"bits": 8, "bus_bits": 32, "max_features": 256, "store_beats": 512}, None),
 }
 
-# DESIGN=conv per board (hw.pixelcnn.ConvEngine; docs/conv-engine.md, Boards): engine parameters that hold the gated
-# digits model (16 ops, 7,132 weight words of 16 lanes) and a PLL clock its committed build meets
-# (docs/reports/ulx3s-85f-conv-gated-60mhz.json: 70.9 MHz at this 60 MHz clock).  Only boards
+# DESIGN=conv per board (hw.pixelcnn.ConvEngine; docs/conv-engine.md, Boards): engine parameters that hold every
+# bundled export (gated, Grayscale and Pyramid PixelCNN on digits and on RGB patches: 768 logits per pixel, up to
+# 1,224 biases per stage) and a PLL clock its committed build meets
+# (docs/reports/ulx3s-85f-conv-all-models-60mhz-2clk-48ff401.json: 71.51 MHz at this 60 MHz clock).  Only boards
 # listed here have a conv default: the ECP5 12F/25F/45F have too little block RAM for these memories (~1.7 Mbit),
 # and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
 # hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
 CONV_BOARD_DEFAULTS = {
     "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 16, "weight_depth": 8192,
-                   "bias_depth": 1024, "max_maps": 16}, 60.0),
+                   "bias_depth": 2048, "max_maps": 16, "max_outputs": 768}, 60.0),
 }
 
 

@@ -1,4 +1,4 @@
-"""Conv-engine bitstream plumbing without the toolchain: the per-board defaults hold the gated digits model, a
+"""Conv-engine bitstream plumbing without the toolchain: the per-board defaults hold every bundled model, a
 board without conv defaults gets a clear refusal, and the host's speed fields come from the newest matching
 build report."""
 import json
@@ -22,6 +22,17 @@ def test_ulx3s_85f_defaults_hold_the_gated_digits_model():
     # the default PLL clock is one the committed build of these parameters meets
     _, rep = latest_build_report(params.as_dict(), root=REPO, patterns=("docs/reports/*.json",))
     assert rep is not None and rep["board"] == "ulx3s-85f" and clk <= rep["fmax_mhz"]
+
+
+@pytest.mark.parametrize("model", ["pixelcnn", "gray-pixelcnn", "pyramid-pixelcnn"])
+@pytest.mark.parametrize("dataset", ["digits", "patches"])
+def test_ulx3s_85f_defaults_hold_every_bundled_export(model, dataset):
+    """One board bitstream runs all three models on digits and on RGB patches (every stage fits)."""
+    from host import pixelcnn_run as R
+    params = prog.EngineParams(**design_defaults("conv", "ulx3s-85f")[0])
+    exp = R._load_export(model, str(R.WEIGHTS / R.EXPORT_GLOBS[model].format(dataset)), params)
+    for _, spec, w, h in R.stage_runs(model, exp):
+        prog.check_fits(spec, params, w, h)  # raises EngineFitError otherwise
 
 
 def test_conv_refused_on_a_board_it_does_not_fit(capsys):

@@ -103,6 +103,17 @@ def test_a_checkpoint_from_another_run_is_refused_by_name(tmp_path):
 
 # --------------------------------------------------------------------------------------- runs on loopback
 
+@pytest.fixture(scope="module")
+def built_model():
+    """Build (or find cached) the Verilator model the ranks open, in this process and without a time limit:
+    a cold build takes 80 s on a quiet 2-core machine and more under the test suite's load, which must not
+    count against a run's timeout."""
+    from host.backends import open_device
+    from host.sgd_train import design_for
+    with open_device("verilator", design=design_for(4)):
+        pass
+
+
 def torchrun(n, extra, tmp_path, name, *, workers_flag=False, **kw):
     """Run ``host/run.py`` on ``n`` ranks: under torchrun, or with ``--workers n`` (it starts torchrun itself)."""
     out = tmp_path / f"{name}.json"
@@ -115,7 +126,7 @@ def torchrun(n, extra, tmp_path, name, *, workers_flag=False, **kw):
     return json.loads(out.read_text())
 
 
-def test_one_rank_equals_the_single_device_run(tmp_path):
+def test_one_rank_equals_the_single_device_run(tmp_path, built_model):
     from host.backends import open_device
     from host.sgd_train import design_for, train
     got = torchrun(1, ["--epochs", "3"], tmp_path, "one")
@@ -127,7 +138,7 @@ def test_one_rank_equals_the_single_device_run(tmp_path):
 
 
 @pytest.mark.parametrize("sync_bits,sync_every,other", [(32, 1, False), (8, 2, True)])
-def test_two_ranks_equal_the_numpy_replay(tmp_path, sync_bits, sync_every, other):
+def test_two_ranks_equal_the_numpy_replay(tmp_path, built_model, sync_bits, sync_every, other):
     # other: launched by --workers 2 (host/run.py starts torchrun), with the doubled engine step
     r = torchrun(2, ["--epochs", "3", "--sync-bits", str(sync_bits), "--sync-every", str(sync_every)]
                  + ["--scale-step"] * other, tmp_path, "two", workers_flag=other)
@@ -166,7 +177,7 @@ def _rank_simulators(launcher_pid):
 
 @pytest.mark.slow  # two runs: about 25 s on two idle cores
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find rank 1's simulator")
-def test_killed_simulator_names_its_rank_then_the_run_resumes(tmp_path):
+def test_killed_simulator_names_its_rank_then_the_run_resumes(tmp_path, built_model):
     ckpt = tmp_path / "ckpt.json"
     epochs = 6
     cmd = RUN + ["--nproc-per-node=2", str(ROOT / "host" / "run.py"), *ARGS, "--epochs", str(epochs),

@@ -3,7 +3,9 @@
 The engine runs in the domain named ``domain`` (``DomainRenamer``); the crossing faces the router with the
 engine contract (``hw.engine``) plus ``reg_ack``:
 
-- the ``i`` and ``o`` byte streams pass through ``amaranth.lib.fifo.AsyncFIFO``s (Cummings' Gray-pointer FIFO);
+- the ``i`` and ``o`` byte streams pass through ``amaranth.lib.fifo.AsyncFIFO``s (Cummings' Gray-pointer FIFO),
+  each with a ``SyncFIFOBuffered`` on its engine side so that no handshake path runs from a FIFO pointer
+  through the engine;
 - a register access is a request/acknowledge handshake (toggle synchronisers, as in Cummings and Mitra,
   "Clock Domain Crossing (CDC) Design & Verification Techniques Using SystemVerilog", SNUG 2008, §5.8): the
   router's ``reg_we``/``reg_re`` pulse latches address, data and direction in the link domain and flips a
@@ -11,7 +13,7 @@ engine contract (``hw.engine``) plus ``reg_ack``:
   ``reg_re`` from a register on the next engine cycle (address and data from engine-domain copies), captures ``reg_rdata`` on the next engine cycle and flips the acknowledge toggle; the link side
   pulses ``reg_ack`` when it sees that flip, with ``reg_rdata`` stable. Every multi-bit value that crosses is
   held still from before its toggle flips until after the other side has acted on it;
-- ``busy`` is the engine's ``busy`` or data in either FIFO (engine side, synchronised) or an access in flight.
+- ``busy`` is the engine's ``busy`` or data in any FIFO (engine side, synchronised) or an access in flight.
 
 The router issues the next register access only after ``reg_ack``, so one access is in flight at a time.
 """
@@ -52,9 +54,16 @@ class EngineCrossing(wiring.Component):
                                                       r_domain=dom)
         m.submodules.o_fifo = o_fifo = fifo.AsyncFIFO(width=8, depth=self.fifo_depth, w_domain=dom,
                                                       r_domain="sync")
+        # a 3-entry buffered FIFO in the engine domain on each side: the engine's handshake meets only its
+        # registers, and each AsyncFIFO's engine-side enable only their registered levels (the 100 MHz SGD
+        # build's worst path ran synchronised pointer -> empty -> engine ready -> read pointer -> FIFO RAM)
+        m.submodules.i_buf = i_buf = DomainRenamer(dom)(fifo.SyncFIFOBuffered(width=8, depth=3))
+        m.submodules.o_buf = o_buf = DomainRenamer(dom)(fifo.SyncFIFOBuffered(width=8, depth=3))
         wiring.connect(m, wiring.flipped(self.i), i_fifo.w_stream)
-        wiring.connect(m, i_fifo.r_stream, eng.i)
-        wiring.connect(m, eng.o, o_fifo.w_stream)
+        wiring.connect(m, i_fifo.r_stream, i_buf.w_stream)
+        wiring.connect(m, i_buf.r_stream, eng.i)
+        wiring.connect(m, eng.o, o_buf.w_stream)
+        wiring.connect(m, o_buf.r_stream, o_fifo.w_stream)
         wiring.connect(m, o_fifo.r_stream, wiring.flipped(self.o))
 
         # --- register port: request (link -> engine) and acknowledge (engine -> link) toggles
@@ -102,7 +111,8 @@ class EngineCrossing(wiring.Component):
         # --- busy: the engine's, or bytes in a FIFO (seen from the engine side, where they are exact), synchronised;
         # or an access in flight, or bytes the link side has written or can read
         engine_busy = Signal()
-        m.d[dom] += engine_busy.eq(eng.busy | i_fifo.r_rdy | (o_fifo.w_level != 0) | o_fifo.w_en)
+        m.d[dom] += engine_busy.eq(eng.busy | i_fifo.r_rdy | (i_buf.r_level != 0) | (o_buf.w_level != 0) |
+                                   o_buf.w_en | (o_fifo.w_level != 0) | o_fifo.w_en)
         busy_seen = Signal()
         m.submodules.busy_sync = FFSynchronizer(engine_busy, busy_seen, o_domain="sync")
         m.d.comb += self.busy.eq(busy_seen | pending | (i_fifo.w_level != 0) | o_fifo.r_rdy)

@@ -369,7 +369,7 @@ class ConvEngine(Engine):
             m.d.sync += luma_acc.eq(luma_y + w_sub)
         # rest_max[k] = (sum of the luma weights after sub-pixel k) * (levels - 1), recomputed every cycle from the
         # levels register (written long before a run starts), so no multiplier sits behind the control logic
-        rest_max = Array(Signal(20, name=f"rest_max{k}") for k in range(4))
+        rest_max = Array([*(Signal(20, name=f"rest_max{k}") for k in range(3)), Const(0, 20)])
         m.d.sync += [rest_max[k].eq(sum(LUMA_W[k + 1:]) * (levels - 1)) for k in range(3)]
 
         def sub_reset():
