@@ -37,7 +37,7 @@ from amaranth.lib import data, fifo, memory
 
 from ..engine import Engine
 from . import program as prog
-from .units import LineBuffer, MacArray, Requant, Sampler, clog2
+from .units import BankedMemory, LineBuffer, MacArray, Requant, Sampler, clog2
 
 LayerConfig = data.StructLayout({
     "cout": 16, "groups": 8, "ntaps": 8, "wbase": 16, "bbase": 16,
@@ -134,12 +134,11 @@ class ConvEngine(Engine):
         m.submodules.mac = mac = MacArray(P)
         m.submodules.rq = rq = Requant(P, c.max_layers, c.bias_depth, c.max_channels)
         m.submodules.smp = smp = Sampler()
-        m.submodules.wmem = wmem = memory.Memory(shape=unsigned(8 * P), depth=c.weight_depth, init=[])
+        m.submodules.wmem = wmem = BankedMemory(8 * P, c.weight_depth)
         m.submodules.tmem = tmem = memory.Memory(shape=unsigned(8 * prog.TAP_BYTES), depth=c.max_layers * prog.MAX_TAPS,
                                                  init=[])
         m.submodules.cmem = cmem = memory.Memory(shape=LayerConfig, depth=c.max_layers, init=[])
         m.submodules.imem = imem = memory.Memory(shape=signed(8), depth=prog.INPUT_TABLE, init=[])
-        wrd, wwr = wmem.read_port(), wmem.write_port()
         trd1, trd2, twr = tmem.read_port(), tmem.read_port(), tmem.write_port()
         crd, cwr = cmem.read_port(domain="comb"), cmem.write_port()
         ird, iwr = imem.read_port(), imem.write_port()
@@ -183,7 +182,7 @@ class ConvEngine(Engine):
         pend_sel = Signal(3)
         load_byte = Signal()  # a byte is taken from inq for loading this cycle
         m.d.comb += [
-            wwr.addr.eq(laddr), wwr.data.eq(wbuf), wwr.en.eq(pend & (pend_sel == prog.T_WEIGHTS)),
+            wmem.wr_addr.eq(laddr), wmem.wr_data.eq(wbuf), wmem.wr_en.eq(pend & (pend_sel == prog.T_WEIGHTS)),
             rq.bias_waddr.eq(laddr), rq.bias_wdata.eq(wbuf[:32]), rq.bias_we.eq(pend & (pend_sel == prog.T_BIAS)),
             rq.lut_waddr.eq(laddr), rq.lut_wdata.eq(wbuf[:8]), rq.lut_we.eq(pend & (pend_sel == prog.T_LUT)),
             twr.addr.eq(laddr), twr.data.eq(wbuf[:8 * prog.TAP_BYTES]), twr.en.eq(pend & (pend_sel == prog.T_TAPS)),
@@ -269,8 +268,8 @@ class ConvEngine(Engine):
 
         # MAC beat issue (combinational strobe `issue` in state MAC); the beat's data arrive
         # LineBuffer.READ_LATENCY = 4 cycles later (stage a: addresses registered, b: memories read, c: bank words
-        # registered, then the selected word registered); the weight memory is read with stage b's enable and its
-        # word registered in stage c, alongside
+        # registered, then the selected word registered); the weight memory (BankedMemory) is read in stage b,
+        # its bank words registered in stage c, and the selected word registered alongside
         issue = Signal()
         beat_first = (tap == 0) & (ch == 0)
         # the op's tap and group counts, registered in LAYER_START (the config's LUT-RAM read, addressed by
@@ -284,7 +283,6 @@ class ConvEngine(Engine):
         a_wptr = Signal.like(wptr)
         b_issue, b_first, b_last, b_res, b_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         b_ch = Signal(cbits)
-        b_wptr = Signal.like(wptr)
         c_issue, c_first, c_last, c_res, c_relu = Signal(), Signal(), Signal(), Signal(), Signal()
         c_ch = Signal(cbits)
         issued, i_first, i_last, i_res, i_relu = Signal(), Signal(), Signal(), Signal(), Signal()
@@ -292,18 +290,18 @@ class ConvEngine(Engine):
         w_q = Signal(8 * P)
         m.d.comb += [
             lb.rd_en.eq(issue), lb.rd_layer.eq(tap_src), lb.rd_dy.eq(tap_dy), lb.rd_dx.eq(tap_dx), lb.rd_c.eq(ch),
-            wrd.addr.eq(b_wptr), wrd.en.eq(b_issue),
+            wmem.rd_addr.eq(a_wptr), wmem.rd_en.eq(a_issue),
         ]
         m.d.sync += [a_issue.eq(issue), a_first.eq(beat_first), a_last.eq(beat_last), a_ch.eq(ch), a_wptr.eq(wptr),
                      a_res.eq(tap_res & (og == 0)), a_relu.eq(cfg.flags[2]),
-                     b_issue.eq(a_issue), b_first.eq(a_first), b_last.eq(a_last), b_ch.eq(a_ch), b_wptr.eq(a_wptr),
+                     b_issue.eq(a_issue), b_first.eq(a_first), b_last.eq(a_last), b_ch.eq(a_ch),
                      b_res.eq(a_res), b_relu.eq(a_relu),
                      c_issue.eq(b_issue), c_first.eq(b_first), c_last.eq(b_last), c_ch.eq(b_ch),
                      c_res.eq(b_res), c_relu.eq(b_relu),
                      issued.eq(c_issue), i_first.eq(c_first), i_last.eq(c_last), i_ch.eq(c_ch),
                      i_res.eq(c_res), i_relu.eq(c_relu)]
         with m.If(c_issue):
-            m.d.sync += w_q.eq(wrd.data)
+            m.d.sync += w_q.eq(wmem.rd_data)
         act = Signal(signed(8))
         m.d.comb += act.eq(Mux(i_relu & lb.rd_data[7], 0, lb.rd_data))
         m.d.comb += [mac.in_valid.eq(issued), mac.in_first.eq(i_first), mac.in_last.eq(i_last),
