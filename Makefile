@@ -1,13 +1,14 @@
 # zippix: every target creates/refreshes the virtual environment it needs.
 # Variables: VENV (default .venv), BOARD (bitstream/program), VERBOSE=1 (tool logs), PYTHON (default python3),
-# DESIGN / PARAMS / CLK_MHZ (bitstream/program: engine, its KEY=VALUE parameters, PLL clock).
+# DESIGN / PARAMS / CLK_MHZ / SYNTH_OPTS (bitstream/program: engine, its KEY=VALUE parameters, PLL clock, extra
+# Yosys synth options).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.zippix-installed
 BOARD  ?=
 BENCH_OUT ?= results
-BUILD_ARGS = $(if $(DESIGN),--engine $(DESIGN)) $(foreach p,$(PARAMS),--param $(p)) $(if $(CLK_MHZ),--clk-mhz $(CLK_MHZ)) $(if $(VERBOSE),--verbose)
+BUILD_ARGS = $(if $(DESIGN),--engine $(DESIGN)) $(foreach p,$(PARAMS),--param $(p)) $(if $(CLK_MHZ),--clk-mhz $(CLK_MHZ)) $(if $(SYNTH_OPTS),--synth-opts '$(SYNTH_OPTS)') $(if $(VERBOSE),--verbose)
 
 .PHONY: venv demo test sim bitstream program bench clean help icarus
 

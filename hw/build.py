@@ -115,6 +115,23 @@ CONV_BOARD_DEFAULTS = {
 }
 
 
+# Extra Yosys ``synth_*`` options per design and FPGA family, after the board's own (``--synth-opts`` replaces
+# them).  conv on ECP5: Yosys's ABC9 LUT mapping stops on an internal assertion on the conv engine with banked
+# memories (``abc_ops_reintegrate``, rtlil.cc:3091, in Yosys 0.70; ``read_aiger``, rtlil.cc:2877, in 0.64), and
+# the classic ABC mapping (``-noabc9``) meets 75 MHz with fewer LUTs (docs/conv-engine.md, Build status).
+DESIGN_SYNTH_OPTS = {
+    ("conv", "ecp5"): "-noabc9",
+}
+
+
+def synth_opts_for(board: str, engine: str, override: str | None = None) -> str:
+    """The ``synth_*`` options a build of ``engine`` on ``board`` uses: the board's, then ``override`` if given,
+    else :data:`DESIGN_SYNTH_OPTS`."""
+    spec = get_board(board)
+    extra = DESIGN_SYNTH_OPTS.get((engine, spec.family), "") if override is None else override.strip()
+    return " ".join(part for part in (spec.synth_opts, extra) if part)
+
+
 def design_defaults(engine: str, board: str) -> tuple[dict, float | None] | None:
     """(engine arguments, PLL MHz or None) that ``make bitstream BOARD=board DESIGN=engine`` builds when neither
     PARAMS nor CLK_MHZ is given; None where the design has no default for that board (its constructor's
@@ -204,17 +221,18 @@ def parse_engine_args(items) -> dict:
     return out
 
 
-def _build_kwargs(spec: BoardSpec) -> dict:
+def _build_kwargs(synth_opts: str) -> dict:
     kwargs = {"nextpnr_opts": f"--timing-allow-fail --report {BITSTREAM_NAME}.pnr.json"}
-    if spec.synth_opts:
-        kwargs["synth_opts"] = spec.synth_opts
+    if synth_opts:
+        kwargs["synth_opts"] = synth_opts
     return kwargs
 
 
-def prepare(board: str, **kwargs):
+def prepare(board: str, *, synth_opts: str | None = None, **kwargs):
     """Elaborate ``board`` into an Amaranth BuildPlan without running any tool."""
     platform, top = make_top(board, **kwargs)
-    return platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(get_board(board))), top
+    opts = synth_opts_for(board, kwargs.get("engine", "echo"), synth_opts)
+    return platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(opts)), top
 
 
 def _count_ice40_ffs(rpt: Path) -> int | None:
@@ -335,13 +353,14 @@ def _log_tail(path: Path, n: int = 15) -> str:
 
 
 def build_key(board: str, *, engine: str, baud: int, max_frame: int, engine_args: dict | None,
-              clk_mhz: float | None = None, link_clk_mhz: float = LINK_CLK_MHZ) -> str:
-    """Hash of everything a bitstream depends on here: board, design arguments, every ``hw/`` source file
-    and the Amaranth version (the YoWASP tools are pinned by the project's dependencies)."""
+              clk_mhz: float | None = None, link_clk_mhz: float = LINK_CLK_MHZ, synth_opts: str = "") -> str:
+    """Hash of everything a bitstream depends on here: board, design arguments, synthesis options, every ``hw/``
+    source file and the Amaranth version (the YoWASP tools are pinned by the project's dependencies)."""
     from importlib import metadata
     h = hashlib.sha256(json.dumps([board, engine, baud, max_frame, engine_args or {}, clk_mhz,
                                    metadata.version("amaranth")]
-                                  + ([link_clk_mhz] if clk_mhz is not None else []), sort_keys=True).encode())
+                                  + ([link_clk_mhz] if clk_mhz is not None else [])
+                                  + ([synth_opts] if synth_opts else []), sort_keys=True).encode())
     for path in sorted((REPO / "hw").rglob("*.py")):
         h.update(str(path.relative_to(REPO)).encode())
         h.update(path.read_bytes())
@@ -437,8 +456,8 @@ def source_commit() -> str | None:
 def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: int = 512,
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
           log=print, clk_mhz: float | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False,
-          link_clk_mhz: float = LINK_CLK_MHZ) -> dict:
-    """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure).
+          link_clk_mhz: float = LINK_CLK_MHZ, synth_opts: str | None = None) -> dict:
+    """Build ``board``; write and return the report.  ``synth_opts``: see :func:`synth_opts_for`. Raises BuildError (build/timing/program failure).
     With ``program``, a finished build with the same :func:`build_key` is programmed as it is (unless
     ``rebuild``).  ``progress``: a tqdm bar over the tool stages; ``verbose``: the tools' logs as written."""
     from amaranth._toolchain import tool_env_var
@@ -456,8 +475,9 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                              f"without it: drop --program (make bitstream BOARD={board}).")
 
     build_dir = Path(build_root) / board
+    synth_opts = synth_opts_for(board, engine, synth_opts)
     key = build_key(board, engine=engine, baud=baud, max_frame=max_frame, engine_args=engine_args,
-                    clk_mhz=clk_mhz, link_clk_mhz=link_clk_mhz)
+                    clk_mhz=clk_mhz, link_clk_mhz=link_clk_mhz, synth_opts=synth_opts)
     if program and not rebuild:
         report = reusable_report(build_dir, spec, key)
         if report is not None:
@@ -490,7 +510,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
                              f"come with the project's dependencies (pip install -e .); or set {var} to "
                              f"your own install.")
     try:
-        plan = platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(spec))
+        plan = platform.prepare(top, name=BITSTREAM_NAME, **_build_kwargs(synth_opts))
         products = _run_with_progress(lambda: plan.execute_local(str(build_dir), env=env), build_dir, spec.family,
                                       progress=progress, verbose=verbose, log=log)
     except subprocess.CalledProcessError as e:
@@ -523,7 +543,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "build_seconds": round(seconds, 2),
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else None,
-        "synth_opts": spec.synth_opts,
+        "synth_opts": synth_opts,
         "tools": {var: env[var] for var in YOWASP_TOOLS},
         "build_key": key,
         "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -621,6 +641,10 @@ def main(argv=None) -> int:
     parser.add_argument("--link-clk-mhz", metavar="MHZ", type=float, default=LINK_CLK_MHZ,
                         help="with --clk-mhz: the link and UART run in their own clock domain from the PLL's second "
                              "output, at the fastest VCO / k not above this")
+    parser.add_argument("--synth-opts", metavar="OPTS", default=None,
+                        help="extra Yosys synth_* options after the board's, e.g. '-noabc9'; default: the "
+                             "design's (" + "; ".join(f"{e} on {f}: {o}" for (e, f), o in DESIGN_SYNTH_OPTS.items())
+                             + "; none otherwise)")
     parser.add_argument("--list", action="store_true", default=False,
                         help="list the boards and the designs (engines) and exit")
     args = parser.parse_args(argv)
@@ -644,7 +668,7 @@ def main(argv=None) -> int:
         build(args.board, engine=args.engine, baud=args.baud, max_frame=args.max_frame,
               build_root=args.build_dir, program=args.program, engine_args=engine_args, clk_mhz=clk_mhz,
               rebuild=args.rebuild, progress=not args.no_progress, verbose=args.verbose,
-              link_clk_mhz=args.link_clk_mhz)
+              link_clk_mhz=args.link_clk_mhz, synth_opts=args.synth_opts)
     except ValueError as e:  # bad board, baud, max_frame: argument errors
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -22,7 +22,7 @@ from amaranth.hdl import Cat, Elaboratable, Module, Signal
 from amaranth.lib import io
 
 from .build import (BITSTREAM_NAME, _build_kwargs, design_defaults, get_board, parse_engine_args, read_results,
-                    source_commit, tool_env)
+                    source_commit, synth_opts_for, tool_env)
 from .design import ENGINES
 from .engine import Engine
 from .pll import add_pll_sync_domain, ecp5_pll_config
@@ -80,13 +80,14 @@ def build_engine_alone(board: str, engine_args: dict, clk_mhz: float, build_dir:
     Path(env["YOWASP_CACHE_DIR"]).mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     commit = source_commit()
-    plan = platform.prepare(EngineAloneTop(eng, cfg), name=BITSTREAM_NAME, **_build_kwargs(spec))
+    synth_opts = synth_opts_for(board, engine)
+    plan = platform.prepare(EngineAloneTop(eng, cfg), name=BITSTREAM_NAME, **_build_kwargs(synth_opts))
     plan.execute_local(str(build_dir), env=env)
     report = {"board": board, "device": platform.device, "engine_alone": engine,  # not "engine": no board build
               "design": f"{engine} engine alone (hw.timing)",
               "engine_args": engine_args, "engine_params": eng.params, "clk_mhz": cfg.f_out_mhz,
               **read_results(build_dir, spec, cfg.f_out_mhz * 1e6),
-              "build_seconds": round(time.monotonic() - t0, 1), "source_commit": commit}
+              "synth_opts": synth_opts, "build_seconds": round(time.monotonic() - t0, 1), "source_commit": commit}
     log(f"{board} {engine} engine alone {engine_args}: Fmax {report['fmax_mhz']} MHz vs {cfg.f_out_mhz:g} MHz; "
         f"critical path {report['critical_path']}")
     return report

@@ -26,6 +26,18 @@ def test_build_key_covers_arguments():
     assert k != B.build_key("ulx3s-85f", **kw)
     assert k != B.build_key("icebreaker", **{**kw, "baud": 57600})
     assert k != B.build_key("icebreaker", **{**kw, "engine": "sgd", "engine_args": {"bits": 2}})
+    assert k != B.build_key("icebreaker", **kw, synth_opts="-noabc9")
+
+
+def test_synth_opts_are_the_boards_then_the_designs_or_the_override():
+    assert B.synth_opts_for("ulx3s-85f", "conv") == "-noabc9"  # ABC9 stops on the conv engine (DESIGN_SYNTH_OPTS)
+    assert B.synth_opts_for("ulx3s-85f", "sgd") == ""
+    assert B.synth_opts_for("ulx3s-85f", "conv", "") == ""     # an empty override drops the design's
+    assert B.synth_opts_for("icebreaker", "sgd", "-abc2") == "-dsp -abc2"  # after the board's own
+    plan, _ = B.prepare("ulx3s-85f", engine="conv", engine_args={"lanes": 2, "max_channels": 4, "max_width": 8,
+                                                                "max_layers": 4, "weight_depth": 64,
+                                                                "bias_depth": 32, "max_maps": 4})
+    assert "synth_ecp5 -noabc9" in plan.files["top.ys"]
 
 
 def test_reusable_report_only_for_an_intact_matching_build(tmp_path):
@@ -50,7 +62,8 @@ def test_program_reuses_the_existing_bitstream(tmp_path, monkeypatch):
         raise AssertionError("the toolchain ran although the bitstream was up to date")
     monkeypatch.setattr(B, "_run_with_progress", no_toolchain)
     spec = B.get_board("icebreaker")
-    key = B.build_key("icebreaker", engine="echo", baud=115200, max_frame=512, engine_args=None)
+    key = B.build_key("icebreaker", engine="echo", baud=115200, max_frame=512, engine_args=None,
+                      synth_opts=B.synth_opts_for("icebreaker", "echo"))
     fake_build(tmp_path / "icebreaker", spec, key)
     logs = []
     report = B.build("icebreaker", program=True, build_root=tmp_path, log=logs.append)

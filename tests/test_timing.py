@@ -13,8 +13,9 @@ from hw.pll import ecp5_pll_config
 def test_engine_alone_top_elaborates(engine, args):
     platform = B.get_board("ulx3s-85f").make_platform()
     top = T.EngineAloneTop(ENGINES[engine](**args), ecp5_pll_config(25.0, 80.0))
-    plan = platform.prepare(top, name=B.BITSTREAM_NAME, **B._build_kwargs(B.get_board("ulx3s-85f")))
+    plan = platform.prepare(top, name=B.BITSTREAM_NAME, **B._build_kwargs(B.synth_opts_for("ulx3s-85f", engine)))
     il = plan.files["top.il"]
+    assert ("-noabc9" in plan.files["top.ys"]) == (engine == "conv")  # B.DESIGN_SYNTH_OPTS
     assert "EHXPLLL" in il  # clocked from the PLL
     assert "uart_0__rx" in plan.files["top.lpf"] and "uart_0__tx" in plan.files["top.lpf"]
 
