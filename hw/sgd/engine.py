@@ -97,6 +97,12 @@ def _pow2_at_least(n):
     return p
 
 
+
+def _lane_mask(big, pos, low, lanes: int):
+    """Lane j of a beat holds a feature when rem > j (rem: features - the beat's first feature index), from the
+    registers big = rem >= lanes, pos = rem > 0 and low = rem's low bits (rem < lanes unless big)."""
+    return Cat(*[big | (pos & (low > j)) for j in range(lanes)])
+
 class SgdEngine(Engine):
     """Parameters: ``bits`` in {1, 2, 4, 8, 32}; ``bus_bits`` in {32, ..., 512}; ``max_features`` (model words,
     bias included); ``store_beats`` (depth of the on-chip sample store, in beats); ``shift_add`` (lane products
@@ -517,22 +523,30 @@ class SgdEngine(Engine):
 
         # --- S0: beat position
         k = Signal(16)
-        base = Signal(16)
+        # features - the beat's first feature index, with rem0 >= L and rem0 > 0 kept as registers beside it: the
+        # lane mask is then two LUT levels on rem0's low bits (_lane_mask), not a comparison per lane
+        w_low = max(1, (L - 1).bit_length())
+        rem0 = Signal(signed(18))
+        big0, pos0 = Signal(), Signal()
+        first_beat = [rem0.eq(features), big0.eq(features >= L), pos0.eq(features != 0)]
         i_in = Signal(32)
         last = Signal(init=1)    # k == beats - 1, a register
         i_last = Signal()        # i_in == run_samples - 1, a register
         with m.If(start):
             m.d.comb += [running_n.eq(~run_zero), in_done_n.eq(0)]
-            m.d.sync += [k.eq(0), base.eq(0), i_in.eq(0), last.eq(beats_one), i_last.eq(run_one),
+            m.d.sync += first_beat
+            m.d.sync += [k.eq(0), i_in.eq(0), last.eq(beats_one), i_last.eq(run_one),
                          cnt_cycles.eq(0), cnt_beats.eq(0), cnt_stalls.eq(0), cnt_samples.eq(0), s_last.eq(run_one),
                          t_sat.eq(0), x_sat.eq(0)]
         with m.Elif(accept):
             with m.If(last):
-                m.d.sync += [k.eq(0), base.eq(0), i_in.eq(i_in + 1), last.eq(beats_one), i_last.eq(i_in == run_m2)]
+                m.d.sync += first_beat
+                m.d.sync += [k.eq(0), i_in.eq(i_in + 1), last.eq(beats_one), i_last.eq(i_in == run_m2)]
                 with m.If(i_last):
                     m.d.comb += in_done_n.eq(1)
             with m.Else():
-                m.d.sync += [k.eq(k + 1), base.eq(base + L), last.eq(k == beats_m2)]
+                m.d.sync += [k.eq(k + 1), rem0.eq(rem0 - L), big0.eq(rem0 >= 2 * L), pos0.eq(rem0 > L),
+                             last.eq(k == beats_m2)]
         m.d.comb += [yr.addr.eq(k), yr.en.eq(ce_mem)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
@@ -540,11 +554,11 @@ class SgdEngine(Engine):
         # --- S1: model row available; per-lane products
         v1, last1, ref1 = Signal(), Signal(), Signal()
         p1 = Signal(W)
-        rem1 = Signal(signed(18))
+        low1, big1, pos1 = Signal(w_low), Signal(), Signal()
         refresh = ((i_in & batch_mask) == batch_mask) | i_last
         with m.If(ce):
             m.d.sync += [v1.eq(accept), last1.eq(last), ref1.eq(refresh), p1.eq(src_payload),
-                         rem1.eq(features - base)]
+                         low1.eq(rem0[:w_low]), big1.eq(big0), pos1.eq(pos0)]
         # the beat goes into the FIFO from this register (not from the store's RAM output: Fmax)
         fifo_we = Signal()
         m.d.sync += fifo_we.eq(ce_next & Mux(ce, accept, v1))
@@ -564,15 +578,15 @@ class SgdEngine(Engine):
         # the lane products: Fmax)
         v1b, last1b, ref1b = Signal(), Signal(), Signal()
         lab1b = Signal(signed(32))
-        # the lanes that hold features (lane j: rem1 > j), decided here from a register: with the comparisons
-        # after it, Yosys shared them across lanes and the lane terms waited on routes across the chip (the
-        # engine-alone build's critical path, 13.5 ns)
+        # the lanes that hold features, decided here from registers: with the decision after it, Yosys shared
+        # it across lanes and the lane terms waited on routes across the chip (the engine-alone build's critical
+        # path, 13.5 ns)
         mask1b = Signal(L)
         yrow = Signal(mw * L)
         with m.If(ce):
             m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1),
                          lab1b.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())),
-                         mask1b.eq(Cat(*[rem1 > j for j in range(L)])), yrow.eq(yr.data)]
+                         mask1b.eq(_lane_mask(big1, pos1, low1, L)), yrow.eq(yr.data)]
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
@@ -660,23 +674,29 @@ class SgdEngine(Engine):
 
         # --- update pass: one model row per enabled cycle
         u_active, u_ref = Signal(), Signal()
-        u_row, u_base = Signal(16), Signal(16)
+        u_row = Signal(16)
+        u_rem = Signal(signed(18))  # features - the row's first feature index, and its flags (as rem0's)
+        u_big, u_pos = Signal(), Signal()
         u_t = Signal(signed(32))
         issue = tv | u_active
         row = Mux(tv, 0, u_row)
-        ubase = Mux(tv, 0, u_base)
+        urem = Mux(tv, features, u_rem)
+        ubig = Mux(tv, features >= L, u_big)
+        upos = Mux(tv, features != 0, u_pos)
         tt = Mux(tv, t, u_t)
         rr = Mux(tv, tref, u_ref)
         m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce_mem)]
         ua_v, ua_ref, ua_lastrow = Signal(), Signal(), Signal()
         ua_row = Signal(16)
-        ua_rem = Signal(signed(18))
+        ua_low, ua_big, ua_pos = Signal(w_low), Signal(), Signal()
         ua_t = Signal(signed(32))
         with m.If(ce):
-            m.d.sync += [ua_v.eq(issue), ua_row.eq(row), ua_rem.eq(features - ubase), ua_t.eq(tt), ua_ref.eq(rr),
+            m.d.sync += [ua_v.eq(issue), ua_row.eq(row), ua_low.eq(urem[:w_low]), ua_big.eq(ubig),
+                         ua_pos.eq(upos), ua_t.eq(tt), ua_ref.eq(rr),
                          ua_lastrow.eq(row == beats_m1)]
             with m.If(issue):
-                m.d.sync += [fifo_rp.eq(fifo_rp + 1), u_row.eq(row + 1), u_base.eq(ubase + L), u_t.eq(tt),
+                m.d.sync += [fifo_rp.eq(fifo_rp + 1), u_row.eq(row + 1), u_rem.eq(urem - L), u_big.eq(urem >= 2 * L),
+                             u_pos.eq(urem > L), u_t.eq(tt),
                              u_ref.eq(rr), u_active.eq(row != beats_m1)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
@@ -684,19 +704,18 @@ class SgdEngine(Engine):
         # clock-to-out (Fmax); the X bank row requested in U0 arrives
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
         ub_row = Signal(16)
-        ub_rem = Signal(signed(18))
-        ub_mask = Signal(L)  # the lanes that hold features (ua_rem > j), registered as mask1b (Fmax)
+        ub_mask = Signal(L)  # the lanes that hold features, registered as mask1b (Fmax)
         ub_t = Signal(signed(32))
         with m.If(ce):
             m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
-                         ub_rem.eq(ua_rem), ub_mask.eq(Cat(*[ua_rem > j for j in range(L)])), ub_t.eq(ua_t)]
+                         ub_mask.eq(_lane_mask(ua_big, ua_pos, ua_low, L)), ub_t.eq(ua_t)]
         q2 = self._registered_codes(m, ce, fr.data, 1, sgn)
         # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
         # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
         uc_v, uc_ref, uc_lastrow = Signal(), Signal(), Signal()
         uc_row = Signal(16)
-        uc_rem = Signal(signed(18))
+        uc_pos = Signal()  # the row holds a feature (lane 0's mask bit)
         rng_sets = [name for name, on in [("g", self.stochastic_grad), ("m", mw < 32)] if on]
         all_states = {name: [Signal(32, name=f"rng{name}{j}") for j in range(L)] for name in rng_sets}
         rand = {"g": [None] * L, "m": [None] * L}
@@ -712,7 +731,7 @@ class SgdEngine(Engine):
                         with m.Case(j):
                             m.d.sync += st.eq(word_next)
         for name in rng_sets:
-            step = ce & (ub_v & ub_mask[0] if name == "g" else uc_v & (uc_rem > 0))
+            step = ce & (ub_v & ub_mask[0] if name == "g" else uc_v & uc_pos)
             for j, st in enumerate(all_states[name]):
                 x1 = Signal(32, name=f"xs{name}{j}a")
                 x2 = Signal(32, name=f"xs{name}{j}b")
@@ -743,7 +762,7 @@ class SgdEngine(Engine):
         fwd_d, fwd_e, fwd_f = uc_v & (uc_row == ub_row), ud_v & (ud_row == ub_row), ue_v & (ue_row == ub_row)
         with m.If(ce):
             m.d.sync += [uc_v.eq(ub_v), uc_ref.eq(ub_ref), uc_lastrow.eq(ub_lastrow), uc_row.eq(ub_row),
-                         uc_rem.eq(ub_rem), xrow.eq(xr.data)]
+                         uc_pos.eq(ub_mask[0]), xrow.eq(xr.data)]
             src = Mux(fwd_d, 3, Mux(fwd_e, 2, Mux(fwd_f, 1, 0)))
             for j in range(L):
                 m.d.sync += x_src[j].eq(Mux(ub_mask[j], src, 0))
