@@ -66,6 +66,7 @@ class EngineTB:
         ctx.set(e.reg_we, 1)
         await ctx.tick()
         ctx.set(e.reg_we, 0)
+        await ctx.tick()  # the engine applies a write on the cycle after its pulse (hw.engine)
 
     async def read(self, ctx, addr):
         e = self.eng

@@ -65,6 +65,9 @@ REG_P_STORE_BEATS = 28
 REG_P_PIPE_LATENCY = 29
 REG_P_ROWS = 30
 REG_P_ENCODING = 31    # r: 0 pair, 1 compact
+WRITABLE_REGS = (REG_FEATURES, REG_BEATS, REG_RUN_SAMPLES, REG_STEP_SHIFT, REG_BATCH_MASK, REG_FLAGS, REG_IN_MODE,
+                 REG_STORE_WADDR, REG_STORE_BASE, REG_STORE_WRAP, REG_MODEL_WADDR, REG_LOSS, REG_CLASS,
+                 REG_STEP_SHIFT_NEG)  # besides REG_CMD
 
 CMD_RUN = 1            # stream RUN_SAMPLES samples through the pipeline (from the store or from the link)
 CMD_CLEAR_MODEL = 2    # zero both model banks
@@ -320,37 +323,44 @@ class SgdEngine(Engine):
         cmd_read = Signal()
         idle = ~running & ~clearing & ~reading
 
-        # --- register port
-        with m.If(self.reg_we):
-            with m.Switch(self.reg_addr):
-                with m.Case(REG_CMD):
-                    m.d.comb += [start.eq((self.reg_wdata == CMD_RUN) & idle),
-                                 cmd_clear.eq((self.reg_wdata == CMD_CLEAR_MODEL) & idle),
-                                 cmd_read.eq((self.reg_wdata == CMD_READ_MODEL) & idle)]
-                with m.Case(REG_FEATURES):
-                    m.d.sync += features.eq(self.reg_wdata)
-                with m.Case(REG_BEATS):
-                    m.d.sync += [beats.eq(self.reg_wdata), beats_m1.eq(self.reg_wdata[:16] - 1),
-                                 beats_m2.eq(self.reg_wdata[:16] - 2), beats_one.eq(self.reg_wdata[:16] == 1)]
-                with m.Case(REG_RUN_SAMPLES):
-                    m.d.sync += [run_samples.eq(self.reg_wdata), run_m2.eq(self.reg_wdata[:32] - 2), run_one.eq(self.reg_wdata == 1),
-                                 run_zero.eq(self.reg_wdata == 0)]
-                with m.Case(REG_STEP_SHIFT):
-                    m.d.sync += step_shift.eq(self.reg_wdata)
-                with m.Case(REG_BATCH_MASK):
-                    m.d.sync += batch_mask.eq(self.reg_wdata)
-                with m.Case(REG_FLAGS):
-                    m.d.comb += flags_n.eq(self.reg_wdata)
-                with m.Case(REG_STORE_BASE):
-                    m.d.sync += store_base.eq(self.reg_wdata)
-                with m.Case(REG_STORE_WRAP):
-                    m.d.sync += store_wrap.eq(self.reg_wdata)
-                with m.Case(REG_LOSS):
-                    m.d.sync += loss.eq(self.reg_wdata)
-                with m.Case(REG_CLASS):
-                    m.d.sync += ovr_class.eq(self.reg_wdata)
-                with m.Case(REG_STEP_SHIFT_NEG):
-                    m.d.sync += step_shift_neg.eq(self.reg_wdata)
+        # --- register port.  A write is applied a cycle after its pulse (hw.engine allows it), from a registered
+        # address decode and data: no path runs from the port (in a board build, the clock-domain crossing's
+        # copies) through the decode into the pipeline enable (the 100 MHz build's critical path at a981878:
+        # reg_addr -> the CMD decode -> start -> the update write enable, 11.0 ns)
+        wq_data = Signal(32)
+        wq = {addr: Signal(name=f"wq_{addr}") for addr in WRITABLE_REGS}
+        wq_run, wq_clear, wq_read = Signal(), Signal(), Signal()
+        is_cmd = self.reg_we & (self.reg_addr == REG_CMD)
+        m.d.sync += [wq_data.eq(self.reg_wdata),
+                     wq_run.eq(is_cmd & (self.reg_wdata == CMD_RUN)),
+                     wq_clear.eq(is_cmd & (self.reg_wdata == CMD_CLEAR_MODEL)),
+                     wq_read.eq(is_cmd & (self.reg_wdata == CMD_READ_MODEL))]
+        m.d.sync += [sig.eq(self.reg_we & (self.reg_addr == addr)) for addr, sig in wq.items()]
+        m.d.comb += [start.eq(wq_run & idle), cmd_clear.eq(wq_clear & idle), cmd_read.eq(wq_read & idle)]
+        with m.If(wq[REG_FEATURES]):
+            m.d.sync += features.eq(wq_data)
+        with m.If(wq[REG_BEATS]):
+            m.d.sync += [beats.eq(wq_data), beats_m1.eq(wq_data[:16] - 1),
+                         beats_m2.eq(wq_data[:16] - 2), beats_one.eq(wq_data[:16] == 1)]
+        with m.If(wq[REG_RUN_SAMPLES]):
+            m.d.sync += [run_samples.eq(wq_data), run_m2.eq(wq_data - 2), run_one.eq(wq_data == 1),
+                         run_zero.eq(wq_data == 0)]
+        with m.If(wq[REG_STEP_SHIFT]):
+            m.d.sync += step_shift.eq(wq_data)
+        with m.If(wq[REG_BATCH_MASK]):
+            m.d.sync += batch_mask.eq(wq_data)
+        with m.If(wq[REG_FLAGS]):
+            m.d.comb += flags_n.eq(wq_data)
+        with m.If(wq[REG_STORE_BASE]):
+            m.d.sync += store_base.eq(wq_data)
+        with m.If(wq[REG_STORE_WRAP]):
+            m.d.sync += store_wrap.eq(wq_data)
+        with m.If(wq[REG_LOSS]):
+            m.d.sync += loss.eq(wq_data)
+        with m.If(wq[REG_CLASS]):
+            m.d.sync += ovr_class.eq(wq_data)
+        with m.If(wq[REG_STEP_SHIFT_NEG]):
+            m.d.sync += step_shift_neg.eq(wq_data)
         rd = Signal(32)
         with m.Switch(self.reg_addr):
             with m.Case(REG_STATUS):
@@ -420,9 +430,7 @@ class SgdEngine(Engine):
         beat_take = Signal()
         word_sr = Signal(32)
         word_cnt = Signal(2)
-        mode_write = self.reg_we & (self.reg_addr == REG_IN_MODE)
-        waddr_write = self.reg_we & (self.reg_addr == REG_STORE_WADDR)
-        maddr_write = self.reg_we & (self.reg_addr == REG_MODEL_WADDR)
+        mode_write, waddr_write, maddr_write = wq[REG_IN_MODE], wq[REG_STORE_WADDR], wq[REG_MODEL_WADDR]
         # host model words go to (row, lane) counters: L need not be a power of two (compact slots).  A write of
         # MODEL_WADDR = v seeks there, one word per clock, before input is taken again.
         model_wrow = Signal(16)
@@ -464,15 +472,15 @@ class SgdEngine(Engine):
                     m.d.sync += beat_cnt.eq(beat_cnt + 1)
         with m.If(mode_write):
             m.d.sync += [beat_cnt.eq(0), word_cnt.eq(0)]
-            m.d.comb += [in_mode_n.eq(self.reg_wdata), beat_full_n.eq(0)]
+            m.d.comb += [in_mode_n.eq(wq_data), beat_full_n.eq(0)]
         with m.If(waddr_write):
-            m.d.sync += store_waddr.eq(self.reg_wdata)
+            m.d.sync += store_waddr.eq(wq_data)
         def next_word(row, lane):
             return [lane.eq(Mux(lane == L - 1, 0, lane + 1)), row.eq(Mux(lane == L - 1, row + 1, row))]
 
         with m.If(maddr_write):
-            m.d.sync += [model_waddr.eq(self.reg_wdata), model_wrow.eq(0), model_wlane.eq(0),
-                         model_seek.eq(self.reg_wdata), seek_zero.eq(self.reg_wdata[:16] == 0)]
+            m.d.sync += [model_waddr.eq(wq_data), model_wrow.eq(0), model_wlane.eq(0),
+                         model_seek.eq(wq_data), seek_zero.eq(wq_data[:16] == 0)]
         with m.Elif(~seek_zero):
             m.d.sync += [model_seek.eq(model_seek - 1), seek_zero.eq(model_seek == 1),
                          *next_word(model_wrow, model_wlane)]
