@@ -88,8 +88,11 @@ def test_json_is_written_before_the_plot(small_engine, tmp_path, capsys, monkeyp
 
 
 def test_ctrl_c_ends_with_one_line_and_exit_130():
+    # the child gets SIGINT's default action, as a command started from a terminal does: the test suite itself may
+    # run with SIGINT ignored (started with & from a non-interactive shell), which a child would inherit
     proc = subprocess.Popen([sys.executable, str(ROOT / "host" / "run.py"), "echo", "--backend", "amaranth",
-                             "--bytes", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                             "--bytes", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.set_blocking(proc.stderr.fileno(), False)
     seen, deadline = b"", time.monotonic() + 120
     while b"echo (amaranth)" not in seen:  # the transfer's progress bar: the job is running
