@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from hw import protocol as P
 
-from . import interrupts
 from .framing import FrameError, FrameSplitter, encode_frame, decode_frame
 
 POS_MASK = 0xFFFFFFFF
@@ -131,7 +130,6 @@ class Device:
         quiet_until = min(deadline, time.monotonic() + wait)
         chunk = b""
         while True:
-            interrupts.check()
             if not self._frames:
                 chunk = self.transport.read(max(0.0, quiet_until - time.monotonic()))
                 self._frames.extend(self._splitter.feed(chunk))

@@ -14,7 +14,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from host import cli_checks as C  # noqa: E402
-from host import interrupts  # noqa: E402
 from host.backends import BACKENDS, open_device  # noqa: E402
 from host.device import LinkError  # noqa: E402
 from hw.design import Design  # noqa: E402
@@ -192,8 +191,6 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --workers N relaunches itself under torchrun
-    if argv is None:  # a command line, not a call from Python (tests): Ctrl-C must end it (host.interrupts)
-        interrupts.install()
     try:
         try:
             C.validate(args)
