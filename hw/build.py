@@ -128,8 +128,8 @@ DESIGN_DEFAULTS = {
 # bundled export (gated, Grayscale and Pyramid PixelCNN on digits and on RGB patches: 768 logits per pixel, up to
 # 1,224 biases per stage) and a PLL clock its committed build meets
 # (docs/reports/ulx3s-85f-conv-all-models-75mhz-2clk-4724da7.json: 75.73 MHz at this 75 MHz clock, synthesised
-# with DESIGN_SYNTH_OPTS).  Only boards
-# listed here have a conv default: the ECP5 12F/25F/45F have too little block RAM for these memories (~1.7 Mbit),
+# with DESIGN_SYNTH_OPTS).  Only boards listed here have a conv default: the ECP5 12F/25F/45F have too little
+# block RAM for these memories (~1.7 Mbit),
 # and the UP5K (icebreaker, icesugar) has 120 kbit of block RAM and 8 DSPs (its 4 SPRAMs of 16k x 16 bits could
 # hold the weights of an 8-lane engine, not the line buffers, tables and FIFOs as well).
 CONV_BOARD_DEFAULTS = {
@@ -480,9 +480,10 @@ def build(board: str, *, engine: str = "echo", baud: int = 115200, max_frame: in
           build_root: Path | str = "build", program: bool = False, engine_args: dict | None = None,
           log=print, clk_mhz: float | None = None, rebuild: bool = False, progress: bool = False, verbose: bool = False,
           link_clk_mhz: float = LINK_CLK_MHZ, synth_opts: str | None = None) -> dict:
-    """Build ``board``; write and return the report.  ``synth_opts``: see :func:`synth_opts_for`. Raises BuildError (build/timing/program failure).
-    With ``program``, a finished build with the same :func:`build_key` is programmed as it is (unless
-    ``rebuild``).  ``progress``: a tqdm bar over the tool stages; ``verbose``: the tools' logs as written."""
+    """Build ``board``; write and return the report. Raises BuildError (build/timing/program failure).
+    ``synth_opts``: extra Yosys options (:func:`synth_opts_for`; None: the design's).  With ``program``, a
+    finished build with the same :func:`build_key` is programmed as it is (unless ``rebuild``).  ``progress``: a
+    tqdm bar over the tool stages; ``verbose``: the tools' logs as written."""
     from amaranth._toolchain import tool_env_var
 
     spec = get_board(board)
