@@ -337,30 +337,20 @@ class SgdEngine(Engine):
                      wq_read.eq(is_cmd & (self.reg_wdata == CMD_READ_MODEL))]
         m.d.sync += [sig.eq(self.reg_we & (self.reg_addr == addr)) for addr, sig in wq.items()]
         m.d.comb += [start.eq(wq_run & idle), cmd_clear.eq(wq_clear & idle), cmd_read.eq(wq_read & idle)]
-        with m.If(wq[REG_FEATURES]):
-            m.d.sync += features.eq(wq_data)
+        plain = {REG_FEATURES: features, REG_STEP_SHIFT: step_shift, REG_BATCH_MASK: batch_mask,
+                 REG_STORE_BASE: store_base, REG_STORE_WRAP: store_wrap, REG_LOSS: loss, REG_CLASS: ovr_class,
+                 REG_STEP_SHIFT_NEG: step_shift_neg}  # registers that take the written value as it is
+        for addr, reg in plain.items():
+            with m.If(wq[addr]):
+                m.d.sync += reg.eq(wq_data)
         with m.If(wq[REG_BEATS]):
             m.d.sync += [beats.eq(wq_data), beats_m1.eq(wq_data[:16] - 1),
                          beats_m2.eq(wq_data[:16] - 2), beats_one.eq(wq_data[:16] == 1)]
         with m.If(wq[REG_RUN_SAMPLES]):
             m.d.sync += [run_samples.eq(wq_data), run_m2.eq(wq_data - 2), run_one.eq(wq_data == 1),
                          run_zero.eq(wq_data == 0)]
-        with m.If(wq[REG_STEP_SHIFT]):
-            m.d.sync += step_shift.eq(wq_data)
-        with m.If(wq[REG_BATCH_MASK]):
-            m.d.sync += batch_mask.eq(wq_data)
         with m.If(wq[REG_FLAGS]):
             m.d.comb += flags_n.eq(wq_data)
-        with m.If(wq[REG_STORE_BASE]):
-            m.d.sync += store_base.eq(wq_data)
-        with m.If(wq[REG_STORE_WRAP]):
-            m.d.sync += store_wrap.eq(wq_data)
-        with m.If(wq[REG_LOSS]):
-            m.d.sync += loss.eq(wq_data)
-        with m.If(wq[REG_CLASS]):
-            m.d.sync += ovr_class.eq(wq_data)
-        with m.If(wq[REG_STEP_SHIFT_NEG]):
-            m.d.sync += step_shift_neg.eq(wq_data)
         rd = Signal(32)
         with m.Switch(self.reg_addr):
             with m.Case(REG_STATUS):
