@@ -41,7 +41,8 @@ REG_BEATS = 3          # rw: beats per sample R (hw.sgd.layout.beats_per_sample)
 REG_RUN_SAMPLES = 4    # rw: samples in the next RUN (epochs x samples per epoch)
 REG_STEP_SHIFT = 5     # rw: step 2**-shift
 REG_BATCH_MASK = 6     # rw: refresh the dot product's model bank after sample i when (i & mask) == mask
-REG_FLAGS = 7          # rw: bit0 signed codes ([-1, 1] data), bit1 source = link (0: on-chip sample store)
+REG_FLAGS = 7          # rw: bit0 signed codes ([-1, 1] data), bit1 source = link (0: on-chip sample store);
+                       #     a write during a RUN is ignored
 REG_IN_MODE = 8        # rw: where input bytes go: 0 samples to the pipeline, 1 sample store, 2 model words,
                        #     3 RNG lane states (engines built with stochastic_grad)
 REG_STORE_WADDR = 9    # rw: next store beat written in IN_MODE 1 (auto-increments)
@@ -297,12 +298,14 @@ class SgdEngine(Engine):
         model_waddr = Signal(16)
         # next-state values of the registers the pipeline enable depends on (each register takes its value)
         running, in_done = Signal(), Signal()
-        running_n, in_done_n, flags_n, in_mode_n = Signal(), Signal(), Signal(4), Signal(2)
+        running_n, in_done_n, in_mode_n = Signal(), Signal(), Signal(2)
         beat_full, beat_full_n, st_valid, st_valid_n = Signal(), Signal(), Signal(), Signal()
-        m.d.comb += [running_n.eq(running), in_done_n.eq(in_done), flags_n.eq(flags), in_mode_n.eq(in_mode),
+        m.d.comb += [running_n.eq(running), in_done_n.eq(in_done), in_mode_n.eq(in_mode),
                      beat_full_n.eq(beat_full), st_valid_n.eq(st_valid)]
-        m.d.sync += [running.eq(running_n), in_done.eq(in_done_n), flags.eq(flags_n), in_mode.eq(in_mode_n),
+        m.d.sync += [running.eq(running_n), in_done.eq(in_done_n), in_mode.eq(in_mode_n),
                      beat_full.eq(beat_full_n), st_valid.eq(st_valid_n)]
+        samples_mode = Signal()  # in_mode == IN_SAMPLES, a register
+        m.d.sync += samples_mode.eq(in_mode_n == IN_SAMPLES)
         sgn = Signal()
         src_link = Signal()
         m.d.comb += [sgn.eq(flags[0] & (b != 1)), src_link.eq(flags[1])]
@@ -318,6 +321,7 @@ class SgdEngine(Engine):
         cnt_stalls = Signal(32)
         cnt_samples = Signal(32)
         s_last = Signal()        # cnt_samples == run_samples - 1, a register
+        run_end = Signal()       # the RUN's last model row is written
         start = Signal()
         cmd_clear = Signal()
         cmd_read = Signal()
@@ -349,8 +353,8 @@ class SgdEngine(Engine):
         with m.If(wq[REG_RUN_SAMPLES]):
             m.d.sync += [run_samples.eq(wq_data), run_m2.eq(wq_data - 2), run_one.eq(wq_data == 1),
                          run_zero.eq(wq_data == 0)]
-        with m.If(wq[REG_FLAGS]):
-            m.d.comb += flags_n.eq(wq_data)
+        with m.If(wq[REG_FLAGS] & ~running):  # (the pipeline enable below relies on it)
+            m.d.sync += flags.eq(wq_data)
         rd = Signal(32)
         with m.Switch(self.reg_addr):
             with m.Case(REG_STATUS):
@@ -482,7 +486,8 @@ class SgdEngine(Engine):
         src_payload = Signal(W)
         core_ready = Signal()
         st_addr = Signal(range(self.store_beats))
-        st_limit = Mux(store_wrap == 0, self.store_beats, store_wrap)
+        st_limit = Signal(32)  # where the read address wraps, a register (Fmax): ready before a RUN can start
+        m.d.sync += st_limit.eq(Mux(store_wrap == 0, self.store_beats, store_wrap))
         st_adv = ~st_valid | core_ready
         m.d.comb += [sr.addr.eq(st_addr), sr.en.eq(st_adv)]
         with m.If(start):
@@ -494,23 +499,36 @@ class SgdEngine(Engine):
             with m.If(fetch):
                 m.d.sync += st_addr.eq(Mux(st_addr + 1 >= st_limit, 0, st_addr + 1))
         with m.If(src_link):
-            m.d.comb += [src_valid.eq(beat_full & (in_mode == IN_SAMPLES)), src_payload.eq(beat_sr),
-                         beat_take.eq(core_ready & (in_mode == IN_SAMPLES))]
+            m.d.comb += [src_valid.eq(beat_full & samples_mode), src_payload.eq(beat_sr),
+                         beat_take.eq(core_ready & samples_mode)]
         with m.Else():
             m.d.comb += [src_valid.eq(st_valid), src_payload.eq(sr.data)]
 
         # --- pipeline control
         accept = Signal()
+        last = Signal(init=1)    # k == beats - 1, a register
+        i_last = Signal()        # i_in == run_samples - 1, a register
         # ce = accept | (running & in_done), the enable of every pipeline register, is a register itself (its
         # fan-out is thousands of flip-flops: Fmax): computed from the next-state values of what it depends on.
         # The block RAMs' read enables have their own register, ce_mem = ce while running, else 1 (a distinct
         # signal, so synthesis does not merge it into ce), and so have the FIFO and model-bank write enables
-        # (fifo_we = ce & v1, upd_we = ce & ud_v, from the next-state values of v1 and ud_v)
+        # (fifo_we = ce & v1, upd_we = ce & ud_v, from the next-state values of v1 and ud_v).
+        # ce_next is running_n & (in_done_n | the next src_valid), written out from registers so that it is a few
+        # LUT levels (through the next-state values it was 8, the 100 MHz build's critical path).  From the
+        # store it is running & ~run_end: while running and not done a beat is fetched every clock, and START
+        # (which needs ~running) clears st_valid.  From the link, the beat assembler's next state in samples
+        # mode (an IN_MODE write clears beat_full, so the mode's next state does not matter) and in_done_n
+        # with the link's src_valid.  FLAGS, which picks between them, is not written during a RUN.
         ce, ce_next, ce_mem = Signal(), Signal(), Signal()
+        link_beat_n = Signal()     # beat_full_n & (in_mode_n == IN_SAMPLES)
+        link_in_done_n = Signal()  # in_done_n when src_link
         m.d.comb += [core_ready.eq(running & ~in_done),
                      accept.eq(src_valid & core_ready),
-                     ce_next.eq(running_n & (in_done_n | Mux(flags_n[1], beat_full_n & (in_mode_n == IN_SAMPLES),
-                                                             st_valid_n)))]
+                     link_beat_n.eq(~mode_write & samples_mode
+                                    & ((self.i.valid & (beat_cnt == W // 8 - 1) & (~beat_full | core_ready))
+                                       | (beat_full & ~core_ready))),
+                     link_in_done_n.eq(~start & (in_done | (beat_full & samples_mode & running & last & i_last))),
+                     ce_next.eq(Mux(src_link, running_n & (link_in_done_n | link_beat_n), running & ~run_end))]
         m.d.sync += [ce.eq(ce_next), ce_mem.eq(~running_n | ce_next)]
         with m.If(running):
             m.d.sync += cnt_cycles.eq(cnt_cycles + 1)
@@ -528,8 +546,6 @@ class SgdEngine(Engine):
         big0, pos0 = Signal(), Signal()
         first_beat = [rem0.eq(features), big0.eq(features >= L), pos0.eq(features != 0)]
         i_in = Signal(32)
-        last = Signal(init=1)    # k == beats - 1, a register
-        i_last = Signal()        # i_in == run_samples - 1, a register
         with m.If(start):
             m.d.comb += [running_n.eq(~run_zero), in_done_n.eq(0)]
             m.d.sync += first_beat
@@ -567,7 +583,6 @@ class SgdEngine(Engine):
             m.d.sync += fifo_wp.eq(fifo_wp + 1)
         raw_lab = p1[W - 32:]
         one = 1 << 23
-        ovr_lab = Mux(raw_lab == ovr_class, one, Mux(loss == LOSS_LOGISTIC, 0, -one))
         tw = 34
         m.submodules.tree = tree = AdderTree(L, tw)
         m.d.comb += tree.ce.eq(ce)
@@ -576,6 +591,7 @@ class SgdEngine(Engine):
         # the lane products: Fmax)
         v1b, last1b, ref1b = Signal(), Signal(), Signal()
         lab1b = Signal(signed(32))
+        hit1b = Signal()  # the label word equals CLASS (one-vs-rest); the label is decided from it in S2 (Fmax)
         # the lanes that hold features, decided here from registers: with the decision after it, Yosys shared
         # it across lanes and the lane terms waited on routes across the chip (the engine-alone build's critical
         # path, 13.5 ns)
@@ -583,13 +599,14 @@ class SgdEngine(Engine):
         yrow = Signal(mw * L)
         with m.If(ce):
             m.d.sync += [v1b.eq(v1), last1b.eq(last1), ref1b.eq(ref1),
-                         lab1b.eq(Mux(flags[2], ovr_lab, raw_lab.as_signed())),
+                         lab1b.eq(raw_lab), hit1b.eq(raw_lab == ovr_class),
                          mask1b.eq(_lane_mask(big1, pos1, low1, L)), yrow.eq(yr.data)]
         v2, last2, ref2 = Signal(), Signal(), Signal()
         lab2 = Signal(signed(32))
         terms = Signal(data.ArrayLayout(signed(tw), L))
         with m.If(ce):
-            m.d.sync += [v2.eq(v1b), last2.eq(last1b), ref2.eq(ref1b), lab2.eq(lab1b)]
+            m.d.sync += [v2.eq(v1b), last2.eq(last1b), ref2.eq(ref1b),
+                         lab2.eq(Mux(flags[2], Mux(hit1b, one, Mux(loss == LOSS_LOGISTIC, 0, -one)), lab1b))]
             for j in range(L):
                 xj = stored_to_q23(yrow[mw * j:mw * j + mw])
                 term = self._product_nb(xj, q1[j], sgn)
@@ -634,8 +651,9 @@ class SgdEngine(Engine):
         sv, sref = Signal(), Signal()
         sdot = Signal(signed(acc_w))
         slab = Signal(signed(32))
+        spos = Signal()  # slab > 0, registered beside it (Fmax)
         with m.If(ce):
-            m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab)]
+            m.d.sync += [sv.eq(dv), sref.eq(dref), sdot.eq(dot), slab.eq(dlab), spos.eq(dlab > 0)]
 
         # --- scalar stage: t = sat32((f(dot) - label) >> shift), 0 when an L2-SVM margin is met.  Four register
         # stages (Fmax): f(dot) (the sigmoid RAM's output or the dot); the difference shifted by the multiple of 8
@@ -646,9 +664,9 @@ class SgdEngine(Engine):
         flab = Signal(signed(32))
         fshift = Signal(6)
         with m.If(ce):
-            m.d.sync += [fv.eq(sv), fref.eq(sref), fpos.eq(slab > 0), flab.eq(slab),
+            m.d.sync += [fv.eq(sv), fref.eq(sref), fpos.eq(spos), flab.eq(slab),
                          f_dot.eq(Mux(loss == LOSS_LOGISTIC, sig_rd.data, sdot)),
-                         fshift.eq(Mux(flags[3] & (slab <= 0), step_shift_neg, step_shift))]
+                         fshift.eq(Mux(flags[3] & ~spos, step_shift_neg, step_shift))]
         diff8 = Signal(signed(acc_w + 1))
         dv2, dref2, dactive = Signal(), Signal(), Signal()
         shift_lo = Signal(3)
@@ -685,7 +703,8 @@ class SgdEngine(Engine):
         rr = Mux(tv, tref, u_ref)
         m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce_mem)]
         ua_v, ua_ref, ua_lastrow = Signal(), Signal(), Signal()
-        ua_row = Signal(16)
+        # the rows in flight are as wide as the model banks' address (their forwarding compares: Fmax)
+        ua_row = Signal(range(max(2, self.rows)))
         ua_low, ua_big, ua_pos = Signal(w_low), Signal(), Signal()
         ua_t = Signal(signed(32))
         with m.If(ce):
@@ -701,7 +720,7 @@ class SgdEngine(Engine):
         # U1: the beat's q2 codes (decoded from the FIFO block RAM's output) registered, so no lane product starts at a RAM's
         # clock-to-out (Fmax); the X bank row requested in U0 arrives
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
-        ub_row = Signal(16)
+        ub_row = Signal.like(ua_row)
         ub_mask = Signal(L)  # the lanes that hold features, registered as mask1b (Fmax)
         ub_t = Signal(signed(32))
         with m.If(ce):
@@ -712,7 +731,7 @@ class SgdEngine(Engine):
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
         # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
         uc_v, uc_ref, uc_lastrow = Signal(), Signal(), Signal()
-        uc_row = Signal(16)
+        uc_row = Signal.like(ua_row)
         uc_pos = Signal()  # the row holds a feature (lane 0's mask bit)
         rng_sets = [name for name, on in [("g", self.stochastic_grad), ("m", mw < 32)] if on]
         all_states = {name: [Signal(32, name=f"rng{name}{j}") for j in range(L)] for name in rng_sets}
@@ -746,11 +765,11 @@ class SgdEngine(Engine):
         g = Signal(data.ArrayLayout(signed(gw), L))
         xrow = Signal(mw * L)
         ud_v, ud_ref, ud_lastrow = Signal(), Signal(), Signal()
-        ud_row = Signal(16)
+        ud_row = Signal.like(ua_row)
         ud_data = Signal(mw * L)
         ud_sat = Signal(L)
         ue_v, uf_v = Signal(), Signal()
-        ue_row, uf_row = Signal(16), Signal(16)
+        ue_row, uf_row = Signal.like(ua_row), Signal.like(ua_row)
         ue_data, uf_data = Signal(mw * L), Signal(mw * L)
         # the source of U3's X row, encoded: 3 ud (the row written next), 2 ue, 1 uf, 0 the RAM's row; two select
         # bits make each bit's choice one 4:1 mux (LUT4 pair + PFUMX) instead of a priority chain (Fmax).  One
@@ -811,8 +830,9 @@ class SgdEngine(Engine):
                 m.d.sync += x_sat.eq(1)
             with m.If(ud_lastrow):
                 m.d.sync += [cnt_samples.eq(cnt_samples + 1), s_last.eq(cnt_samples == run_m2)]
-                with m.If(s_last):
-                    m.d.comb += running_n.eq(0)
+                m.d.comb += run_end.eq(s_last)
+        with m.If(run_end):
+            m.d.comb += running_n.eq(0)
 
         # --- model memory ports: the update pass, clearing, host word writes, host reads
         hw_we, hw_row, hw_lanes, hw_word = Signal(), Signal(16), Signal(L), Signal(mw)  # a host word, registered
