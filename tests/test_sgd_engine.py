@@ -196,6 +196,33 @@ def test_multi_epoch_run_from_store_copies_has_no_bubbles():
     assert cnt["stalls"] == 1 and cnt["cycles"] == 2 * n * R + eng.pipe_latency + R
 
 
+def test_flags_written_during_a_run_are_ignored():
+    """FLAGS picks the pipeline's beat source and code signedness, which its enable is computed from: a write
+    during a RUN (here: source = link, unsigned) is dropped, and the run ends equal to the golden."""
+    bits, bus, signed, n, d = 4, 64, True, 9, 20
+    eng = SgdEngine(bits=bits, bus_bits=bus, max_features=32, store_beats=128)
+    q1, q2, lab, x0 = random_problem(np.random.default_rng(4), n, d, bits, signed)
+    want = golden(eng, q1, q2, lab, x0, signed=signed, shift=4, mask=0)
+
+    async def program(tb, ctx):
+        await tb.load_model(ctx, x0)
+        await tb.configure(ctx, d, n, signed=signed, shift=4, mask=0, link=False)
+        await tb.write(ctx, E.REG_IN_MODE, E.IN_STORE)
+        await tb.write(ctx, E.REG_STORE_WADDR, 0)
+        await tb.send(ctx, pack_samples(q1, q2, lab, bits, bus, signed=signed).tobytes())
+        await tb.write(ctx, E.REG_STORE_BASE, 0)
+        await tb.write(ctx, E.REG_CMD, E.CMD_RUN)
+        await ctx.tick()
+        assert ctx.get(tb.eng.busy)
+        await tb.write(ctx, E.REG_FLAGS, E.FLAG_SOURCE_LINK)
+        await tb.wait_idle(ctx, limit=2000)  # taken, it would wait for link beats that never come
+        return await tb.read_model(ctx, d), await tb.read(ctx, E.REG_FLAGS)
+
+    x, flags = EngineTB(eng).run(program)
+    assert flags == E.FLAG_SIGNED
+    assert np.array_equal(x, want.x)
+
+
 def test_clear_and_model_readback_roundtrip():
     eng = SgdEngine(bits=8, bus_bits=64, max_features=40, store_beats=16)
     x0 = np.random.default_rng(1).integers(-2**31, 2**31, 37)
