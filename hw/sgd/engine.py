@@ -564,6 +564,9 @@ class SgdEngine(Engine):
         m.d.comb += [yr.addr.eq(k), yr.en.eq(ce_mem)]
         fifo_wp = Signal(range(self.fifo_depth))
         fifo_rp = Signal(range(self.fifo_depth))
+        fifo_rp_n = Signal.like(fifo_rp)  # its next-state value: the FIFO is read a cycle ahead, at it
+        m.d.comb += fifo_rp_n.eq(fifo_rp)
+        m.d.sync += fifo_rp.eq(fifo_rp_n)
 
         # --- S1: model row available; per-lane products
         v1, last1, ref1 = Signal(), Signal(), Signal()
@@ -578,7 +581,8 @@ class SgdEngine(Engine):
         m.d.sync += fifo_we.eq(ce_next & Mux(ce, accept, v1))
         m.d.comb += [fw.addr.eq(fifo_wp), fw.data.eq(p1), fw.en.eq(fifo_we)]
         with m.If(start):
-            m.d.sync += [fifo_wp.eq(0), fifo_rp.eq(0)]
+            m.d.sync += fifo_wp.eq(0)
+            m.d.comb += fifo_rp_n.eq(0)
         with m.Elif(fifo_we):
             m.d.sync += fifo_wp.eq(fifo_wp + 1)
         raw_lab = p1[W - 32:]
@@ -701,7 +705,14 @@ class SgdEngine(Engine):
         upos = Mux(tv, features != 0, u_pos)
         tt = Mux(tv, t, u_t)
         rr = Mux(tv, tref, u_ref)
-        m.d.comb += [fr.addr.eq(fifo_rp), fr.en.eq(ce_mem)]
+        # the FIFO row of the beat issued in U0 is read a cycle ahead (at fifo_rp's next-state value) and taken
+        # into a register as it is, beside the U0 registers: no logic follows the block RAM's clock-to-out
+        # (5.8 ns on the ECP5; the decode behind it was the 100 MHz build's critical path, 10.9 ns).  A beat is in
+        # the FIFO long before its update pass reads it (after its dot product)
+        fq = Signal(W)
+        m.d.comb += [fr.addr.eq(fifo_rp_n), fr.en.eq(1)]
+        with m.If(ce):
+            m.d.sync += fq.eq(fr.data)
         ua_v, ua_ref, ua_lastrow = Signal(), Signal(), Signal()
         # the rows in flight are as wide as the model banks' address (their forwarding compares: Fmax)
         ua_row = Signal(range(max(2, self.rows)))
@@ -712,13 +723,14 @@ class SgdEngine(Engine):
                          ua_pos.eq(upos), ua_t.eq(tt), ua_ref.eq(rr),
                          ua_lastrow.eq(row == beats_m1)]
             with m.If(issue):
-                m.d.sync += [fifo_rp.eq(fifo_rp + 1), u_row.eq(row + 1), u_rem.eq(urem - L), u_big.eq(urem >= 2 * L),
+                m.d.comb += fifo_rp_n.eq(fifo_rp + 1)
+                m.d.sync += [u_row.eq(row + 1), u_rem.eq(urem - L), u_big.eq(urem >= 2 * L),
                              u_pos.eq(urem > L), u_t.eq(tt),
                              u_ref.eq(rr), u_active.eq(row != beats_m1)]
         with m.If(start):
             m.d.sync += u_active.eq(0)
-        # U1: the beat's q2 codes (decoded from the FIFO block RAM's output) registered, so no lane product starts at a RAM's
-        # clock-to-out (Fmax); the X bank row requested in U0 arrives
+        # U1: the beat's q2 codes (decoded from its FIFO row) registered, so no lane product starts at a decoder
+        # (Fmax); the X bank row requested in U0 arrives
         ub_v, ub_ref, ub_lastrow = Signal(), Signal(), Signal()
         ub_row = Signal.like(ua_row)
         ub_mask = Signal(L)  # the lanes that hold features, registered as mask1b (Fmax)
@@ -726,7 +738,7 @@ class SgdEngine(Engine):
         with m.If(ce):
             m.d.sync += [ub_v.eq(ua_v), ub_ref.eq(ua_ref), ub_lastrow.eq(ua_lastrow), ub_row.eq(ua_row),
                          ub_mask.eq(_lane_mask(ua_big, ua_pos, ua_low, L)), ub_t.eq(ua_t)]
-        q2 = self._registered_codes(m, ce, fr.data, 1, sgn)
+        q2 = self._registered_codes(m, ce, fq, 1, sgn)
         # xorshift32 lanes (twins of models.zipml.rng.Xorshift32Lanes), loaded in IN_RNG order: the gradient's
         # lanes (stochastic_grad), then the model's (model_bits < 32).  A row with features steps every lane of a
         # set (the twin's element-to-lane mapping: feature j -> lane j % L at step j // L of a sample's request).
