@@ -114,13 +114,11 @@ class BuildError(Exception):
 
 # what ``make bitstream BOARD=... DESIGN=sgd`` builds when no PARAMS are given, per FPGA family: (engine arguments,
 # engine's PLL clock in MHz or None for the board oscillator; CLK_MHZ overrides it); docs/sgd-engine.md, Bitstreams.
-# The ulx3s-85f build of this configuration with the engine at 85 MHz and the link in its own domain meets timing:
-# 91.2 MHz in the engine domain, 80.3 MHz in the link's at 49.6 MHz
-# (docs/reports/ulx3s-85f-sgd-q2-compact-64bit-85mhz-2clk-c912daf.json); against 100 MHz the engine domain reached
-# 90.8 MHz (docs/reports/ulx3s-85f-sgd-q2-compact-64bit-100mhz-2clk-c912daf.json).
+# The ulx3s-85f build of this configuration with the engine at 100 MHz and the link in its own domain meets timing
+# (docs/sgd-engine.md, Bitstreams; reports under docs/reports/ulx3s-85f-sgd-q2-compact-64bit-100mhz-2clk-*.json).
 DESIGN_DEFAULTS = {
     ("sgd", "ecp5"): ({"bits": 2, "bus_bits": 64, "max_features": 1024, "store_beats": 1024,
-                       "encoding": "compact"}, 85.0),
+                       "encoding": "compact"}, 100.0),
     ("sgd", "ice40"): ({"bits": 8, "bus_bits": 32, "max_features": 256, "store_beats": 512}, None),
 }
 
@@ -141,9 +139,14 @@ CONV_BOARD_DEFAULTS = {
 # Extra Yosys ``synth_*`` options per design and FPGA family, after the board's own (``--synth-opts`` replaces
 # them).  conv on ECP5: Yosys's ABC9 LUT mapping stops on an internal assertion on the conv engine with banked
 # memories (``abc_ops_reintegrate``, rtlil.cc:3091, in Yosys 0.70; ``read_aiger``, rtlil.cc:2877, in 0.64), and
-# the classic ABC mapping (``-noabc9``) meets 75 MHz with fewer LUTs (docs/conv-engine.md, Build status).
+# the classic ABC mapping (``-noabc9``) meets 75 MHz with fewer LUTs (docs/conv-engine.md, Build status).  sgd on
+# ECP5: ABC9 maps the flattened design to one depth target, which the link domain's 50 MHz paths (9 LUT levels)
+# set, and so leaves 7-level paths in the engine's 100 MHz domain; kept apart (``-noflatten``) the engine maps to
+# at most 6 levels, and its place-and-route has not run into the router's congestion storms the flattened
+# netlist did (docs/sgd-engine.md, Bitstreams).
 DESIGN_SYNTH_OPTS = {
     ("conv", "ecp5"): "-noabc9",
+    ("sgd", "ecp5"): "-noflatten",
 }
 
 

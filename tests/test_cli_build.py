@@ -31,7 +31,9 @@ def test_build_key_covers_arguments():
 
 def test_synth_opts_are_the_boards_then_the_designs_or_the_override():
     assert B.synth_opts_for("ulx3s-85f", "conv") == "-noabc9"  # ABC9 stops on the conv engine (DESIGN_SYNTH_OPTS)
-    assert B.synth_opts_for("ulx3s-85f", "sgd") == ""
+    assert B.synth_opts_for("ulx3s-85f", "sgd") == "-noflatten"  # the engine mapped apart from the link
+    assert B.synth_opts_for("ulx3s-85f", "echo") == ""
+    assert B.synth_opts_for("icebreaker", "sgd") == "-dsp"
     assert B.synth_opts_for("ulx3s-85f", "conv", "") == ""     # an empty override drops the design's
     assert B.synth_opts_for("icebreaker", "sgd", "-abc2") == "-dsp -abc2"  # after the board's own
     plan, _ = B.prepare("ulx3s-85f", engine="conv", engine_args={"lanes": 2, "max_channels": 4, "max_width": 8,
