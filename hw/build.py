@@ -142,8 +142,7 @@ CONV_BOARD_DEFAULTS = {
 # the classic ABC mapping (``-noabc9``) meets 75 MHz with fewer LUTs (docs/conv-engine.md, Build status).  sgd on
 # ECP5: ABC9 maps the flattened design to one depth target, which the link domain's 50 MHz paths (9 LUT levels)
 # set, and so leaves 7-level paths in the engine's 100 MHz domain; kept apart (``-noflatten``) the engine maps to
-# at most 6 levels, and its place-and-route has not run into the router's congestion storms the flattened
-# netlist did (docs/sgd-engine.md, Bitstreams).
+# at most 6 levels (docs/sgd-engine.md, Bitstreams).
 DESIGN_SYNTH_OPTS = {
     ("conv", "ecp5"): "-noabc9",
     ("sgd", "ecp5"): "-noflatten",
