@@ -299,11 +299,9 @@ class SgdEngine(Engine):
         # next-state values of the registers the pipeline enable depends on (each register takes its value)
         running, in_done = Signal(), Signal()
         running_n, in_done_n, in_mode_n = Signal(), Signal(), Signal(2)
-        beat_full, beat_full_n, st_valid, st_valid_n = Signal(), Signal(), Signal(), Signal()
-        m.d.comb += [running_n.eq(running), in_done_n.eq(in_done), in_mode_n.eq(in_mode),
-                     beat_full_n.eq(beat_full), st_valid_n.eq(st_valid)]
-        m.d.sync += [running.eq(running_n), in_done.eq(in_done_n), in_mode.eq(in_mode_n),
-                     beat_full.eq(beat_full_n), st_valid.eq(st_valid_n)]
+        beat_full, st_valid = Signal(), Signal()
+        m.d.comb += [running_n.eq(running), in_done_n.eq(in_done), in_mode_n.eq(in_mode)]
+        m.d.sync += [running.eq(running_n), in_done.eq(in_done_n), in_mode.eq(in_mode_n)]
         samples_mode = Signal()  # in_mode == IN_SAMPLES, a register
         m.d.sync += samples_mode.eq(in_mode_n == IN_SAMPLES)
         sgn = Signal()
@@ -446,7 +444,7 @@ class SgdEngine(Engine):
         m.d.sync += sw_en.eq(0)
         m.d.comb += [sw.en.eq(sw_en), sw.addr.eq(sw_addr), sw.data.eq(sw_data)]
         with m.If(beat_take):
-            m.d.comb += beat_full_n.eq(0)
+            m.d.sync += beat_full.eq(0)
         with m.If(self.i.valid & self.i.ready):
             with m.If((in_mode == IN_MODEL) | (in_mode == IN_RNG)):
                 m.d.sync += [word_sr.eq(word_next), word_cnt.eq(word_cnt + 1)]
@@ -461,12 +459,12 @@ class SgdEngine(Engine):
                         m.d.sync += [sw_en.eq(1), sw_addr.eq(store_waddr), sw_data.eq(beat_next)]
                         m.d.sync += store_waddr.eq(Mux(store_waddr == self.store_beats - 1, 0, store_waddr + 1))
                     with m.Else():
-                        m.d.comb += beat_full_n.eq(1)
+                        m.d.sync += beat_full.eq(1)
                 with m.Else():
                     m.d.sync += beat_cnt.eq(beat_cnt + 1)
         with m.If(mode_write):
-            m.d.sync += [beat_cnt.eq(0), word_cnt.eq(0)]
-            m.d.comb += [in_mode_n.eq(wq_data), beat_full_n.eq(0)]
+            m.d.sync += [beat_cnt.eq(0), word_cnt.eq(0), beat_full.eq(0)]
+            m.d.comb += in_mode_n.eq(wq_data)
         with m.If(waddr_write):
             m.d.sync += store_waddr.eq(wq_data)
         def next_word(row, lane):
@@ -491,11 +489,10 @@ class SgdEngine(Engine):
         st_adv = ~st_valid | core_ready
         m.d.comb += [sr.addr.eq(st_addr), sr.en.eq(st_adv)]
         with m.If(start):
-            m.d.sync += st_addr.eq(store_base)
-            m.d.comb += st_valid_n.eq(0)
+            m.d.sync += [st_addr.eq(store_base), st_valid.eq(0)]
         with m.Elif(st_adv):
             fetch = running & ~src_link & ~in_done
-            m.d.comb += st_valid_n.eq(fetch)
+            m.d.sync += st_valid.eq(fetch)
             with m.If(fetch):
                 m.d.sync += st_addr.eq(Mux(st_addr + 1 >= st_limit, 0, st_addr + 1))
         with m.If(src_link):
@@ -520,7 +517,7 @@ class SgdEngine(Engine):
         # mode (an IN_MODE write clears beat_full, so the mode's next state does not matter) and in_done_n
         # with the link's src_valid.  FLAGS, which picks between them, is not written during a RUN.
         ce, ce_next, ce_mem = Signal(), Signal(), Signal()
-        link_beat_n = Signal()     # beat_full_n & (in_mode_n == IN_SAMPLES)
+        link_beat_n = Signal()     # beat_full's next value & (in_mode_n == IN_SAMPLES)
         link_in_done_n = Signal()  # in_done_n when src_link
         m.d.comb += [core_ready.eq(running & ~in_done),
                      accept.eq(src_valid & core_ready),
