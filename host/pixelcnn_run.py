@@ -530,6 +530,7 @@ def run_pixelcnn(args):
         result["png"] = str(png)
         grids.append((png, smp, ds.test[:n_samples], ds.levels,
                       f"{args.model} on {args.dataset}, {args.backend}: {bpd:.4f} bits/dim"))
+        result["sample_stats"] = sample_stats(smp, ds)
     return result, grids
 
 
@@ -681,9 +682,30 @@ def run_chain(args):
         title = f"{args.model} on {args.dataset}, {args.backend}: {bpd:.4f} bits/dim"
         grids = [(png, xs, ds.test[:n_samples], ds.levels, title),
                  (gpng, gs, CE.aux_image(b, ds.test[:n_samples]), b["aux_levels"], title + " (auxiliary image a)")]
-        result.update(png=str(png), png_aux=str(gpng), sample_seeds=[seed_prior, seed_cond])
+        result.update(png=str(png), png_aux=str(gpng), sample_seeds=[seed_prior, seed_cond],
+                      sample_stats=sample_stats(xs, ds))
     result["wall_s"] = time.time() - t0
     return result, grids
+
+
+def sample_stats(samples, ds, n_data=1000):
+    """``image_stats`` of the samples next to those of the first ``n_data`` test and training images (the
+    model was trained on the latter), so a reader sees whether the samples are as smooth as the data."""
+    from models.pixelcnn.image_stats import image_stats
+    out = {"samples": image_stats(samples), "test_images": image_stats(ds.test[:n_data])}
+    if ds.train is not None and len(ds.train):
+        out["train_images"] = image_stats(ds.train[:n_data])
+    return out
+
+
+def print_sample_stats(r):
+    st = r.get("sample_stats")
+    if not st:
+        return
+    keys = [k for k in ("neighbour_abs_diff_levels", "chroma_std_levels") if k in st["samples"]]
+    for k in keys:
+        data = ", ".join(f"{w.split('_')[0]} {st[w][k]:.2f}" for w in ("test_images", "train_images") if w in st)
+        print(f"  {k.replace('_levels', '').replace('_', ' '):21}: samples {st['samples'][k]:.2f} levels ({data})")
 
 
 def print_chain(r):
@@ -703,6 +725,7 @@ def print_chain(r):
         print(f"  sampling             : {r['cycles_per_sampled_pixel']:,.1f} cycles per x pixel (all stages); "
               f"identical to the twin: {r['samples_equal_twin']}")
         print(f"  samples              : {r['png']} (auxiliary image: {r['png_aux']})")
+        print_sample_stats(r)
 
 
 def print_result(r):
@@ -724,6 +747,7 @@ def print_result(r):
               f"{r['samples']} images, identical to the NumPy twin: {r['samples_equal_twin']}")
     if r.get("png"):
         print(f"  samples              : {r['png']}")
+        print_sample_stats(r)
 
 
 def main(args) -> int:

@@ -153,6 +153,8 @@ def test_cli_rgb_pixelcnn_verilator(tmp_path):
     assert rc == 0 and r["channels"] == 3 and r["test_images"] == 2
     assert r["bpd"] == r["bpd_integer_reference"] and r["logits_equal"] and r["samples_equal_twin"]
     assert r["counters_likelihood"]["pixels"] == 128 and r["counters_sampling"]["pixels"] == 64
+    assert r["sample_stats"]["samples"]["images"] == 1 and r["sample_stats"]["train_images"]["images"] == 10
+    assert r["sample_stats"]["test_images"]["images"] == 2 and "chroma_std_levels" in r["sample_stats"]["samples"]
 
 
 PATCH_EXPORTS = {"pixelcnn": "gated_patches_int8.npz", "gray-pixelcnn": "gray_patches_int8.npz",
@@ -215,3 +217,4 @@ def test_cli_patches_verilator(tmp_path, model):
     r = json.loads(out.read_text())
     assert rc == 0 and r["channels"] == 3 and r["bpd"] == r["bpd_integer_reference"] and r["logits_equal"]
     assert r["samples_equal_twin"] and r.get("gray_exclusion", False) == (model == "gray-pixelcnn")
+    assert r["sample_stats"]["samples"]["images"] == 1 and r["sample_stats"]["test_images"]["images"] == 1000

@@ -105,3 +105,24 @@ def test_sampling_bench_dry_run(tmp_path):
         assert abs(r["bits_per_dim_difference"] - (row[f"{m}_bits_per_dim"] - row["pixelcnn_bits_per_dim"])) < 1e-12
         assert row[f"{m}_checkpoint"] == f"models/pixelcnn/weights/bench_{m}_digits.pt"
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_image_stats_known_answers():
+    """``image_stats`` on images with hand-computed answers: a flat patch (0, 0), a checkerboard of 0/10
+    (neighbours always 10 apart), a patch whose R - G alternates by 8 (chroma std 4 for R - G, 0 for B - G);
+    a wrong shape is a clear error."""
+    import numpy as np
+
+    from models.pixelcnn.image_stats import image_stats
+    flat = np.full((1, 3, 4, 4), 77)
+    assert image_stats(flat) == {"images": 1, "neighbour_abs_diff_levels": 0.0, "chroma_std_levels": 0.0}
+    board = (np.indices((4, 4)).sum(0) % 2 * 10)[None, None].repeat(3, 1)
+    assert image_stats(board)["neighbour_abs_diff_levels"] == 10.0
+    assert image_stats(board)["chroma_std_levels"] == 0.0
+    hue = np.full((1, 3, 4, 4), 100)
+    hue[0, 0, :, ::2] += 8  # R - G is 8 on half the pixels, 0 on the rest: std 4; B - G is 0
+    st = image_stats(np.concatenate([hue, flat]))
+    assert st["images"] == 2 and st["chroma_std_levels"] == (4 / 2 + 0) / 2
+    assert "chroma_std_levels" not in image_stats(np.zeros((2, 1, 3, 3)))
+    with pytest.raises(ValueError, match="non-empty"):
+        image_stats(np.zeros((3, 3)))

@@ -110,7 +110,7 @@ def load_checkpoint(path, device="cpu"):
 
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
-          warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None):
+          warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None, hflip=False):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
@@ -120,7 +120,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     gray prior is copied and frozen (only the colour model then trains). ``val_photo``: the training images
     of that photo (``data.hold_out_photo``) are not trained on but evaluated every ``eval_every`` steps
     (default: every epoch; also before the first step), and the model with the best validation bits/dim is
-    the one returned and saved (early stopping)."""
+    the one returned and saved (early stopping). ``hflip``: each training image is mirrored left-right with
+    probability 1/2 at every step (data augmentation for photos; off by default, so earlier runs reproduce)."""
     ds = data_mod.load(dataset) if isinstance(dataset, str) else dataset
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -129,6 +130,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     meta = {"model": model_name, "dataset": ds.name, "channels": int(ds.shape[0]), "levels": int(ds.levels),
             "arch": arch, "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "version": CHECKPOINT_VERSION}
+    if hflip:
+        meta["hflip"] = True
     model = build(model_name, meta["channels"], ds.levels, **arch)
     train_x, val_x = (ds.train, None) if val_photo is None else data_mod.hold_out_photo(ds, val_photo)
     if val_photo is not None:
@@ -204,7 +207,10 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
                    file=sys.stderr, leave=False)
         run = 0.0
         for b in bar:
-            xb = torch.from_numpy(train_x[perm[b * batch_size:(b + 1) * batch_size]]).to(dev)
+            xb = train_x[perm[b * batch_size:(b + 1) * batch_size]]
+            if hflip:
+                xb = np.where(np.random.rand(len(xb), 1, 1, 1) < 0.5, xb[..., ::-1], xb)
+            xb = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
             with autocast(dev):
                 loss = model.bpd(xb).mean()
             opt.zero_grad()
@@ -268,6 +274,8 @@ def main(argv=None):
                         "test photo) and keep the model with the best validation bits/dim (early stopping)")
     p.add_argument("--eval-every", type=int, default=None,
                    help="with --val-photo: validation every this many steps (default: every epoch)")
+    p.add_argument("--hflip", action="store_true",
+                   help="mirror each training image left-right with probability 1/2 at every step (photos)")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -277,7 +285,7 @@ def main(argv=None):
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
                    a.resume, not a.no_progress, device=a.device, warm_start=a.warm_start,
                    warm_lr_scale=a.warm_lr_scale, prior_from=a.prior_from, val_photo=a.val_photo,
-                   eval_every=a.eval_every)
+                   eval_every=a.eval_every, hflip=a.hflip)
     print(json.dumps(res, indent=1))
     if a.json:
         with open(a.json, "w") as f:
