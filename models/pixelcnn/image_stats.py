@@ -21,3 +21,45 @@ def image_stats(images):
         rg, bg = x[:, 0] - x[:, 1], x[:, 2] - x[:, 1]
         out["chroma_std_levels"] = float(((rg.std(axis=(1, 2)) + bg.std(axis=(1, 2))) / 2).mean())
     return out
+
+
+def main(argv=None):
+    """Sample each checkpoint with the float cached sampler and print its ``image_stats`` beside the data's."""
+    import argparse
+    import json
+    p = argparse.ArgumentParser(description="Do a model's samples look like its data? Neighbour |difference| "
+                                            "and colour spread of float samples, next to the training and test images.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="trained pixelcnn / gray / pyramid checkpoints (.pt)")
+    p.add_argument("-n", "--samples", type=int, default=64, help="samples per checkpoint")
+    p.add_argument("--seed", type=int, default=1, help="sampling seed")
+    p.add_argument("--json", default=None, help="write the statistics here")
+    a = p.parse_args(argv)
+    if a.samples < 1:
+        p.error("--samples must be at least 1")
+    import torch
+    from . import data, sample
+    from .train import load_checkpoint
+    torch.set_num_threads(1)
+    out, datasets = {}, {}
+    for ck_path in a.checkpoints:
+        model, ck = load_checkpoint(ck_path)
+        name = ck["meta"]["dataset"]
+        if name not in datasets:
+            ds = datasets[name] = data.load(name)
+            out[f"{name}:train_images"] = image_stats(ds.train[:1000])
+            out[f"{name}:test_images"] = image_stats(ds.test[:1000])
+        with torch.no_grad():
+            x = sample.sample_model(model.eval(), a.samples, datasets[name].shape, seed=a.seed)
+        out[ck_path] = dict(image_stats(np.asarray(x)), epochs=ck["epoch"])
+    for k, v in out.items():
+        print(f"{k:60s} " + "  ".join(f"{m} {v[m]:.2f}" for m in ("neighbour_abs_diff_levels", "chroma_std_levels")
+                                        if m in v))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
