@@ -183,3 +183,20 @@ def test_image_stats_cli(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())[ck]["neighbour_abs_diff_levels"] >= 0
     with pytest.raises(SystemExit):
         image_stats.main([ck, "-n", "0"])
+
+
+def test_cond_export_cli_per_layer_stream(tmp_path):
+    """``python -m models.pixelcnn.cond_export gray CKPT OUT --stream per_layer``: a bundle whose gated stages
+    take each h_{l-1} as an identity-weighted input (no residual adds) and whose integer chain tracks the
+    float model; an unknown kind is a usage error."""
+    from models.pixelcnn import cond_export
+    ck = str(tmp_path / "g.pt")
+    train.train("gray", "digits", epochs=1, batch_size=8, max_steps=2, out=ck, progress=False, log=lambda s: None,
+                arch=dict(hidden=6, n_layers=2, gray_hidden=4, gray_layers=2, cond_hidden=4, cond_layers=2,
+                          cond_dilated=0, exact=0))
+    bundle, fb, ib = cond_export.main(["gray", ck, str(tmp_path / "g.npz"), "--stream", "per_layer", "--calib-n", "64"])
+    hout = [op for st in ("prior", "colour") for op in bundle["stages"][st]["ops"] if op["name"].startswith("Hout")]
+    assert [len(op["inputs"]) for op in hout] == [1, 2, 1, 2] and not any(op["residual"] for op in hout)
+    assert abs(ib - fb) < 0.1
+    with pytest.raises(SystemExit):
+        cond_export.main(["faces", ck, str(tmp_path / "x.npz")])

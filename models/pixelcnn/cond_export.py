@@ -19,7 +19,6 @@ pyramid (one coarser level, x_1 = 2x2 average pool of x):
 The chain functions (``aux_image``, ``feature_maps``, ``reference_bits``) are NumPy only and are the
 integer reference the host compares the engine with.
 """
-import sys
 
 import numpy as np
 
@@ -145,8 +144,9 @@ def _conditioner(name_ops, channels, levels, cond_channels=0):
                 cond_channels=cond_channels, ops=name_ops)
 
 
-def quantize_gray(model, calib, levels):
-    """GrayscalePixelCNN (float, ``cond_dilated=0``) -> bundle stages and the feature scale."""
+def quantize_gray(model, calib, levels, stream="shared"):
+    """GrayscalePixelCNN (float, ``cond_dilated=0``) -> bundle stages and the feature scale; ``stream``: the
+    residual stream's scales (``export.quantize_gated``)."""
     import torch
     import torch.nn.functional as F
     from hw.pixelcnn.program import conditioner_delays
@@ -169,12 +169,13 @@ def quantize_gray(model, calib, levels):
             h = pre if last else F.relu(pre)
             s_in, in_map = s_out, f"c{i}"
         feat = h
-    prior = X.quantize_gated(model.prior, X.calibrate_gated(model.prior, g.numpy()))
-    colour = X.quantize_gated(model.colour, X.calibrate_gated(model.colour, calib, cond=feat.numpy()), cond_scale=s_in)
+    prior = X.quantize_gated(model.prior, X.calibrate_gated(model.prior, g.numpy()), stream=stream)
+    colour = X.quantize_gated(model.colour, X.calibrate_gated(model.colour, calib, cond=feat.numpy()), cond_scale=s_in,
+                              stream=stream)
     return {"prior": prior, "cond": _conditioner(ops, 1, model.gray_levels), "colour": colour}, int(model.exact)
 
 
-def quantize_pyramid(model, calib, levels):
+def quantize_pyramid(model, calib, levels, stream="shared"):
     """PyramidPixelCNN (float, 2 levels, ``logit_prior=0``) -> bundle stages."""
     import torch
     import torch.nn.functional as F
@@ -196,12 +197,13 @@ def quantize_pyramid(model, calib, levels):
     up_fine = _conditioner([_conv_op("upT", "u1", "cond", w_t, ct.bias.detach().numpy(), s0, s1p, s1, "relu", 0, parity=True),
                             _conv_op("up2", "u2", "u1", c2.weight.detach().numpy(), c2.bias.detach().numpy(), s1, s2, s2, "none", 1)],
                            0, levels, cond_channels=c0.out_channels)
-    coarse = X.quantize_gated(model.coarse, X.calibrate_gated(model.coarse, xc.numpy()))
-    fine = X.quantize_gated(model.fine[0], X.calibrate_gated(model.fine[0], calib, cond=p2.numpy()), cond_scale=s2)
+    coarse = X.quantize_gated(model.coarse, X.calibrate_gated(model.coarse, xc.numpy()), stream=stream)
+    fine = X.quantize_gated(model.fine[0], X.calibrate_gated(model.fine[0], calib, cond=p2.numpy()), cond_scale=s2,
+                            stream=stream)
     return {"coarse": coarse, "up_coarse": up_coarse, "up_fine": up_fine, "fine": fine}, 0
 
 
-def export_checkpoint(kind, ckpt, out, calib_n=500, log=print):
+def export_checkpoint(kind, ckpt, out, calib_n=500, log=print, stream="shared"):
     """Trained checkpoint -> bundle .npz; returns (bundle, float bits/dim, integer bits/dim)."""
     import torch
     from . import data
@@ -212,7 +214,7 @@ def export_checkpoint(kind, ckpt, out, calib_n=500, log=print):
         raise X.ExportError(f"{ckpt}: a {type(model).__name__} checkpoint, expected {want}")
     ds = data.load(ck["meta"]["dataset"])
     calib = ds.train[np.random.RandomState(0).permutation(len(ds.train))[:calib_n]]
-    stages, exact = (quantize_gray if kind == "gray" else quantize_pyramid)(model, calib, ds.levels)
+    stages, exact = (quantize_gray if kind == "gray" else quantize_pyramid)(model, calib, ds.levels, stream)
     if exact and ds.shape[0] != 3:
         raise X.ExportError("the engine's gray exclusion (exact=1) is for RGB images; train 1-channel gray models with exact=0")
     model = model.double().eval()
@@ -232,7 +234,19 @@ def export_checkpoint(kind, ckpt, out, calib_n=500, log=print):
     return bundle, sum(fparts), ib
 
 
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description="Trained Grayscale / Pyramid checkpoint -> int8 bundle for the conv engine",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("kind", choices=sorted(STAGES), help="the checkpoint's model")
+    p.add_argument("checkpoint", help="trained checkpoint (.pt)")
+    p.add_argument("out", help="bundle to write (.npz)")
+    p.add_argument("--calib-n", type=int, default=500, help="calibration images from the training set")
+    p.add_argument("--stream", choices=("shared", "per_layer"), default="shared",
+                   help="residual stream scales: one for all layers, or one per layer (more MACs, finer steps)")
+    a = p.parse_args(argv)
+    return export_checkpoint(a.kind, a.checkpoint, a.out, a.calib_n, stream=a.stream)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] not in STAGES:
-        sys.exit("usage: python -m models.pixelcnn.cond_export {gray|pyramid} CHECKPOINT OUT.npz")
-    export_checkpoint(*sys.argv[1:])
+    main()

@@ -406,8 +406,8 @@ def calibrate_gated(model, calib, cond=None, percentile=99.99, stream_percentile
         return max(float(np.percentile(np.abs(t.numpy()), p)), 1e-8) / 127.0
     per = [dict(vp=min(pct(l["vp"]), max_pre / 127), v=pct(l["v"]), hp=min(pct(l["hp"]), max_pre / 127),
                 g=pct(l["g"]), hout=pct(l["hout"])) for l in a["layers"]]
-    s_h = max(pct(l["h"], stream_percentile) for l in a["layers"])
-    return {"layers": per, "h": s_h, "z1": pct(F.relu(a["z1"])), "logits": pct(a["logits"]),
+    s_hl = [pct(l["h"], stream_percentile) for l in a["layers"]]
+    return {"layers": per, "h": max(s_hl), "h_layers": s_hl, "z1": pct(F.relu(a["z1"])), "logits": pct(a["logits"]),
             "percentile": percentile, "stream_percentile": stream_percentile}
 
 
@@ -453,16 +453,22 @@ def _quant_op(name, kind, phase, out, inputs, bias, s_z, s_out=None, act="none",
 
 
 @torch.no_grad()
-def quantize_gated(model, scales, meta=None, cond_scale=None):
-    """GatedPixelCNN (float) + ``calibrate_gated`` scales -> integer op-graph spec."""
+def quantize_gated(model, scales, meta=None, cond_scale=None, stream="shared"):
+    """GatedPixelCNN (float) + ``calibrate_gated`` scales -> integer op-graph spec. ``stream``: ``shared``, one
+    int8 scale for the whole residual stream (``Hout_l`` adds h_{l-1} after its table); ``per_layer``, each
+    h_l its own scale (``Hout_l`` takes h_{l-1} as a second 1x1 input with identity weights, so the sum is
+    requantised onto h_l's scale: more MACs, finer steps where the stream is still small)."""
+    if stream not in ("shared", "per_layer"):
+        raise ExportError(f"stream must be 'shared' or 'per_layer', got {stream!r}")
     model = model.double().eval()
     L = len(model.layers)
     s_x = 1.0 / 127.0
+    s_h = scales["h_layers"] if stream == "per_layer" else [scales["h"]] * L
     ops_v, ops_px = [], []
     for l, layer in enumerate(model.layers):
         sc = scales["layers"][l]
         v_in, s_vin = ("x", s_x) if l == 0 else (f"v{l - 1}", scales["layers"][l - 1]["v"])
-        h_in, s_hin = ("x", s_x) if l == 0 else (f"h{l - 1}", scales["h"])
+        h_in, s_hin = ("x", s_x) if l == 0 else (f"h{l - 1}", s_h[l - 1])
         wv, bv = layer.v.masked_weight().numpy(), layer.v.bias.numpy()
         keep_v = layer.v.mask.numpy().any(axis=(0, 1))
         link = layer.v2h.weight.numpy()[:, :, 0, 0]
@@ -484,12 +490,17 @@ def quantize_gated(model, scales, meta=None, cond_scale=None):
         if l < L - 1:  # the last layer's vertical output feeds nothing
             ops_v.append(_quant_op(f"V{l}", "gated", "row", f"v{l}", v_inputs, bv, sc["vp"], s_gate=sc["v"]))
         ops_px.append(_quant_op(f"H{l}", "gated", "pixel", "g", h_inputs, bh, sc["hp"], s_gate=sc["g"]))
-        ops_px.append(_quant_op(f"Hout{l}", "conv", "pixel", f"h{l}",
-                                [("g", layer.h_out.masked_weight().numpy(), np.ones((1, 1), bool), sc["g"])],
-                                layer.h_out.bias.numpy(), sc["hout"], scales["h"], "none",
-                                residual="" if l == 0 else f"h{l - 1}"))
+        hout_inputs = [("g", layer.h_out.masked_weight().numpy(), np.ones((1, 1), bool), sc["g"])]
+        if stream == "per_layer" and l > 0:
+            eye = np.eye(layer.ch)[:, :, None, None]
+            hout_inputs.append((f"h{l - 1}", eye, np.ones((1, 1), bool), s_h[l - 1]))
+            ops_px.append(_quant_op(f"Hout{l}", "conv", "pixel", f"h{l}", hout_inputs, layer.h_out.bias.numpy(),
+                                    s_h[l], s_h[l], "none"))
+        else:
+            ops_px.append(_quant_op(f"Hout{l}", "conv", "pixel", f"h{l}", hout_inputs, layer.h_out.bias.numpy(),
+                                    sc["hout"], s_h[l], "none", residual="" if l == 0 else f"h{l - 1}"))
     ops_px.append(_quant_op("head1", "conv", "pixel", "head",
-                            [(f"h{L - 1}", model.head1.masked_weight().numpy(), np.ones((1, 1), bool), scales["h"])],
+                            [(f"h{L - 1}", model.head1.masked_weight().numpy(), np.ones((1, 1), bool), s_h[L - 1])],
                             model.head1.bias.numpy(), scales["z1"], scales["z1"], "relu", relu_in=True))
     ops_px.append(_quant_op("head2", "conv", "pixel", "logits",
                             [("head", model.head2.masked_weight().numpy(), np.ones((1, 1), bool), scales["z1"])],
@@ -598,10 +609,11 @@ def load_graph_export(z, what=""):
     return spec
 
 
-def export_gated_checkpoint(ckpt, out, calib_n=500, log=print, percentile=99.99, centre=False, max_pre=8.0):
+def export_gated_checkpoint(ckpt, out, calib_n=500, log=print, percentile=99.99, centre=False, max_pre=8.0,
+                            stream="shared"):
     """Checkpoint of a trained unconditional GatedPixelCNN -> calibrated int8 op graph (.npz); ``percentile``:
     of the activations and ``max_pre`` the gate pre-activations' clip (``calibrate_gated``); ``centre``: ``centre_logits`` first. Returns (spec, float bpd,
-    integer bpd)."""
+    integer bpd); ``stream``: the residual stream's scales (``quantize_gated``)."""
     from . import data
     from .train import evaluate, load_checkpoint
     model, ck = load_checkpoint(ckpt)
@@ -615,7 +627,7 @@ def export_gated_checkpoint(ckpt, out, calib_n=500, log=print, percentile=99.99,
     scales = calibrate_gated(model, calib, percentile=percentile, max_pre=max_pre)
     spec = quantize_gated(model, scales, dict(dataset=ds.name, height=ds.shape[1], width=ds.shape[2],
                                               float_bits_per_dim=fb, calib_percentile=percentile,
-                                              centred_logits=bool(centre)))
+                                              centred_logits=bool(centre)), stream=stream)
     spec["int_bits_per_dim"] = integer.evaluate_int(spec, ds.test)
     save_graph_export(out, spec)
     spec = load_export(out)
