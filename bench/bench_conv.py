@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from host import pixelcnn_run as R  # noqa: E402
 from host.backends import open_device  # noqa: E402
+from hw.build import CONV_BOARD_DEFAULTS  # noqa: E402
 from hw.pixelcnn import program as prog  # noqa: E402
 from models.pixelcnn import data  # noqa: E402
 from models.pixelcnn.export import committed_export_path, load_export  # noqa: E402
@@ -37,9 +38,11 @@ from models.pixelcnn.integer import forward_int  # noqa: E402
 FLOAT_CHECKPOINT = Path("models/pixelcnn/weights/bench_pixelcnn_digits.pt")
 
 
-def engine_rows(images, samples, log):
-    """Gated and masked digits models on the default engine: cycles vs the MAC lower bound, exactness."""
-    design = R.default_design()
+def engine_rows(images, samples, log, board="ulx3s-85f"):
+    """Gated and masked digits models on ``board``'s conv engine (``hw.build.CONV_BOARD_DEFAULTS``, the
+    parameters its bitstream is built with, so the build report's Fmax applies): cycles vs the MAC lower
+    bound, exactness."""
+    design = R.default_design(**CONV_BOARD_DEFAULTS[board][0])
     test = data.load("digits").test[:images]
     rows = []
     with open_device("verilator", design=design, timeout=900.0) as dev:
@@ -170,9 +173,11 @@ def main(argv=None):
     p.add_argument("--samples", type=int, default=1, help="images sampled on chip per model")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64], help="PyTorch sampler batch sizes")
     p.add_argument("--no-chained", action="store_true", help="skip the Pyramid/Grayscale runs")
+    p.add_argument("--board", default="ulx3s-85f", choices=sorted(CONV_BOARD_DEFAULTS),
+                   help="simulate this board's conv engine parameters; images/s use its newest build report")
     a = p.parse_args(argv)
     t0 = time.time()
-    rows, params = engine_rows(a.images, a.samples, print)
+    rows, params = engine_rows(a.images, a.samples, print, a.board)
     report_path, report = R.latest_build_report(params)
     fmax = report["fmax_mhz"] if report else None
     gated = rows[0]
