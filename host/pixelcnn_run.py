@@ -688,14 +688,11 @@ def run_chain(args):
     return result, grids
 
 
-def sample_stats(samples, ds, n_data=1000):
-    """``image_stats`` of the samples next to those of the first ``n_data`` test and training images (the
-    model was trained on the latter), so a reader sees whether the samples are as smooth as the data."""
-    from models.pixelcnn.image_stats import image_stats
-    out = {"samples": image_stats(samples), "test_images": image_stats(ds.test[:n_data])}
-    if ds.train is not None and len(ds.train):
-        out["train_images"] = image_stats(ds.train[:n_data])
-    return out
+def sample_stats(samples, ds):
+    """``image_stats`` of the samples next to the data's (``data_stats``), so a reader sees whether the samples
+    are as smooth as the images the model was trained on."""
+    from models.pixelcnn.image_stats import data_stats, image_stats
+    return {"samples": image_stats(samples), **data_stats(ds)}
 
 
 def print_sample_stats(r):

@@ -23,6 +23,15 @@ def image_stats(images):
     return out
 
 
+def data_stats(ds, n=1000):
+    """``image_stats`` of a dataset's first ``n`` test images and, where it has them, training images (the
+    images a model's samples should resemble)."""
+    out = {"test_images": image_stats(ds.test[:n])}
+    if ds.train is not None and len(ds.train):
+        out["train_images"] = image_stats(ds.train[:n])
+    return out
+
+
 def main(argv=None):
     """Sample each checkpoint with the float cached sampler and print its ``image_stats`` beside the data's."""
     import argparse
@@ -46,9 +55,8 @@ def main(argv=None):
         model, ck = load_checkpoint(ck_path)
         name = ck["meta"]["dataset"]
         if name not in datasets:
-            ds = datasets[name] = data.load(name)
-            out[f"{name}:train_images"] = image_stats(ds.train[:1000])
-            out[f"{name}:test_images"] = image_stats(ds.test[:1000])
+            datasets[name] = data.load(name)
+            out.update({f"{name}:{k}": v for k, v in data_stats(datasets[name]).items()})
         with torch.no_grad():
             x = sample.sample_model(model.eval(), a.samples, datasets[name].shape, seed=a.seed)
         out[ck_path] = dict(image_stats(np.asarray(x)), epochs=ck["epoch"])
