@@ -200,3 +200,59 @@ def test_cond_export_cli_per_layer_stream(tmp_path):
     assert abs(ib - fb) < 0.1
     with pytest.raises(SystemExit):
         cond_export.main(["faces", ck, str(tmp_path / "x.npz")])
+
+
+@pytest.mark.parametrize("margin", [None, 0.1])
+def test_logit_penalty_known_answer(margin):
+    """``LogitPenalty``: in training mode it collects, per gated head, the mean square of the centred logits
+    (or of how far each logit lies more than ``margin`` nats below its sub-pixel's largest), computed here
+    from the model's own logits; nothing in eval mode; one hook per gated net of a Grayscale model."""
+    from models.pixelcnn.models import build, gated_nets
+    torch.manual_seed(0)
+    m = build("pixelcnn", 3, 5, **TINY["pixelcnn"]).double()
+    x = torch.from_numpy(tiny(3).train)
+    pen = train.LogitPenalty(m, margin)
+    m.eval()
+    z = m(x)
+    assert pen.terms == []
+    m.train()
+    m(x)
+    if margin is None:
+        want = (z - z.mean(2, keepdim=True)).pow(2).mean()
+    else:
+        want = (z.amax(2, keepdim=True) - z - margin).clamp(min=0).pow(2).mean()
+    assert float(want) > 0 and abs(float(pen.pop()) - float(want)) < 1e-6 * float(want)  # the hook sums in float32
+    assert len(train.LogitPenalty(build("gray", 3, 5, **TINY["gray"])).hooks) == 2
+    assert len(gated_nets(build("pyramid", 3, 5, **TINY["pyramid"]))) == 2
+
+
+def test_logit_penalty_narrows_the_logits():
+    """Training with a strong ``logit_penalty`` ends with a much smaller logit range than the same run without
+    it (same seed and batches); the run's metadata records the penalty."""
+    x = np.full((64, 1, 4, 4), 3)  # one value everywhere: without the penalty the logits grow without bound
+    ds = data.Dataset("const", x, x[:4], 17)
+    ranges = {}
+    for lam in (0.0, 10.0):
+        m, res = train.train("pixelcnn", ds, epochs=10, batch_size=16, lr=2e-2, arch=TINY["pixelcnn"], progress=False,
+                             log=lambda s: None, logit_penalty=lam, logit_margin=None)
+        with torch.no_grad():
+            z = m(torch.from_numpy(ds.test))
+        ranges[lam] = float((z - z.mean(2, keepdim=True)).abs().mean())
+        assert res.get("logit_penalty", 0.0) == lam
+    assert ranges[10.0] < 0.5 * ranges[0.0], ranges
+
+
+def test_init_from_starts_from_the_checkpoint(tmp_path):
+    """``init_from``: training starts from the checkpoint's weights (with lr 0 they come out unchanged);
+    a checkpoint of another architecture is refused with a message naming both."""
+    ds = tiny(1)
+    src = tmp_path / "a.pt"
+    a, _ = train.train("pixelcnn", ds, epochs=1, batch_size=4, arch=TINY["pixelcnn"], progress=False,
+                       log=lambda s: None, out=str(src))
+    b, res = train.train("pixelcnn", ds, epochs=1, batch_size=4, lr=0.0, seed=5, arch=TINY["pixelcnn"],
+                         progress=False, log=lambda s: None, init_from=str(src))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert res["init_from"]["checkpoint"] == "a.pt"
+    with pytest.raises(ValueError, match="init-from .*arch"):
+        train.train("pixelcnn", ds, epochs=1, arch=dict(TINY["pixelcnn"], hidden=8), progress=False,
+                    log=lambda s: None, init_from=str(src))

@@ -359,6 +359,11 @@ class StreamPixelCNN(nn.Module):
         return sum(self.loss_parts(x).values()) / x[0].numel()
 
 
+def gated_nets(model):
+    """The GatedPixelCNNs inside a baseline, Grayscale or Pyramid model (each has its own logit head)."""
+    return [m for m in model.modules() if isinstance(m, GatedPixelCNN)]
+
+
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import data as data_mod
-from .models import MODEL_NAMES, build, n_params
+from .models import MODEL_NAMES, build, gated_nets, n_params
 
 
 def parse_arch(items):
@@ -108,9 +108,43 @@ def load_checkpoint(path, device="cpu"):
     return model.to(resolve_device(device)), ck
 
 
+class LogitPenalty:
+    """Mean square of the centred logits (each sub-pixel's logits minus their mean over the levels;
+    softmax-invariant) of every gated net's head in the last training forward pass, in nats².
+
+    A confidence penalty for int8: a long-trained 256-way softmax pushes unlikely levels to -30..-190
+    nats, and the engine's per-op int8 scales then spend their range on logits that carry no
+    probability (docs/conv-engine.md, "Why the bundled patches models stay small"). Penalising
+    the square keeps the logit range (and the head's weights) small at a small cost in bits/dim."""
+
+    def __init__(self, model, margin=None):
+        self.margin = margin
+        self.terms = []
+        self.hooks = [net.head2.register_forward_hook(self._hook(net)) for net in gated_nets(model)]
+        if not self.hooks:
+            raise ValueError(f"logit_penalty: {type(model).__name__} has no gated logit head")
+
+    def _hook(self, net):
+        def hook(module, inputs, out):
+            if module.training:
+                z = out.view(out.shape[0], net.channels, net.levels, *out.shape[2:]).float()
+                if self.margin is None:
+                    self.terms.append((z - z.mean(2, keepdim=True)).pow(2).mean())
+                else:
+                    r = (z.amax(2, keepdim=True).detach() - z - self.margin).clamp(min=0)
+                    self.terms.append(r.pow(2).mean())
+        return hook
+
+    def pop(self):
+        v = sum(self.terms) / len(self.terms)
+        self.terms = []
+        return v
+
+
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
-          warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None, hflip=False):
+          warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None, hflip=False,
+          logit_penalty=0.0, init_from=None, logit_margin=None):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
@@ -121,7 +155,10 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     of that photo (``data.hold_out_photo``) are not trained on but evaluated every ``eval_every`` steps
     (default: every epoch; also before the first step), and the model with the best validation bits/dim is
     the one returned and saved (early stopping). ``hflip``: each training image is mirrored left-right with
-    probability 1/2 at every step (data augmentation for photos; off by default, so earlier runs reproduce)."""
+    probability 1/2 at every step (data augmentation for photos; off by default, so earlier runs reproduce).
+    ``logit_penalty``: weight (bits/dim per nat²) of ``LogitPenalty`` added to the training loss (0: off).
+    ``init_from``: start from this checkpoint's weights (same model and architecture; fine-tuning with a fresh
+    optimiser and learning-rate schedule)."""
     ds = data_mod.load(dataset) if isinstance(dataset, str) else dataset
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -132,7 +169,19 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             "version": CHECKPOINT_VERSION}
     if hflip:
         meta["hflip"] = True
+    if logit_penalty:
+        meta["logit_penalty"] = logit_penalty
+        meta["logit_margin"] = logit_margin
     model = build(model_name, meta["channels"], ds.levels, **arch)
+    if init_from is not None:
+        src, ick = load_checkpoint(init_from)
+        im = ick["meta"]
+        if (im["model"], im["channels"], im["levels"]) != (model_name, meta["channels"], ds.levels) or \
+                dict(im["arch"]) != arch:
+            raise ValueError(f"--init-from {init_from}: holds {im['model']!r} {im['channels']}ch/{im['levels']} levels "
+                             f"arch {im['arch']}, not {model_name!r} {meta['channels']}ch/{ds.levels} levels arch {arch}")
+        model.load_state_dict(src.state_dict())
+        meta["init_from"] = {"checkpoint": os.path.basename(init_from), "epochs": im.get("epochs")}
     train_x, val_x = (ds.train, None) if val_photo is None else data_mod.hold_out_photo(ds, val_photo)
     if val_photo is not None:
         meta["val"] = {"photo": val_photo, "images": len(val_x), "curve": []}
@@ -161,6 +210,7 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
         model.warm_start_colour(base.cpu())
         meta["warm_start"]["lr_scale"] = warm_lr_scale
     model = model.to(dev)
+    penalty = LogitPenalty(model, logit_margin) if logit_penalty else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     if warm_start is not None:
         copied = [p for n, p in model.colour.named_parameters() if ".cond." not in n]
@@ -213,6 +263,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             xb = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
             with autocast(dev):
                 loss = model.bpd(xb).mean()
+                if penalty:
+                    loss = loss + logit_penalty * penalty.pop()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -276,6 +328,14 @@ def main(argv=None):
                    help="with --val-photo: validation every this many steps (default: every epoch)")
     p.add_argument("--hflip", action="store_true",
                    help="mirror each training image left-right with probability 1/2 at every step (photos)")
+    p.add_argument("--logit-penalty", type=float, default=0.0,
+                   help="weight of the mean squared centred logit (nats^2) added to the loss, keeping logits in a "
+                        "range int8 can carry (e.g. 1e-3; 0: off)")
+    p.add_argument("--logit-margin", type=float, default=None,
+                   help="with --logit-penalty: penalise only logits more than this many nats below their "
+                        "sub-pixel's largest (default: all, centred)")
+    p.add_argument("--init-from", default=None,
+                   help="start from this checkpoint's weights (same model and --arch): fine-tune with a fresh optimiser")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
@@ -285,7 +345,9 @@ def main(argv=None):
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
                    a.resume, not a.no_progress, device=a.device, warm_start=a.warm_start,
                    warm_lr_scale=a.warm_lr_scale, prior_from=a.prior_from, val_photo=a.val_photo,
-                   eval_every=a.eval_every, hflip=a.hflip)
+                   eval_every=a.eval_every, hflip=a.hflip,
+                   logit_penalty=a.logit_penalty, init_from=a.init_from,
+                   logit_margin=a.logit_margin)
     print(json.dumps(res, indent=1))
     if a.json:
         with open(a.json, "w") as f:
