@@ -240,6 +240,9 @@ def test_logit_penalty_narrows_the_logits():
         ranges[lam] = float((z - z.mean(2, keepdim=True)).abs().mean())
         assert res.get("logit_penalty", 0.0) == lam
     assert ranges[10.0] < 0.5 * ranges[0.0], ranges
+    for bad in (dict(logit_penalty=-1.0), dict(logit_margin=30.0), dict(logit_penalty=1.0, logit_margin=-1.0)):
+        with pytest.raises(ValueError, match="margin .* applies only with a penalty"):
+            train.train("pixelcnn", ds, epochs=1, arch=TINY["pixelcnn"], progress=False, **bad)
 
 
 def test_init_from_starts_from_the_checkpoint(tmp_path):
