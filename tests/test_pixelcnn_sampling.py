@@ -126,3 +126,27 @@ def test_image_stats_known_answers():
     assert "chroma_std_levels" not in image_stats(np.zeros((2, 1, 3, 3)))
     with pytest.raises(ValueError, match="non-empty"):
         image_stats(np.zeros((3, 3)))
+
+
+def test_sample_cli_writes_a_dataset(tmp_path):
+    """``python -m models.pixelcnn.sample CKPT -n N --npz F``: N samples in batches (batch b drawn from seed
+    s + b x batch, so the first batch is ``sample_model``'s draw), an .npz that loads as a --dataset, and
+    impossible counts refused before any work."""
+    import numpy as np
+    from models.pixelcnn import data
+    from models.pixelcnn.train import load_checkpoint
+    ck = "models/pixelcnn/weights/bench_pixelcnn_digits.pt"
+    npz = str(tmp_path / "s.npz")
+    sample.main([ck, "-n", "5", "--batch", "2", "-s", "7", "--npz", npz, "-o", str(tmp_path / "s.png")])
+    x = np.load(npz)["x"]
+    assert x.shape == (5, 1, 8, 8) and int(np.load(npz)["levels"]) == 17
+    m, _ = load_checkpoint(ck)
+    with torch.no_grad():
+        first = sample.sample_model(m.eval(), 2, (1, 8, 8), seed=7).numpy()
+        third = sample.sample_model(m.eval(), 1, (1, 8, 8), seed=11).numpy()
+    assert np.array_equal(x[:2], first) and np.array_equal(x[4:], third)
+    assert not np.array_equal(x[0], x[1])
+    ds = data.load(npz)
+    assert ds.levels == 17 and len(ds.train) + len(ds.test) == 5
+    with pytest.raises(SystemExit):
+        sample.main([ck, "-n", "0", "--npz", npz])

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .grid import grid  # noqa: F401  (re-exported: sample.grid)
 from .layers import gate
@@ -270,17 +271,27 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Sample a PNG grid from a trained checkpoint",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint")
-    p.add_argument("-n", "--samples", type=int, default=32)
-    p.add_argument("-o", "--out", default="samples.png")
-    p.add_argument("-s", "--seed", type=int, default=0)
+    p.add_argument("-n", "--samples", type=int, default=32, help="images drawn (the PNG grid shows the first 64)")
+    p.add_argument("-o", "--out", default="samples.png", help="PNG grid of samples beside test images")
+    p.add_argument("-s", "--seed", type=int, default=0, help="seed of the first batch's uniform stream (batch b: seed + b x --batch)")
     p.add_argument("--naive", action="store_true", help="naive (full forward per pixel) instead of cached")
+    p.add_argument("--npz", default=None,
+                   help="also write the samples here as an .npz (arrays x and levels), usable as a --dataset path")
+    p.add_argument("--batch", type=int, default=1000, help="images sampled at once")
     a = p.parse_args(argv)
+    if a.samples < 1 or a.batch < 1:
+        p.error(f"--samples and --batch must be at least 1 (got {a.samples}, {a.batch})")
     torch.set_num_threads(1)
     model, ck = load_checkpoint(a.checkpoint)
     model.eval()
     ds = data.load(ck["meta"]["dataset"])
-    x = sample_model(model, a.samples, ds.shape, a.seed, cached=not a.naive)
-    print(save_grid(a.out, x.numpy(), ds.test[:a.samples], ds.levels))
+    starts = range(0, a.samples, a.batch)
+    x = torch.cat([sample_model(model, min(a.batch, a.samples - i), ds.shape, a.seed + i, cached=not a.naive)
+                   for i in tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)])
+    if a.npz:
+        np.savez_compressed(a.npz, x=x.numpy().astype(np.uint8 if ds.levels <= 256 else np.int64), levels=ds.levels)
+        print(f"{a.npz}: {len(x)} samples")
+    print(save_grid(a.out, x[:64].numpy(), ds.test[:64], ds.levels))
 
 
 if __name__ == "__main__":
