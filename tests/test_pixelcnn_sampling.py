@@ -150,3 +150,26 @@ def test_sample_cli_writes_a_dataset(tmp_path):
     assert ds.levels == 17 and len(ds.train) + len(ds.test) == 5
     with pytest.raises(SystemExit):
         sample.main([ck, "-n", "0", "--npz", npz])
+
+
+def test_colourise_given_gray_and_image_stats_cli(tmp_path):
+    """``sample.colourise`` is the Grayscale model's colour stage alone: every image it draws has the given
+    gray view, and on the prior's own gray images it is ``sample_grayscale``'s second half. ``image_stats
+    --colourise`` reports it for the gray views of real test images, beside those images' statistics."""
+    import json
+
+    from models.pixelcnn import image_stats
+    torch.manual_seed(3)
+    m = _perturb(GrayscalePixelCNN(3, 6, gray_levels=3, hidden=6, n_layers=2, cond_hidden=4, cond_layers=1,
+                                   cond_dilated=0))
+    ug, u = sample.uniform_stream(3, (1, 4, 4), 1), sample.uniform_stream(3, (3, 4, 4), 2)
+    g, x = sample.sample_grayscale(m, ug, u)
+    assert torch.equal(sample.colourise(m, g, u), x)
+    g2 = torch.randint(0, 3, (3, 1, 4, 4))
+    c = sample.colourise(m, g2, u)
+    assert torch.equal(m.aux(c), g2) and torch.equal(sample.colourise(m, g2, u, cached=False), c)
+    out = image_stats.main(["models/pixelcnn/weights/bench_gray_digits.pt", "-n", "3", "--colourise",
+                            "--json", str(tmp_path / "s.json")])
+    assert out["models/pixelcnn/weights/bench_gray_digits.pt:colourised_test"]["images"] == 3
+    assert out["digits:test_images[:3]"]["images"] == 3
+    assert json.load(open(tmp_path / "s.json")).keys() == out.keys()

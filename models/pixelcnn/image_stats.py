@@ -42,6 +42,9 @@ def main(argv=None):
     p.add_argument("checkpoints", nargs="+", help="trained pixelcnn / gray / pyramid checkpoints (.pt)")
     p.add_argument("-n", "--samples", type=int, default=64, help="samples per checkpoint")
     p.add_argument("--seed", type=int, default=1, help="sampling seed")
+    p.add_argument("--colourise", action="store_true",
+                   help="Grayscale checkpoints: also colour the gray views of the first --samples test images "
+                        "(the colour stage alone, beside those images' own statistics)")
     p.add_argument("--json", default=None, help="write the statistics here")
     a = p.parse_args(argv)
     if a.samples < 1:
@@ -60,6 +63,13 @@ def main(argv=None):
         with torch.no_grad():
             x = sample.sample_model(model.eval(), a.samples, datasets[name].shape, seed=a.seed)
         out[ck_path] = dict(image_stats(np.asarray(x)), epochs=ck["epoch"])
+        if a.colourise and hasattr(model, "colour"):
+            real = datasets[name].test[:a.samples]
+            out[f"{name}:test_images[:{len(real)}]"] = image_stats(real)
+            with torch.no_grad():
+                xt = torch.from_numpy(real)
+                c = sample.colourise(model, model.aux(xt), sample.uniform_stream(len(real), real.shape[1:], a.seed))
+            out[f"{ck_path}:colourised_test"] = image_stats(np.asarray(c))
     for k, v in out.items():
         print(f"{k:60s} " + "  ".join(f"{m} {v[m]:.2f}" for m in ("neighbour_abs_diff_levels", "chroma_std_levels")
                                         if m in v))

@@ -168,11 +168,18 @@ def _gray_offset(model, g):
 
 
 @torch.no_grad()
+def colourise(model: GrayscalePixelCNN, g, u, cached=True):
+    """x ~ p(x | g) for given gray images g (N, 1, H, W): the colour stage alone, e.g. on the gray views of
+    real images, to tell a weak colour network from a weak gray prior."""
+    fn = sample_cached if cached else sample_naive
+    return fn(model.colour, u, model.condition(g), _gray_offset(model, g))
+
+
+@torch.no_grad()
 def sample_grayscale(model: GrayscalePixelCNN, u_gray, u, cached=True):
     """Sample g ~ p(g), then x ~ p(x | g) (with the exact mask, f(x) = g always). Returns (g, x)."""
-    fn = sample_cached if cached else sample_naive
-    g = fn(model.prior, u_gray)
-    return g, fn(model.colour, u, model.condition(g), _gray_offset(model, g))
+    g = (sample_cached if cached else sample_naive)(model.prior, u_gray)
+    return g, colourise(model, g, u, cached)
 
 
 def _block_offset(model, l, coarser):
