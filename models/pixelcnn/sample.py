@@ -280,7 +280,9 @@ def main(argv=None):
     p.add_argument("checkpoint")
     p.add_argument("-n", "--samples", type=int, default=32, help="images drawn (the PNG grid shows the first 64)")
     p.add_argument("-o", "--out", default="samples.png", help="PNG grid of samples beside test images")
-    p.add_argument("-s", "--seed", type=int, default=0, help="seed of the first batch's uniform stream (batch b: seed + b x --batch)")
+    p.add_argument("-s", "--seed", type=int, default=0,
+                   help="seed of the first batch's random streams (batch b: seed + 1000 b; the models' extra streams "
+                        "sit at seed + 1..100, so batches never share one)")
     p.add_argument("--naive", action="store_true", help="naive (full forward per pixel) instead of cached")
     p.add_argument("--npz", default=None,
                    help="also write the samples here as an .npz (arrays x and levels), usable as a --dataset path")
@@ -293,8 +295,8 @@ def main(argv=None):
     model.eval()
     ds = data.load(ck["meta"]["dataset"])
     starts = range(0, a.samples, a.batch)
-    x = torch.cat([sample_model(model, min(a.batch, a.samples - i), ds.shape, a.seed + i, cached=not a.naive)
-                   for i in tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1)])
+    x = torch.cat([sample_model(model, min(a.batch, a.samples - i), ds.shape, a.seed + 1000 * b, cached=not a.naive)
+                   for b, i in enumerate(tqdm(starts, desc="sampling", unit="batch", disable=len(starts) == 1))])
     if a.npz:
         np.savez_compressed(a.npz, x=x.numpy().astype(np.uint8 if ds.levels <= 256 else np.int64), levels=ds.levels)
         print(f"{a.npz}: {len(x)} samples")
