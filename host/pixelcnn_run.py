@@ -172,6 +172,8 @@ def load_job(args):
             raise UsageError(f"{stage}the export does not fit the engine: {exc}") from None
     if model in CHAIN_MODELS and H > params.feat_rows // 2:
         raise UsageError(f"the {H}-row conditioning maps exceed the engine's feature memory ({params.feat_rows} rows)")
+    w = Path(weights).resolve()
+    args.export_path = str(w.relative_to(_REPO)) if w.is_relative_to(_REPO) else str(w)  # the JSON's "weights"
     return design, params, exp, ds
 
 
@@ -514,7 +516,7 @@ def run_pixelcnn(args):
         if n_samples else None
     rep = cycle_report(spec, params, lik_cnt, len(test), smp_cnt, n_samples, H, W)
     result = {
-        "model": args.model, "dataset": args.dataset, "backend": args.backend, "channels": C,
+        "model": args.model, "dataset": args.dataset, "weights": args.export_path, "backend": args.backend, "channels": C,
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": spec["float_bits_per_dim"],
         "float_dataset": spec.get("dataset", ""),
@@ -657,8 +659,8 @@ def run_chain(args):
                 "useful_macs_per_image": sum(prog.useful_macs_per_pixel(s) * w * h for _, s, w, h in cond_runs),
                 "passes": [name for name, *_ in cond_runs]}
     result = {
-        "model": args.model, "dataset": args.dataset, "backend": args.backend, "architecture": "gated",
-        "channels": C, "height": H, "width": W, "lanes": params.lanes,
+        "model": args.model, "dataset": args.dataset, "weights": args.export_path, "backend": args.backend,
+        "architecture": "gated", "channels": C, "height": H, "width": W, "lanes": params.lanes,
         "test_images": int(n), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": b["float_bits_per_dim"],
         "bpd_parts": {"aux_prior": float(bits_a.sum() / test.size), "x_given_aux": float(bits_x.sum() / test.size)},

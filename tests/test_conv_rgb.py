@@ -177,6 +177,7 @@ def test_patches_exports_fit_and_heldout_npz(model, tmp_path):
                               baud=115200, timeout=5.0, samples=0, json=None, plot=None, no_progress=True, limit=1)
     _, params, exp, ds = R.load_job(args)
     assert ds.shape == (3, 8, 8) and exp["channels"] == 3 and exp["levels"] == 256 and exp["dataset"] == "patches"
+    assert args.export_path == f"models/pixelcnn/weights/{PATCH_EXPORTS[model]}"  # the JSON's "weights"
     runs = R.stage_runs(model, exp)
     assert len(R.load_groups(runs, params)) <= 2
     args.dataset = str(tmp_path / "bad.npz")
@@ -185,16 +186,17 @@ def test_patches_exports_fit_and_heldout_npz(model, tmp_path):
 
 
 def test_patches_bundles_integer_tracks_float():
-    """The committed gray (exact) and pyramid patches bundles: the integer chain on 60 test patches within
-    0.05 bits/dim of the float checkpoints they were quantised from."""
+    """The committed gray (exact), gray_photo (the alternative Grayscale export, ``--weights``) and pyramid
+    patches bundles: the integer chain on 60 test patches within 0.05 bits/dim of the float checkpoints they
+    were quantised from."""
     from host import pixelcnn_run as R
     from models.pixelcnn import cond_export as CE
     from models.pixelcnn import data
     from models.pixelcnn.train import load_checkpoint
     x = data.load("patches").test[:60]
-    for kind in ("gray", "pyramid"):
+    for kind in ("gray", "gray_photo", "pyramid"):
         b = CE.load_bundle(R.WEIGHTS / f"{kind}_patches_int8.npz")
-        assert b["exact"] == (kind == "gray")
+        assert b["exact"] == kind.startswith("gray")
         ib = sum(float(v.sum()) for v in CE.reference_bits(b, x)) / x.size
         fm, _ = load_checkpoint(R.WEIGHTS / f"engine_{kind}_patches.pt")
         with torch.no_grad():
