@@ -516,7 +516,8 @@ def run_pixelcnn(args):
         if n_samples else None
     rep = cycle_report(spec, params, lik_cnt, len(test), smp_cnt, n_samples, H, W)
     result = {
-        "model": args.model, "dataset": args.dataset, "weights": args.export_path, "backend": args.backend, "channels": C,
+        "model": args.model, "dataset": args.dataset, "weights": args.export_path, "backend": args.backend,
+        "channels": C,
         "test_images": int(len(test)), "test_images_total": int(len(ds.test)),
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": spec["float_bits_per_dim"],
         "float_dataset": spec.get("dataset", ""),
