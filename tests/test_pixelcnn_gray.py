@@ -1,6 +1,7 @@
 """Grayscale PixelCNN's exact consistency mask: it removes exactly the values no completion of the pixel
 can reach (checked against brute-force enumeration), it is causal, the masked p(x | g) is a normalised
-distribution over the images whose gray view is g, and it never lowers a consistent value's logit."""
+distribution over the images whose gray view is g, and it never lowers a consistent value's logit; the
+luma tilt on G keeps all of that and is the Gaussian its docstring states."""
 import itertools
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from models.pixelcnn import sample
-from models.pixelcnn.models import GrayscalePixelCNN, gray_consistent, rgb_reachable, to_gray
+from models.pixelcnn.models import GrayscalePixelCNN, gray_consistent, luma_bin, rgb_reachable, to_gray
 
 
 @pytest.mark.parametrize("levels,gray_levels", [(6, 3), (256, 16)])
@@ -45,15 +46,22 @@ def test_consistency_mask_causal():
         assert not diff[:c + 1].any()
 
 
-def test_masked_conditional_is_normalised():
-    """Sum over every 1x2 RGB image with gray view g of the masked p(x | g) is 1 (exact masking only
-    removes impossible events); without the mask the model wastes mass on inconsistent images."""
-    L, G = 4, 2
+def _random_gray_model(levels, gray_levels, **kw):
     torch.manual_seed(0)
-    m = GrayscalePixelCNN(3, L, G, hidden=6, n_layers=2, cond_hidden=4, cond_layers=2).double().eval()
+    m = GrayscalePixelCNN(3, levels, gray_levels, hidden=6, n_layers=2, cond_hidden=4, cond_layers=2, **kw).double()
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.5 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.mark.parametrize("luma_tilt", [0, 1])
+def test_masked_conditional_is_normalised(luma_tilt):
+    """Sum over every 1x2 RGB image with gray view g of the masked p(x | g) is 1 (exact masking only
+    removes impossible events; the tilt is a logit offset, so it keeps that); without the mask the model
+    wastes mass on inconsistent images."""
+    L, G = 4, 2
+    m = _random_gray_model(L, G, luma_tilt=luma_tilt)
     allx = torch.tensor(list(itertools.product(range(L), repeat=6))).view(-1, 2, 3).transpose(1, 2)
     allx = allx.reshape(-1, 3, 1, 2)                                          # all 4^6 images
     gs = to_gray(allx, L, G)
@@ -62,17 +70,19 @@ def test_masked_conditional_is_normalised():
         gg = g.view(1, 1, 1, 2).expand(len(sel), 1, 1, 2)
         with torch.no_grad():
             cond = m.condition(gg)
-            masked = m.colour.nll(sel, cond, m.offset(sel, gg))
+            masked = m.colour.nll(sel, cond, m.offset(sel, gg, m.tilt_target(gg, cond)))
             plain = m.colour.nll(sel, cond)
         assert abs(float((2 ** -masked).sum()) - 1) < 1e-9
         assert float((2 ** -plain).sum()) < 1 - 1e-3
-        assert torch.all(masked <= plain + 1e-12)
+        if not luma_tilt:
+            assert torch.all(masked <= plain + 1e-12)
 
 
-def test_masked_sampling_consistent():
-    """Cached == naive sampling with the mask, and every sampled image has exactly the sampled gray view."""
-    torch.manual_seed(0)
-    m = GrayscalePixelCNN(3, 16, 4, hidden=6, n_layers=2, cond_hidden=4, cond_layers=2).double().eval()
+@pytest.mark.parametrize("luma_tilt", [0, 1])
+def test_masked_sampling_consistent(luma_tilt):
+    """Cached == naive sampling with the mask (and the tilt), and every sampled image has exactly the
+    sampled gray view."""
+    m = _random_gray_model(16, 4, luma_tilt=luma_tilt)
     ug, u = sample.uniform_stream(3, (1, 3, 4), 1), sample.uniform_stream(3, (3, 3, 4), 2)
     g1, x1 = sample.sample_grayscale(m, ug, u, cached=True)
     g2, x2 = sample.sample_grayscale(m, ug, u, cached=False)
@@ -100,3 +110,40 @@ def test_warm_start_colour_is_the_baseline_restricted_to_g():
         assert torch.all(masked <= base.nll(x) + 1e-12) and torch.all(masked < base.nll(x))
     with pytest.raises(ValueError, match="does not match the colour network"):
         m.warm_start_colour(GatedPixelCNN(3, 16, hidden=8, n_layers=2))
+
+
+def test_luma_tilt_is_the_stated_gaussian_on_green_and_causal():
+    """The tilt adds -((299 R + 587 v) / 1000 - t)^2 / (2 sigma^2) to the logit of G = v (256 levels: luma
+    units), nothing to R and B; it reads the pixel's R only (changing its G or B, or any later pixel, leaves
+    every offset of the pixel unchanged); t starts at 0.886 x the bin centre; 1-channel models are refused."""
+    L, G = 256, 16
+    m = _random_gray_model(L, G, luma_tilt=1)
+    x = torch.randint(0, L, (2, 3, 3, 4))
+    g = m.aux(x)
+    with torch.no_grad():
+        t = m.tilt_target(g, m.condition(g))
+        off = m.offset(x, g, t)
+        sigma = float(torch.exp(m.tilt_log_sigma))
+    ok = gray_consistent(x, g, L, G)
+    assert torch.equal(torch.isinf(off), ~ok)
+    v = np.arange(L)
+    for n, i, j in [(0, 0, 0), (1, 2, 3), (0, 1, 2)]:
+        r, tt = int(x[n, 0, i, j]), float(t[n, 0, i, j])
+        want = -((299 * r + 587 * v) / 1000 - tt) ** 2 / (2 * sigma ** 2)
+        keep = ok[n, 1, :, i, j].numpy()
+        np.testing.assert_allclose(off[n, 1, keep, i, j].numpy(), want[keep], rtol=1e-9)
+        assert torch.all(off[n, 0, ok[n, 0, :, i, j], i, j] == 0) and torch.all(off[n, 2, ok[n, 2, :, i, j], i, j] == 0)
+    y = x.clone()
+    y[:, 1:, 1, 1] = (y[:, 1:, 1, 1] + 77) % L                                # G and B of pixel (1, 1)
+    y[:, :, 2, :] = (y[:, :, 2, :] + 31) % L                                  # every sub-pixel of a later row
+    with torch.no_grad():
+        off_y = m.offset(y, g, t)
+    assert torch.equal(off_y[:, 1, :, 1, 1], off[:, 1, :, 1, 1])
+    assert not torch.equal(m.offset(y, g, t + 1)[:, 1, :, 1, 1], off[:, 1, :, 1, 1])
+    fresh = GrayscalePixelCNN(3, L, G, hidden=6, n_layers=2, cond_hidden=4, cond_layers=2, luma_tilt=1)
+    with torch.no_grad():
+        t0 = fresh.tilt_target(g, fresh.condition(g))
+    lo, hi = luma_bin(g, L, G)
+    torch.testing.assert_close(t0, 0.886 * (lo + hi).float() / 2000)
+    with pytest.raises(ValueError, match="luma_tilt needs RGB"):
+        GrayscalePixelCNN(1, 17, 4, luma_tilt=1)

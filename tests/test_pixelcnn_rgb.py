@@ -119,3 +119,14 @@ def test_rgb_bundles_integer_chain_tracks_float(kind):
         ok = CE.allowed(b, x, a)
         assert ok is not None and not ok.all()
         assert np.array_equal(ok, model.offset(torch.from_numpy(x), torch.from_numpy(a)).numpy() == 0)
+
+
+def test_luma_tilt_export_refused():
+    """The engine has no luma tilt: exporting a luma_tilt=1 Grayscale model names that, before any work."""
+    from models.pixelcnn import cond_export as CE
+    from models.pixelcnn.export import ExportError
+    from models.pixelcnn.models import GrayscalePixelCNN
+    model = GrayscalePixelCNN(3, 256, 16, hidden=6, n_layers=2, gray_hidden=4, gray_layers=2, cond_hidden=4,
+                              cond_layers=2, cond_dilated=0, luma_tilt=1)
+    with pytest.raises(ExportError, match="no luma tilt"):
+        CE.quantize_gray(model, np.zeros((2, 3, 4, 4), np.int64), 256)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .layers import GatedLayer, MaskedConv2d
 
 LN2 = math.log(2.0)
+TILT_SIGMA0 = 3.55  # initial width of GrayscalePixelCNN's luma tilt, luma units (a quarter of a 16-unit gray bin)
 
 
 def nll_bits(logits, x):
@@ -168,16 +169,27 @@ class GrayscalePixelCNN(nn.Module):
     ``exact``: values inconsistent with the known g (and the pixel's earlier channels) get logit -inf
     (``gray_consistent``): they are impossible events, so this is exact and only lowers the bound.
     ``cond_layers``/``cond_dilated``: the CondNet's depth and dilations 1, 2, 4, ... (the defaults see
-    63 pixels across). The colour network defaults to the baseline's size (hidden 32, 5 layers)."""
+    63 pixels across). The colour network defaults to the baseline's size (hidden 32, 5 layers).
+    ``luma_tilt`` (RGB only): a Gaussian logit offset on G that places the pixel's luma inside its gray bin
+    (see ``tilt_target``)."""
 
     def __init__(self, channels=1, levels=17, gray_levels=16, hidden=32, n_layers=5, k=3,
-                 gray_hidden=None, gray_layers=None, cond_hidden=32, cond_layers=5, cond_dilated=1, exact=1):
+                 gray_hidden=None, gray_layers=None, cond_hidden=32, cond_layers=5, cond_dilated=1, exact=1,
+                 luma_tilt=0):
         super().__init__()
         self.channels, self.levels, self.gray_levels = channels, levels, gray_levels
         self.exact = bool(exact)
+        self.luma_tilt = bool(luma_tilt)
+        if self.luma_tilt and channels != 3:
+            raise ValueError(f"luma_tilt needs RGB images (3 channels), got {channels}")
         self.prior = GatedPixelCNN(1, gray_levels, gray_hidden or hidden, gray_layers or n_layers, k)
         self.cond_net = CondNet(1, cond_hidden, cond_layers, bool(cond_dilated))
         self.colour = GatedPixelCNN(channels, levels, hidden, n_layers, k, cond_ch=cond_hidden)
+        if self.luma_tilt:
+            self.tilt = nn.Conv2d(cond_hidden, 1, 1)
+            nn.init.zeros_(self.tilt.weight)
+            nn.init.zeros_(self.tilt.bias)
+            self.tilt_log_sigma = nn.Parameter(torch.tensor(math.log(TILT_SIGMA0)))
 
     def aux(self, x):
         return to_gray(x, self.levels, self.gray_levels)
@@ -204,18 +216,51 @@ class GrayscalePixelCNN(nn.Module):
     def condition(self, g):
         return self.cond_net(self.prior.scale(g))
 
-    def offset(self, x, g):
-        """Logit offset (N, C, L, H, W): 0 where a value is consistent with g, -inf where not; None
-        unless ``exact``."""
-        if not self.exact:
+    def tilt_target(self, g, cond):
+        """Luma tilt target t (N, 1, H, W), in luma units (0..255), or None without ``luma_tilt``.
+
+        The gray value fixes a pixel's luma y = (299R + 587G + 114B) / 1000 to a bin 16 units wide, and
+        the gray values of the pixels around it (later ones included) say where in the bin it lies. The
+        restricted baseline cannot use that: it knows the bin, not the position. The tilt adds
+        -(y_RG(v) - t)^2 / (2 sigma^2) to the logit of G = v, y_RG(v) = (299R + 587v) / 1000 with R the
+        pixel's own (already known) red; t = 0.886 * bin centre + a 1x1 conv of ReLU(cond) stands for the
+        luma less blue's share (0.114 B, about 0.114 of the luma), sigma is one learnt scalar. Only G gets it:
+        given R and the bin, G's window is ~27 levels wide and the position in the bin nearly fixes it,
+        while a tilt on R (needs G and B's share) or B (already sharp given R and G) measured no gain.
+        Every term is affine in R, the gray image and the cond map, so the offset is a 1x1 conv into G's
+        logits plus a fixed quadratic bias."""
+        if not self.luma_tilt:
             return None
-        ok = gray_consistent(x, g, self.levels, self.gray_levels)
-        return torch.zeros(ok.shape, device=x.device).masked_fill_(~ok, float("-inf"))
+        lo, hi = luma_bin(g.long(), self.levels, self.gray_levels)
+        scale = 255.0 / (self.levels - 1) / 1000
+        centre = (lo + hi).to(cond.dtype) * (scale / 2)
+        return 0.886 * centre + self.tilt(F.relu(cond))
+
+    def offset(self, x, g, target=None):
+        """Logit offset (N, C, L, H, W): -inf where a value is inconsistent with g (``exact``), plus the
+        luma tilt on G where ``target`` (``tilt_target``) is given; None when neither applies. Uses only
+        the pixel's earlier channels (causal)."""
+        if not self.exact and target is None:
+            return None
+        n, C, H, W = x.shape
+        off = torch.zeros((n, C, self.levels, H, W), device=x.device)
+        if target is not None:
+            scale = 255.0 / (self.levels - 1) / 1000
+            v = torch.arange(self.levels, device=x.device, dtype=target.dtype).view(1, -1, 1, 1)
+            y = (299 * x[:, 0:1].to(target.dtype) + 587 * v) * scale                    # (N, L, H, W)
+            inv = torch.exp(-2 * self.tilt_log_sigma)
+            off = off.to(target.dtype)
+            off[:, 1] = -0.5 * inv * (y - target) ** 2
+        if self.exact:
+            ok = gray_consistent(x, g, self.levels, self.gray_levels)
+            off = off.masked_fill(~ok, float("-inf"))
+        return off
 
     def loss_parts(self, x):
         g = self.aux(x)
+        cond = self.condition(g)
         return {"gray": self.prior.nll(g),
-                "colour": self.colour.nll(x, self.condition(g), self.offset(x, g))}
+                "colour": self.colour.nll(x, cond, self.offset(x, g, self.tilt_target(g, cond)))}
 
     def bpd(self, x):
         return sum(self.loss_parts(x).values()) / x[0].numel()

@@ -154,16 +154,18 @@ def sample_cached(model: GatedPixelCNN, u, cond=None, offset=None, log_mass=None
     return x
 
 
-def _gray_offset(model, g):
-    """Exact-mask offsets (``GrayscalePixelCNN.offset``) depend on the pixel's earlier channels: a callable
-    off(x) (whole map) / off(x, i, j) -> (N, C, L) at pixel (i, j); None without the mask."""
-    if not model.exact:
+def _gray_offset(model, g, cond):
+    """Exact-mask and luma-tilt offsets (``GrayscalePixelCNN.offset``) depend on the pixel's earlier channels:
+    a callable off(x) (whole map) / off(x, i, j) -> (N, C, L) at pixel (i, j); None with neither."""
+    t = model.tilt_target(g, cond)
+    if not model.exact and t is None:
         return None
 
     def off(x, i=None, j=None):
         if i is None:
-            return model.offset(x, g)
-        return model.offset(x[:, :, i:i + 1, j:j + 1], g[:, :, i:i + 1, j:j + 1])[:, :, :, 0, 0]
+            return model.offset(x, g, t)
+        sl = (slice(None), slice(None), slice(i, i + 1), slice(j, j + 1))
+        return model.offset(x[sl], g[sl], None if t is None else t[sl])[:, :, :, 0, 0]
     return off
 
 
@@ -172,7 +174,8 @@ def colourise(model: GrayscalePixelCNN, g, u, cached=True):
     """x ~ p(x | g) for given gray images g (N, 1, H, W): the colour stage alone, e.g. on the gray views of
     real images, to tell a weak colour network from a weak gray prior."""
     fn = sample_cached if cached else sample_naive
-    return fn(model.colour, u, model.condition(g), _gray_offset(model, g))
+    cond = model.condition(g)
+    return fn(model.colour, u, cond, _gray_offset(model, g, cond))
 
 
 @torch.no_grad()
