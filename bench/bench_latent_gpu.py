@@ -41,10 +41,10 @@ LEVELS, GRAY_LEVELS = 256, 16
 
 def gray_model(size, hidden, n_layers):
     """Colour network = the backbone; a half-width gray prior; a dilated conditioning net whose
-    receptive field covers the image (1 + 2 (2^n - 1) >= 2 size - 1)."""
+    receptive field covers the image (1 + 2 (2^n - 1) >= 2 size - 1); the luma tilt on G."""
     cond_layers = max(1, math.ceil(math.log2(size)))
     return GrayscalePixelCNN(3, LEVELS, GRAY_LEVELS, hidden=hidden, n_layers=n_layers, gray_hidden=max(4, hidden // 2),
-                             cond_hidden=hidden, cond_layers=cond_layers, cond_dilated=1, exact=1)
+                             cond_hidden=hidden, cond_layers=cond_layers, cond_dilated=1, exact=1, luma_tilt=1)
 
 
 def pyramid_model(size, hidden, n_layers):
