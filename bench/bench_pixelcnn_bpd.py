@@ -32,9 +32,9 @@ ARCH = {"pixelcnn": dict(hidden=32, n_layers=5),
                      cond_dilated=0),
         "pyramid": dict(hidden=24, coarse_layers=5, fine_layers=3, cond_hidden=16, logit_prior=1)}
 # patches: the Grayscale colour network is the baseline's backbone, warm-started from the trained baseline
-# (train --warm-start; see docs/pixelcnn-models.md), with a dilated conditioning net and the exact mask
+# (train --warm-start; see docs/pixelcnn-models.md), with the exact mask and the luma tilt on G
 GRAY_PATCHES_ARCH = dict(hidden=32, n_layers=5, gray_hidden=12, gray_layers=4, cond_hidden=32, cond_layers=3,
-                         cond_dilated=1, exact=1)
+                         cond_dilated=0, exact=1, luma_tilt=1)
 QUICK_EPOCHS = {"digits": 8, "faces": 8, "patches": 1}
 
 

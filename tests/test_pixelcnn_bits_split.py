@@ -65,3 +65,20 @@ def test_restricted_baseline_is_a_normalised_colour_model():
     gm = GrayscalePixelCNN(3, 4, gray_levels=2, hidden=6, n_layers=2, cond_hidden=4, cond_layers=1).double()
     gm.warm_start_colour(m)
     assert torch.allclose(gm.loss_parts(allx)["colour"], r)
+
+
+def test_cli_exact_parts_on_an_extra_set(tmp_path):
+    """bits_split's CLI on the committed patches baseline: exact parts only (bare -k) on 2 in-distribution
+    patches (--extra same_photos), the parts add up to the total; an unknown set is named in the error."""
+    import json
+    import os
+    ck = os.path.join(os.path.dirname(__file__), "..", "models", "pixelcnn", "weights", "bench_pixelcnn_patches.pt")
+    out = tmp_path / "s.json"
+    bits_split.main([ck, "-n", "2", "-k", "--extra", "same_photos", "--device", "cpu", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert r["images_from"] == "same_photos" and r["images"] == 2 and r["bits_per_dim"] == {}
+    rb = r["restricted_baseline"]
+    assert abs(rb["colour_given_gray"] + rb["autoregressive_gray"] - rb["total"]) < 1e-9
+    assert 0 < rb["autoregressive_gray"] and 0 < rb["colour_given_gray"] < 8
+    with pytest.raises(SystemExit, match="no extra test set 'nope'"):
+        bits_split.main([ck, "-n", "2", "-k", "--extra", "nope", "--device", "cpu"])

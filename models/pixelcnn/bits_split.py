@@ -131,6 +131,9 @@ def main(argv=None):
     p.add_argument("--photo", default=None,
                    help="use the training images of this photo (patches: data.hold_out_photo, e.g. the validation "
                         "photo of train --val-photo) instead of the test images")
+    p.add_argument("--extra", default=None,
+                   help="use this named extra test set of the dataset instead (patches: same_photos, the bottom "
+                        "20 %% of the training photos' rows)")
     p.add_argument("--no-smc", action="store_true", help="independent draws instead of SMC particles")
     p.add_argument("-s", "--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
@@ -142,8 +145,12 @@ def main(argv=None):
         raise SystemExit(f"error: {a.checkpoint} holds a {ck['meta']['model']!r} model; needs 'pixelcnn'")
     ds = data.load(a.dataset or ck["meta"]["dataset"])
     G = a.gray_levels or (16 if ds.levels > 32 else 4)
-    pool = ds.test if a.photo is None else data.hold_out_photo(ds, a.photo)[1]
-    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "images_from": a.photo or "test", "gray_levels": G,
+    if a.photo and a.extra:
+        raise SystemExit("error: --photo and --extra each choose the images; give one")
+    if a.extra and a.extra not in ds.extra:
+        raise SystemExit(f"error: dataset {ds.name!r} has no extra test set {a.extra!r}; it has {sorted(ds.extra) or 'none'}")
+    pool = ds.extra[a.extra] if a.extra else ds.test if a.photo is None else data.hold_out_photo(ds, a.photo)[1]
+    res = {"checkpoint": a.checkpoint, "dataset": ds.name, "images_from": a.photo or a.extra or "test", "gray_levels": G,
            "smc": not a.no_smc, "images": min(a.images, len(pool)), "bits_per_dim": {}}
     xs = pool[:res["images"]]
     dims = int(np.prod(xs.shape[1:]))
