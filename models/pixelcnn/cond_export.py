@@ -151,8 +151,9 @@ def quantize_gray(model, calib, levels, stream="shared"):
     import torch.nn.functional as F
     from hw.pixelcnn.program import conditioner_delays
     if getattr(model, "luma_tilt", False):
-        raise X.ExportError("the engine has no luma tilt yet (GrayscalePixelCNN luma_tilt=1: a 1x1 from R and the "
-                            "conditioning map into G's logits plus a quadratic bias); export a luma_tilt=0 model")
+        raise X.ExportError("the engine has no luma tilt yet (GrayscalePixelCNN luma_tilt=1 needs each pixel's exact "
+                            "gray-bin centre in the colour stage, which sees the gray image only as the sampler's luma "
+                            "bounds); export a luma_tilt=0 model")
     model = model.double().eval()
     convs = [m for m in model.cond_net.net if isinstance(m, torch.nn.Conv2d)]
     if any(c.dilation[0] != 1 or c.kernel_size[0] > 5 for c in convs):

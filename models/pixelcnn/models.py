@@ -227,8 +227,8 @@ class GrayscalePixelCNN(nn.Module):
         luma less blue's share (0.114 B, about 0.114 of the luma), sigma is one learnt scalar. Only G gets it:
         given R and the bin, G's window is ~27 levels wide and the position in the bin nearly fixes it,
         while a tilt on R (needs G and B's share) or B (already sharp given R and G) measured no gain.
-        Every term is affine in R, the gray image and the cond map, so the offset is a 1x1 conv into G's
-        logits plus a fixed quadratic bias."""
+        Every term is affine in R, the bin centre and ReLU(cond), so the offset is a 1x1 conv into G's logits
+        plus a fixed quadratic bias; the bin centre has to be exact (docs/pixelcnn-models.md, "The luma tilt")."""
         if not self.luma_tilt:
             return None
         lo, hi = luma_bin(g.long(), self.levels, self.gray_levels)
