@@ -151,8 +151,8 @@ def quantize_gray(model, calib, levels, stream="shared"):
     import torch.nn.functional as F
     from hw.pixelcnn.program import conditioner_delays
     if getattr(model, "luma_tilt", False):
-        raise X.ExportError("the engine has no luma tilt yet (GrayscalePixelCNN luma_tilt=1 needs each pixel's exact "
-                            "gray-bin centre in the colour stage, which sees the gray image only as the sampler's luma "
+        raise X.ExportError("the engine has no luma tilt yet (GrayscalePixelCNN luma_tilt=1 needs each pixel's "
+                            "gray-bin centre in the colour stage's op graph, which sees the gray image only as the sampler's luma "
                             "bounds); export a luma_tilt=0 model")
     model = model.double().eval()
     convs = [m for m in model.cond_net.net if isinstance(m, torch.nn.Conv2d)]

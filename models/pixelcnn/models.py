@@ -228,7 +228,7 @@ class GrayscalePixelCNN(nn.Module):
         given R and the bin, G's window is ~27 levels wide and the position in the bin nearly fixes it,
         while a tilt on R (needs G and B's share) or B (already sharp given R and G) measured no gain.
         Every term is affine in R, the bin centre and ReLU(cond), so the offset is a 1x1 conv into G's logits
-        plus a fixed quadratic bias; the bin centre has to be exact (docs/pixelcnn-models.md, "The luma tilt")."""
+        plus a fixed quadratic bias; the bin centre is needed to about a luma unit (docs/pixelcnn-models.md)."""
         if not self.luma_tilt:
             return None
         lo, hi = luma_bin(g.long(), self.levels, self.gray_levels)
