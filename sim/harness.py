@@ -30,9 +30,16 @@ def require_simulator(name: str):
         pytest.skip("Icarus Verilog (iverilog) is not on PATH")
 
 
+# C++ optimisation of a Verilator build whose simulation runs only seconds: -O0 instead of verilated.mk's -Os
+# compiles a model 20-30 % faster (the SGD engine at 256 bits: 56 s -> 41 s on a quiet 2-core machine)
+QUICK_COMPILE = "OPT_FAST=-O0 OPT_GLOBAL=-O0"
+
+
 def run_cocotb(component, *, name: str, simulator: str, test_module: str, extra_env: dict | None = None,
-               toplevel: str = "dut", testcase=None):
+               toplevel: str = "dut", testcase=None, quick_compile: bool = False):
     """Export ``component`` as ``toplevel``, build it for ``simulator`` and run ``test_module``.
+    ``quick_compile``: compile the Verilator model unoptimised (``QUICK_COMPILE``), for suites whose
+    simulation is short next to the compile.
 
     Fails the calling pytest test when any cocotb test fails.
     """
@@ -41,9 +48,18 @@ def run_cocotb(component, *, name: str, simulator: str, test_module: str, extra_
     verilog = export_verilog(component, build_dir / f"{toplevel}.v", name=toplevel)
     runner = get_runner(simulator)
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else ICARUS_ARGS
-    runner.build(sources=[verilog], hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
-                 timescale=("1ns", "1ps"), log_file=build_dir / "build.log",
-                 always=simulator == "icarus")  # seconds to compile; its flags may have changed
+    makeflags = os.environ.get("MAKEFLAGS")
+    if quick_compile and simulator == "verilator":
+        os.environ["MAKEFLAGS"] = f"{makeflags or ''} {QUICK_COMPILE}".strip()
+    try:
+        runner.build(sources=[verilog], hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
+                     timescale=("1ns", "1ps"), log_file=build_dir / "build.log",
+                     always=simulator == "icarus")  # seconds to compile; its flags may have changed
+    finally:
+        if makeflags is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = makeflags
     env = {"PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.update(extra_env or {})
     results = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=SIM_DIR,

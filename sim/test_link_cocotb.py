@@ -11,4 +11,4 @@ from harness import SIMULATORS, require_simulator, run_cocotb
 def test_link_core(simulator, max_frame):
     require_simulator(simulator)
     run_cocotb(Design(max_frame=max_frame).make_core(), name=f"link{max_frame}", simulator=simulator,
-               test_module="link_tb", extra_env={"LINK_MAX_FRAME": str(max_frame)})
+               test_module="link_tb", extra_env={"LINK_MAX_FRAME": str(max_frame)}, quick_compile=True)

@@ -27,4 +27,4 @@ def test_sgd_engine(simulator, bits, bus, enc):
     run_cocotb(SgdEngine(bits=bits, bus_bits=bus, max_features=maxf, store_beats=store, encoding=enc),
                name=f"sgd-q{bits}-w{bus}-{enc}", simulator=simulator, test_module="sgd_cocotb_tb",
                extra_env={"SGD_BITS": str(bits), "SGD_BUS": str(bus), "SGD_MAXF": str(maxf),
-                          "SGD_STORE": str(store), "SGD_ENC": enc})
+                          "SGD_STORE": str(store), "SGD_ENC": enc}, quick_compile=True)
