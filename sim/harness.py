@@ -7,6 +7,7 @@ repeated run does not recompile.
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from cocotb_tools.runner import get_results, get_runner
@@ -48,18 +49,12 @@ def run_cocotb(component, *, name: str, simulator: str, test_module: str, extra_
     verilog = export_verilog(component, build_dir / f"{toplevel}.v", name=toplevel)
     runner = get_runner(simulator)
     build_args = ["-Wno-fatal", "-Wno-WIDTH", "-O2"] if simulator == "verilator" else ICARUS_ARGS
-    makeflags = os.environ.get("MAKEFLAGS")
-    if quick_compile and simulator == "verilator":
-        os.environ["MAKEFLAGS"] = f"{makeflags or ''} {QUICK_COMPILE}".strip()
-    try:
+    quick = quick_compile and simulator == "verilator"
+    with mock.patch.dict(os.environ, {"MAKEFLAGS": f"{os.environ.get('MAKEFLAGS', '')} {QUICK_COMPILE}".strip()}
+                         if quick else {}):
         runner.build(sources=[verilog], hdl_toplevel=toplevel, build_dir=build_dir, build_args=build_args,
                      timescale=("1ns", "1ps"), log_file=build_dir / "build.log",
                      always=simulator == "icarus")  # seconds to compile; its flags may have changed
-    finally:
-        if makeflags is None:
-            os.environ.pop("MAKEFLAGS", None)
-        else:
-            os.environ["MAKEFLAGS"] = makeflags
     env = {"PYTHONPATH": os.pathsep.join([str(SIM_DIR), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.update(extra_env or {})
     results = runner.test(hdl_toplevel=toplevel, test_module=test_module, test_dir=SIM_DIR,

@@ -194,6 +194,11 @@ class GrayscalePixelCNN(nn.Module):
     def aux(self, x):
         return to_gray(x, self.levels, self.gray_levels)
 
+    @property
+    def _luma_unit(self):
+        """Luma units (0..255) per unit of 299R + 587G + 114B."""
+        return 255.0 / (self.levels - 1) / 1000
+
     @torch.no_grad()
     def warm_start_colour(self, baseline: GatedPixelCNN):
         """Copy a trained gated baseline (same channels, levels, hidden, layers, kernel) into the colour
@@ -232,8 +237,7 @@ class GrayscalePixelCNN(nn.Module):
         if not self.luma_tilt:
             return None
         lo, hi = luma_bin(g.long(), self.levels, self.gray_levels)
-        scale = 255.0 / (self.levels - 1) / 1000
-        centre = (lo + hi).to(cond.dtype) * (scale / 2)
+        centre = (lo + hi).to(cond.dtype) * (self._luma_unit / 2)
         return 0.886 * centre + self.tilt(F.relu(cond))
 
     def offset(self, x, g, target=None):
@@ -243,14 +247,12 @@ class GrayscalePixelCNN(nn.Module):
         if not self.exact and target is None:
             return None
         n, C, H, W = x.shape
-        off = torch.zeros((n, C, self.levels, H, W), device=x.device)
+        off = torch.zeros((n, C, self.levels, H, W), device=x.device,
+                          dtype=torch.get_default_dtype() if target is None else target.dtype)
         if target is not None:
-            scale = 255.0 / (self.levels - 1) / 1000
             v = torch.arange(self.levels, device=x.device, dtype=target.dtype).view(1, -1, 1, 1)
-            y = (299 * x[:, 0:1].to(target.dtype) + 587 * v) * scale                    # (N, L, H, W)
-            inv = torch.exp(-2 * self.tilt_log_sigma)
-            off = off.to(target.dtype)
-            off[:, 1] = -0.5 * inv * (y - target) ** 2
+            y = (299 * x[:, 0:1].to(target.dtype) + 587 * v) * self._luma_unit          # (N, L, H, W)
+            off[:, 1] = -0.5 * torch.exp(-2 * self.tilt_log_sigma) * (y - target) ** 2
         if self.exact:
             ok = gray_consistent(x, g, self.levels, self.gray_levels)
             off = off.masked_fill(~ok, float("-inf"))
