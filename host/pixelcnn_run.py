@@ -320,12 +320,13 @@ class ConvDevice:
                 "images": self.reg(E.REG_IMAGES)}
 
     def likelihood_logits(self, x, progress=None, cond=None):
-        """x: int images (N, C, H, W) -> the last layer's outputs (N, Cout, H, W) from the engine,
-        and the hardware counters of the run. ``cond``: int8 conditioning map (N, CC, H, W) of an op
-        graph with ``cond_channels`` (streamed per row ahead of the row's pixels)."""
+        """x: int images (N, C, H, W) -> the last layer's outputs (N, Cout, H, W) from the engine (with a
+        luma tilt, d before them: ``cond_export.engine_outputs``), and the hardware counters of the run.
+        ``cond``: int8 conditioning map (N, CC, H, W) of an op graph with ``cond_channels`` (streamed per row
+        ahead of the row's pixels)."""
         x = np.asarray(x, np.int64)
         n, C, H, W = x.shape
-        nout = prog.engine_ops(self.spec)[0][-1]["cout"]
+        nout = prog.engine_ops(self.spec)[0][-1]["cout"] + (prog.tilt_map(self.spec) is not None)
         stream = prog.input_stream(self.spec, x, cond, feat=self.feat)
         row_in = len(stream) // (n * H)
         cap_out = (self.params.out_fifo - self.params.max_outputs) // nout
@@ -354,8 +355,9 @@ class ConvDevice:
         """Generate n images on chip (op graphs: every channel, R then G then B per pixel; plain nets:
         channel 0, ``cond`` (n, C-1, H, W) feeding the other input channels) unless the conditioning map
         comes from the feature memory. ``bounds`` (n, 2, H, W): the known gray pixels' luma bounds for the
-        sampler's exclusion (selected with ``excl``). ``seed`` None: the sampler continues from its current
-        state. Returns int64 (n, C, H, W) (C = 1 for plain nets) and the counters."""
+        sampler's exclusion (selected with ``excl``; a spec with a luma tilt then tilts G, ``REG_TILT``).
+        ``seed`` None: the sampler continues from its current state. Returns int64 (n, C, H, W) (C = 1 for
+        plain nets) and the counters."""
         spec, H, W = self.spec, self.height, self.width
         graph = "ops" in spec
         C = 1 if graph else spec["layers"][0]["in"]
@@ -598,7 +600,7 @@ def run_chain(args):
     ``(result, grids)`` like ``run_pixelcnn``."""
     from host.backends import open_device
     from models.pixelcnn import cond_export as CE
-    from models.pixelcnn.integer import graph_forward
+    from models.pixelcnn.integer import graph_forward, tilt_table
 
     design, params, b, ds = getattr(args, "job", None) or load_job(args)
     C, H, W, L = export_geometry(args.model, b)
@@ -641,15 +643,17 @@ def run_chain(args):
             xs.append(x1)
             _add(smp_x, cnt)
     lg_x = np.concatenate(lg_x)
-    bits_a, bits_x = CE.stage_bits(prior, lg_a, a), CE.stage_bits(cspec, lg_x, test, CE.allowed(b, test, a))
+    bits_a = CE.stage_bits(prior, lg_a, a)
+    bits_x = CE.stage_bits(cspec, lg_x, test, CE.allowed(b, test, a), a, b["aux_levels"])
     bpd = float((bits_a.sum() + bits_x.sum()) / test.size)
     feats = CE.feature_maps(b, a)
-    exact = bool(np.array_equal(lg_a, graph_forward(prior, a)) and np.array_equal(lg_x, graph_forward(cspec, test, feats)))
+    exact = bool(np.array_equal(lg_a, graph_forward(prior, a)) and np.array_equal(lg_x, CE.engine_outputs(cspec, test, feats)))
     twin_ok, xs = None, (np.concatenate(xs) if n_samples else None)
     if n_samples:
         g_tw = S.sample_images_twin(prior, n_samples, Ha, Wa, seed_prior, S.logit_mult(prior["logit_scale"]))
+        tilt = tilt_table(cspec["tilt_sigma"], L) if excl and cspec.get("tilt_sigma") else None
         x_tw = S.sample_images_twin(cspec, n_samples, H, W, seed_cond, S.logit_mult(cspec["logit_scale"]),
-                                    cond=CE.feature_maps(b, g_tw), bounds=_bounds(b, g_tw) if excl else None)
+                                    cond=CE.feature_maps(b, g_tw), bounds=_bounds(b, g_tw) if excl else None, tilt=tilt)
         twin_ok = bool(np.array_equal(gs, g_tw) and np.array_equal(xs, x_tw))
     n = len(test)
     rep_a = cycle_report(prior, params, cnt_a, n, scnt_a, n_samples, Ha, Wa)

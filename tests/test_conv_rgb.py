@@ -21,9 +21,9 @@ def rgb_engine(lanes=4):
                       in_fifo=16, out_fifo=512, max_maps=8)
 
 
-def rgb_spec(seed, levels=5, cond_channels=0):
+def rgb_spec(seed, levels=5, cond_channels=0, tilt_sigma=None):
     spec = prog.random_gated_spec(np.random.default_rng(seed), hidden=6, levels=levels, head=6, channels=3,
-                                  cond_channels=cond_channels, wmax=20, shift=(16, 20))
+                                  cond_channels=cond_channels, wmax=20, shift=(16, 20), tilt_sigma=tilt_sigma)
     assert len(spec["ops"][-1]["bias"]) == 3 * levels
     return spec
 
@@ -61,6 +61,26 @@ def test_rgb_likelihood_matches_reference(lanes, idle, stall):
     got = np.frombuffer(bytes(r["logits"]), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
     assert np.array_equal(got, integer.graph_forward(spec, x))
     assert r["pixels"] == n * H * W and r["beats"] == n * H * W * prog.mac_beats_per_pixel(spec, lanes)
+
+
+@pytest.mark.slow  # Amaranth simulator
+def test_rgb_tilt_likelihood_streams_d_first():
+    """With a luma tilt the likelihood run streams the tilt op's d before each pixel's logits
+    (``cond_export.engine_outputs``), under output backpressure."""
+    from models.pixelcnn import cond_export as CE
+    spec = rgb_spec(8, levels=8, tilt_sigma=12.0)
+    n, H, W = 1, 2, 3
+    x = np.random.default_rng(8).integers(0, spec["levels"], size=(n, 3, H, W))
+    s = EngineSim(rgb_engine(), seed=8, idle=0.2, stall=0.5)
+    s.program(spec, W, H)
+    s.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
+    nout = 1 + 3 * spec["levels"]
+    s.send(prog.input_stream(spec, x))
+    s.recv(n * H * W * nout, "out")
+    r = s.run(max_cycles=600_000)
+    got = np.frombuffer(bytes(r["out"]), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
+    want = CE.engine_outputs(spec, x)
+    assert np.array_equal(got, want) and len(np.unique(want[:, 0])) > 1
 
 
 def _sample(spec, n, H, W, seed, mult, bounds=None, stall=0.3):
@@ -112,6 +132,22 @@ def test_rgb_sampling_gray_exclusion():
     assert np.array_equal(M.to_gray(torch.from_numpy(got), L, G).numpy(), g)
     assert np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult, bounds=bounds))
     assert not np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult))  # the exclusion acts
+
+
+@pytest.mark.slow  # Amaranth simulator
+def test_rgb_sampling_luma_tilt():
+    """Exclusion plus the luma tilt of G (d from the tilt op, T from the bounds on chip, table penalties): the
+    twin's images; the samples' gray image is the given one; without the tilt the draws differ."""
+    L, G = 16, 4
+    spec = rgb_spec(9, levels=L, tilt_sigma=3.0)
+    n, H, W, seed, mult = 1, 2, 3, 0x5EED, 60
+    g = np.random.default_rng(10).integers(0, G, (n, 1, H, W))
+    bounds = np.stack(integer.luma_bounds(g[:, 0], L, G), 1)
+    got, _ = _sample(spec, n, H, W, seed, mult, bounds)
+    table = integer.tilt_table(3.0, L)
+    assert np.array_equal(M.to_gray(torch.from_numpy(got), L, G).numpy(), g)
+    assert np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult, bounds=bounds, tilt=table))
+    assert not np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult, bounds=bounds))
 
 
 @pytest.mark.parametrize("levels,gray_levels", [(256, 16), (256, 4), (17, 4), (64, 16)])

@@ -1,12 +1,13 @@
 """Amaranth-simulator unit tests of the convolution engine's blocks against NumPy/Python models:
 line buffer (taps, ring of row slots, zero padding above and below), MAC array, requantiser (saturation, residual),
-Gumbel-max sampler (bit-exact twin)."""
+Gumbel-max sampler (bit-exact twin, with the exclusion and the luma tilt's penalty table)."""
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from hw.pixelcnn import sampler as S
 from hw.pixelcnn.units import LineBuffer, MacArray, Requant, Sampler
+from models.pixelcnn import integer as I
 from models.pixelcnn.integer import requantize, saturate8
 
 
@@ -212,6 +213,76 @@ def test_sampler_matches_twin():
     tw = S.SamplerTwin(seed, mult)
     want = [tw.draw(lg) for lg in pixels] + [tw.state]
     assert got == want
+
+
+def test_sampler_tilt_matches_twin():
+    """Loaded penalty table, per-level offsets dy (clamped at both table ends), levels excluded, tilt on and
+    off per pixel: the twin with ``penalty = table[tilt_index(dy)]`` where the tilt is on."""
+    rng = np.random.default_rng(5)
+    L, seed, mult = 9, 0xACE1, 300
+    table = rng.integers(0, 1 << I.TILT_BITS, I.TILT_ENTRIES)
+    table[:4] = (1 << I.TILT_BITS) - 1
+    edge = (I.TILT_ENTRIES // 2) << I.TILT_SHIFT
+    pixels = []
+    for k in range(10):
+        dy = rng.integers(-edge - 5000, edge + 5000, L)
+        dy[0] = -(1 << 21)  # the most negative offset the port carries
+        pixels.append((rng.integers(-128, 128, L), dy, rng.random(L) < 0.8, k % 3 != 0))
+    dut = Sampler()
+    got = []
+
+    async def bench(ctx):
+        for a, v in enumerate(table):
+            ctx.set(dut.tilt_waddr, a)
+            ctx.set(dut.tilt_wdata, int(v))
+            ctx.set(dut.tilt_we, 1)
+            await ctx.tick()
+        ctx.set(dut.tilt_we, 0)
+        ctx.set(dut.seed, seed)
+        ctx.set(dut.seed_we, 1)
+        await ctx.tick()
+        ctx.set(dut.seed_we, 0)
+        ctx.set(dut.mult, mult)
+        for lg, dy, ok, on in pixels:
+            for v in range(L):
+                ctx.set(dut.in_valid, 1)
+                ctx.set(dut.in_first, v == 0)
+                ctx.set(dut.in_last, v == L - 1)
+                ctx.set(dut.in_logit, int(lg[v]))
+                ctx.set(dut.in_ok, bool(ok[v]))
+                ctx.set(dut.in_tilt, on)
+                ctx.set(dut.in_dy, int(dy[v]))
+                await ctx.tick()
+            ctx.set(dut.in_valid, 0)
+            while True:
+                await ctx.tick()
+                if ctx.get(dut.done):
+                    got.append(ctx.get(dut.sample))
+                    break
+
+    _run(dut, bench)
+    tw = S.SamplerTwin(seed, mult)
+    want = [tw.draw(lg, ok, table[I.tilt_index(dy)] if on else None) for lg, dy, ok, on in pixels]
+    assert got == want
+    tw = S.SamplerTwin(seed, mult)
+    assert want != [tw.draw(lg, ok) for lg, dy, ok, on in pixels]  # the penalties act
+
+
+def test_tilt_table_is_the_gaussian():
+    """``tilt_table`` = dy^2 / (2 sigma^2) in 2**-frac nats at each cell's centre, saturated; ``tilt_index``
+    floors and clamps."""
+    sigma, L = 4.0, 256
+    t = I.tilt_table(sigma, L)
+    h = I.TILT_ENTRIES // 2
+    for delta in (0, 63, 64, -1, -64, 5000, -5000):
+        k = I.tilt_index(delta)
+        dy = (np.floor(delta / 64) + 0.5) * 64 / 1000
+        assert k == h + np.floor(delta / 64)
+        assert abs(t[k] / 1024 - dy * dy / (2 * sigma * sigma)) <= 0.5 / 1024
+    assert I.tilt_index(10 ** 7) == 2 * h - 1 and I.tilt_index(-10 ** 7) == 0
+    assert t[h] == t[h - 1] == 0 and t.max() < 1 << I.TILT_BITS
+    assert I.tilt_table(1.0, L).max() == (1 << I.TILT_BITS) - 1  # saturated ends
+    assert np.abs(I.tilt_table(sigma, L, temperature=0.5) - 2 * t).max() <= 1
 
 
 def test_sampler_distribution():

@@ -35,9 +35,11 @@ then back to 0). Register map: see ``REGISTERS`` and docs/conv-engine.md.
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, memory
 
+from models.pixelcnn import integer as I
+
 from ..engine import Engine
 from . import program as prog
-from .units import BankedMemory, LineBuffer, MacArray, Requant, Sampler, clog2
+from .units import TILT_DY_BITS, BankedMemory, LineBuffer, MacArray, Requant, Sampler, clog2
 
 LayerConfig = data.StructLayout({
     "cout": 16, "groups": 8, "ntaps": 8, "wbase": 16, "bbase": 16,
@@ -83,6 +85,9 @@ REG_LOAD_ADDR = 22   # r: words written to the current load target
 REG_CYC_WAIT = 23    # r: cycles in a run mode spent waiting for input/output
 REG_STATUS = 24      # r: bit0 load path idle (no byte queued, no packet open), bit1 sequencer idle
 REG_LOAD_WORDS = 25  # r: words written by load packets since reset
+REG_TILT = 26        # luma tilt of G (integer.tilt_*): bit 0 on, bits 15:8 the map of the op whose output 0 is d.
+#                     Sample mode (with the gray exclusion): the tilt table's penalty is subtracted from G's
+#                     scores; likelihood mode: d goes out first, then the pixel's logits
 
 REGISTERS = {k: v for k, v in globals().items() if k.startswith("REG_")}
 
@@ -92,14 +97,17 @@ def run_registers(spec, width, height, channels=None, feat=0, base=(0, 0), excl=
     (after its memories are loaded); ``channels`` overrides the input bytes per pixel; ``feat``: the
     REG_FEAT value (a conditioner pass writes the feature memory: FEAT_OUT is set for it); ``base``:
     (first op, input-table offset) of the spec in memories loaded by ``program.pack_many``; ``excl``: the
-    sampler's gray exclusion (REG_SUBPIX bit 8). Op graphs sample all their channels (REG_SUBPIX)."""
+    sampler's gray exclusion (REG_SUBPIX bit 8). Op graphs sample all their channels (REG_SUBPIX); a spec
+    with a luma tilt (``program.tilt_map``) turns it on (REG_TILT)."""
     g = prog.geometry(spec)
+    tmap = prog.tilt_map(spec)
     if prog.is_conditioner(spec):
         feat |= FEAT_OUT
     return [(REG_BASE, base[0] | (base[1] << 8)), (REG_NLAYERS, g["nops"]), (REG_NROW, g["nrow"]), (REG_WIDTH, width), (REG_HEIGHT, height),
             (REG_CHANNELS, g["channels"] if channels is None else channels), (REG_LEVELS, spec["levels"]),
             (REG_COND, g["cond_channels"] | (g["cond_map"] << 8)), (REG_FLUSH, g["flush"]), (REG_FEAT, feat),
-            (REG_SUBPIX, (g["channels"] if "ops" in spec else 1) | (SUBPIX_EXCL if excl else 0))]
+            (REG_SUBPIX, (g["channels"] if "ops" in spec else 1) | (SUBPIX_EXCL if excl else 0)),
+            (REG_TILT, 0 if tmap is None else 1 | (tmap << 8))]
 
 
 class ConvEngine(Engine):
@@ -160,6 +168,7 @@ class ConvEngine(Engine):
         feat_in, feat_out, feat_up = Signal(), Signal(), Signal()
         feat_rbase, feat_wbase = Signal(8), Signal(8)
         nsub, excl = Signal(2), Signal()  # REG_SUBPIX
+        tilt_en, tilt_map = Signal(), Signal(mbits)  # REG_TILT
         cyc_active, cyc_wait, beats, pixels, images = (Signal(32, name=n) for n in
                                                        ("cyc_active", "cyc_wait", "beats", "pixels", "images"))
         # register writes take effect one cycle after the router's pulse: the pulse, its address decoded and the
@@ -172,7 +181,7 @@ class ConvEngine(Engine):
                      seed_we.eq(self.reg_we & (self.reg_addr == REG_SEED))]
 
         # --- load path (mode 0): packets ``target, count u16 LE, count words`` on ``i`` -> memory
-        word_bytes = Array([1, P, 4, 1, prog.TAP_BYTES, prog.CONFIG_BYTES, 1, 1])
+        word_bytes = Array([1, P, 4, 1, prog.TAP_BYTES, prog.CONFIG_BYTES, 1, 4])
         wbuf = Signal(8 * max(P, prog.CONFIG_BYTES, 4))
         kbyte = Signal(8)
         laddr = Signal(16)
@@ -188,6 +197,8 @@ class ConvEngine(Engine):
             twr.addr.eq(laddr), twr.data.eq(wbuf[:8 * prog.TAP_BYTES]), twr.en.eq(pend & (pend_sel == prog.T_TAPS)),
             cwr.addr.eq(laddr), cwr.data.eq(wbuf[:LayerConfig.size]), cwr.en.eq(pend & (pend_sel == prog.T_CONFIG)),
             iwr.addr.eq(laddr), iwr.data.eq(wbuf[:8]), iwr.en.eq(pend & (pend_sel == prog.T_INLUT)),
+            smp.tilt_waddr.eq(laddr), smp.tilt_wdata.eq(wbuf[:I.TILT_BITS]),
+            smp.tilt_we.eq(pend & (pend_sel == prog.T_TILT)),
         ]
         load_words = Signal(32)
         m.d.sync += pend.eq(0)
@@ -372,22 +383,39 @@ class ConvEngine(Engine):
         rest_max = Array([*(Signal(20, name=f"rest_max{k}") for k in range(3)), Const(0, 20)])
         m.d.sync += [rest_max[k].eq(sum(LUMA_W[k + 1:]) * (levels - 1)) for k in range(3)]
 
+        # luma tilt of G: d (the tilt op's output 0, written to map ``tilt_map``) and the target
+        # T = ((lo + hi) * TILT_CENTRE_MULT >> TILT_CENTRE_SHIFT) + TILT_D_STEP * d in free-running registers (the
+        # bounds arrive before the pixel's ops run, d long before its logits); the product in two halves
+        tilt_d = Signal(signed(8))
+        tilt_out = Signal()
+        m.d.comb += tilt_out.eq(tilt_en & rq.out_valid & ~out_last & (rq.cur_map == tilt_map) & (rq.out_o == 0))
+        with m.If(tilt_out):
+            m.d.sync += tilt_d.eq(rq.out_data)
+        lohi = Signal(25)
+        prod_lo, prod_hi = Signal(28), Signal(28)
+        tilt_base, tilt_t = Signal(20), Signal(signed(TILT_DY_BITS))
+        m.d.sync += [lohi.eq(luma_lo + luma_hi), prod_lo.eq(lohi[:12] * I.TILT_CENTRE_MULT),
+                     prod_hi.eq(lohi[12:] * I.TILT_CENTRE_MULT),
+                     tilt_base.eq((prod_lo + (prod_hi << 12)) >> I.TILT_CENTRE_SHIFT),
+                     tilt_t.eq(tilt_base + tilt_d * I.TILT_D_STEP)]
+
         def sub_reset():
             m.d.sync += [sub.eq(0), sub_base.eq(0), partial.eq(0), bin_have.eq(0), bin_k.eq(0),
                          luma_rest.eq(rest_max[0])]
         m.d.comb += [
-            outq.w_en.eq((rq.out_valid & out_last & (mode == MODE_LIKELIHOOD) & ~feat_out) | sample_push),
+            outq.w_en.eq(((rq.out_valid & out_last | tilt_out) & (mode == MODE_LIKELIHOOD) & ~feat_out) | sample_push),
             outq.w_data.eq(Mux(sample_push, smp.sample, rq.out_data)),
             smp.in_valid.eq(rq.out_valid & out_last & (mode == MODE_SAMPLE) & ~feat_out &
                             (rq.out_o >= sub_base) & (rq.out_o < sub_base + levels)),
             smp.in_first.eq(rq.out_o == sub_base), smp.in_last.eq(rq.out_o + 1 == sub_base + levels),
             smp.in_ok.eq(~excl | ((luma_y + luma_rest >= luma_lo) & (luma_y <= luma_hi))),
             smp.in_logit.eq(rq.out_data), smp.mult.eq(lmult),
+            smp.in_tilt.eq(tilt_en & excl & (sub == 1)), smp.in_dy.eq(luma_y - tilt_t),
             smp.seed.eq(wr_data), smp.seed_we.eq(seed_we),
         ]
 
         space = Signal()
-        m.d.comb += space.eq(outq.level <= c.out_fifo - c.max_outputs)
+        m.d.comb += space.eq(outq.level < c.out_fifo - c.max_outputs)  # room for a pixel's outputs and d
         waiting = Signal()
         first_ch = Mux(mode == MODE_SAMPLE, Mux(nsub > 1, nsub, 1), 0)
         has_row_phase = (nrow != 0) | (cond_n != 0)
@@ -636,6 +664,8 @@ class ConvEngine(Engine):
                     m.d.sync += flush.eq(wr_data[:8])
                 with m.Case(REG_SUBPIX):
                     m.d.sync += [nsub.eq(wr_data[:2]), excl.eq(wr_data[8])]
+                with m.Case(REG_TILT):
+                    m.d.sync += [tilt_en.eq(wr_data[0]), tilt_map.eq(wr_data[8:16])]
                 with m.Case(REG_FEAT):
                     m.d.sync += [feat_in.eq(wr_data[0]), feat_out.eq(wr_data[1]),
                                  feat_up.eq(wr_data[2]), feat_rbase.eq(wr_data[8:16]),
@@ -651,7 +681,7 @@ class ConvEngine(Engine):
                                   (REG_NIMAGES, nimages), (REG_NROW, nrow),
                                   (REG_COND, Cat(cond_n, cond_map)), (REG_FLUSH, flush), (REG_BASE, Cat(op_base, in_base)),
                                   (REG_FEAT, Cat(feat_in, feat_out, feat_up, Signal(5), feat_rbase, feat_wbase)),
-                                  (REG_SUBPIX, Cat(nsub, Signal(6), excl)),
+                                  (REG_SUBPIX, Cat(nsub, Signal(6), excl)), (REG_TILT, Cat(tilt_en, Signal(7), tilt_map)),
                                   (REG_CYC_ACTIVE, cyc_active), (REG_MAC_BEATS, beats),
                                   (REG_PIXELS, pixels), (REG_IMAGES, images), (REG_PARAMS, params),
                                   (REG_DEPTHS, c.weight_depth | (c.bias_depth << 16)), (REG_LOAD_ADDR, laddr),

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.pixelcnn.integer import graph_forward, layer_forward
+from models.pixelcnn.integer import TILT_MAP, graph_forward, layer_forward, tilt_table
 
 # load targets (register LOAD_SEL) and their word widths in bytes (weights: lanes bytes)
-T_WEIGHTS, T_BIAS, T_LUT, T_TAPS, T_CONFIG, T_INLUT = 1, 2, 3, 4, 5, 6
+T_WEIGHTS, T_BIAS, T_LUT, T_TAPS, T_CONFIG, T_INLUT, T_TILT = 1, 2, 3, 4, 5, 6, 7
 CONFIG_BYTES = 24
 TAP_BYTES = 3      # dy | dx << 3 | residual << 6, source map, channels
 LUT_PER_OP = 512   # two 256-entry tables per op (gated: tanh, sigmoid)
@@ -237,6 +237,18 @@ def engine_ops(spec):
     return ops, len(idx), nrow, idx.get("cond")
 
 
+def tilt_map(spec):
+    """Engine map index of the luma tilt's d (the op writing ``integer.TILT_MAP``) of a spec with a tilt
+    (``tilt_sigma`` > 0), else None."""
+    if not spec.get("tilt_sigma"):
+        return None
+    ops = engine_ops(spec)[0]
+    k = [i for i, op in enumerate(spec["ops"]) if op["out"] == TILT_MAP]
+    if len(k) != 1 or ops[k[0]]["cout"] != 1:
+        raise EngineFitError(f"a luma tilt needs exactly one op writing the 1-channel map {TILT_MAP!r}")
+    return ops[k[0]]["out"]
+
+
 def is_conditioner(spec):
     """An op graph that computes a feature map (non-causal conditioning network pass) instead of logits:
     its last op writes the engine's whole-image feature memory."""
@@ -391,8 +403,14 @@ def pack_many(runs, params: EngineParams):
         raise EngineFitError(f"biases need {bbase} entries together, the engine has {params.bias_depth}")
     if len(inlut) > INPUT_TABLE:
         raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has {INPUT_TABLE}")
-    return ({T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
-             T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}, bases)
+    images = {T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
+              T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}
+    tilts = {(float(s["tilt_sigma"]), s["levels"]) for s, _, _ in runs if tilt_map(s) is not None}
+    if len(tilts) > 1:
+        raise EngineFitError("the engine holds one luma-tilt table: load specs with different tilts separately")
+    if tilts:  # the sampler's penalties at temperature 1 (``integer.tilt_table``)
+        images[T_TILT] = np.asarray(tilt_table(*tilts.pop()), "<u4").tobytes()
+    return images, bases
 
 
 def geometry(spec):
@@ -449,11 +467,13 @@ HA_TAPS, HB_TAPS = ((0, -1),), ((0, -1), (0, 0))          # 1x3 horizontal, firs
 
 
 def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels=0, wmax=40, bias_max=2000,
-                      shift=(15, 19), gate_shift=(17, 21), channels=1):
+                      shift=(15, 19), gate_shift=(17, 21), channels=1, tilt_sigma=None):
     """A random integer Gated PixelCNN op graph with the structure ``export.quantize_gated`` writes
     (k = 3; vertical ops in the row phase, the link folded into the horizontal op), for tests.
     ``channels`` 3: RGB, the centre taps zeroed by the channel-group masks (``models.pixelcnn.layers``:
-    output group o reads input group i at the current pixel iff i < o over x, i <= o over hidden maps)."""
+    output group o reads input group i at the current pixel iff i < o over x, i <= o over hidden maps).
+    ``tilt_sigma`` (RGB): a luma tilt, its d from a first pixel op over the rectified conditioning map (or,
+    without one, the image's pixels above and to the left), as ``cond_export.quantize_gray`` writes."""
     ch, C = hidden, channels
 
     def grp(k, n):
@@ -492,9 +512,13 @@ def random_gated_spec(rng, hidden=4, n_layers=2, levels=5, head=6, cond_channels
     pops.append(op("head1", "conv", "pixel", "head", [inp(f"h{n_layers - 1}", [(0, 0)], ch, head, False)], head,
                    relu_in=True))
     pops.append(op("head2", "conv", "pixel", "logits", [inp("head", [(0, 0)], head, C * levels, False)], C * levels))
+    if tilt_sigma:
+        src = inp("cond", [(0, 0)], cond_channels, 1) if cond_channels else inp("x", V0_TAPS + HA_TAPS, C, 1)
+        pops.insert(0, op("tilt", "conv", "pixel", TILT_MAP, [src], 1, relu_in=True))
     inlut = np.floor((2 * np.arange(levels) / (levels - 1) - 1) * 127 + 0.5).astype(np.int8)
     return dict(format="zippix-pixelcnn-gated-int8", architecture="gated", channels=C, levels=levels,
-                input_lut=inlut, logit_scale=0.05, cond_channels=cond_channels, ops=vops + pops)
+                input_lut=inlut, logit_scale=0.05, cond_channels=cond_channels, ops=vops + pops,
+                tilt_sigma=float(tilt_sigma or 0.0))
 
 
 def conditioner_delays(kernels, from_image=True):
@@ -564,7 +588,7 @@ def bounds_stream(bounds):
 
 
 def word_bytes(target, params: EngineParams):
-    return {T_WEIGHTS: params.lanes, T_BIAS: 4, T_CONFIG: CONFIG_BYTES, T_TAPS: TAP_BYTES}.get(target, 1)
+    return {T_WEIGHTS: params.lanes, T_BIAS: 4, T_CONFIG: CONFIG_BYTES, T_TAPS: TAP_BYTES, T_TILT: 4}.get(target, 1)
 
 
 def load_stream(images, params: EngineParams):

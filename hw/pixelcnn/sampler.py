@@ -54,25 +54,29 @@ class SamplerTwin:
         self.mult = mult
         self.table = gumbel_table()
 
-    def draw(self, logits, ok=None):
+    def draw(self, logits, ok=None, penalty=None):
         """One level from ``logits``; ``ok`` (bool per level): only allowed levels compete (the generator
-        steps for every level); none allowed: 0."""
+        steps for every level); none allowed: 0. ``penalty`` (int per level, luma tilt): subtracted from the
+        scores."""
         best = arg = None
         for v, lg in enumerate(logits):
             self.state = xorshift32(self.state)
             s = int(lg) * self.mult + int(self.table[self.state >> (32 - RBITS)])
+            if penalty is not None:
+                s -= int(penalty[v])
             if (ok is None or ok[v]) and (best is None or s > best):
                 best, arg = s, v
         return 0 if arg is None else arg
 
 
-def sample_images_twin(spec, n, height, width, seed, mult, cond=None, bounds=None):
+def sample_images_twin(spec, n, height, width, seed, mult, cond=None, bounds=None, tilt=None):
     """Generate n images exactly as the engine does. Plain masked nets: channel 0 sampled, channels 1..
     from ``cond`` (n, C-1, H, W). Op graphs (``cond``: their int8 conditioning map): every channel,
     R then G then B per pixel, each fed back before the next; ``bounds`` (n, 2, H, W) luma bounds of the
-    known gray pixels (``integer.luma_bounds``): the sampler's exclusion (``integer.luma_ok``).
-    Returns int64 (n, C, H, W) levels (C = 1 for plain nets)."""
-    from models.pixelcnn.integer import luma_ok
+    known gray pixels (``integer.luma_bounds``): the sampler's exclusion (``integer.luma_ok``); ``tilt``
+    (with ``bounds``): the luma tilt's penalty table (``integer.tilt_table``), applied to G with the spec's
+    tilt map (``integer.TILT_MAP``) as d. Returns int64 (n, C, H, W) levels (C = 1 for plain nets)."""
+    from models.pixelcnn.integer import TILT_MAP, graph_forward, luma_ok, tilt_penalty
 
     from .program import logits_any
     L = spec["levels"]
@@ -89,8 +93,16 @@ def sample_images_twin(spec, n, height, width, seed, mult, cond=None, bounds=Non
         for i in range(height):
             for j in range(width):
                 for c in range(S):
-                    lg = logits_any(spec, x, **kw)[0, c * L:(c + 1) * L, i, j]
+                    if tilt is not None and c == 1:
+                        full, maps = graph_forward(spec, x, trace=True, **kw)
+                        lo, hi = bounds[k, :, i, j]
+                        pen = tilt_penalty(x[:1, 0, i:i + 1, j:j + 1], maps[TILT_MAP][:1, 0, i:i + 1, j:j + 1],
+                                           lo, hi, tilt, L)[0, :, 0, 0]
+                        lg = full[0, L:2 * L, i, j]
+                    else:
+                        pen = None
+                        lg = logits_any(spec, x, **kw)[0, c * L:(c + 1) * L, i, j]
                     ok = None if bounds is None else luma_ok(x[0, :c, i, j], c, L, *bounds[k, :, i, j])
-                    x[0, c, i, j] = tw.draw(lg, ok)
+                    x[0, c, i, j] = tw.draw(lg, ok, pen)
         out[k] = x[0, :S]
     return out

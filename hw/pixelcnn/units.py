@@ -8,7 +8,12 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigne
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from models.pixelcnn import integer as I
+
 from . import sampler as S
+
+TILT_DY_BITS = 22  # signed luma-sum offset Y - T of the sampler's tilt (|Y|, |T| < 2**20)
+assert I.TILT_FRAC == S.GFRAC  # the tilt's penalties are in the scores' units
 
 def clog2(n):
     return max(1, (n - 1).bit_length())
@@ -318,14 +323,18 @@ class Requant(wiring.Component):
 
 class Sampler(wiring.Component):
     """Gumbel-max sampler (twin: ``sampler.SamplerTwin``). Logits arrive one per cycle
-    (``in_first`` on level 0, ``in_last`` on level L-1); ``done`` pulses with ``sample`` four cycles
-    after the last one (table read, scaled logit, score, argmax). ``in_ok`` = 0 excludes a level from the
-    argmax (the generator still steps for it); with no level allowed the sample is 0."""
+    (``in_first`` on level 0, ``in_last`` on level L-1); ``done`` pulses with ``sample`` five cycles
+    after the last one (table reads, scaled logit, Gumbel sum, penalty, argmax). ``in_ok`` = 0 excludes a
+    level from the argmax (the generator still steps for it); with no level allowed the sample is 0.
+    Luma tilt (``integer.tilt_table``): with ``in_tilt`` the penalty ``table[tilt_index(in_dy)]`` (a loadable
+    table, ``tilt_we``/``tilt_waddr``/``tilt_wdata``) is subtracted from the level's score."""
 
     def __init__(self):
         super().__init__({
             "seed_we": In(1), "seed": In(32), "mult": In(16),
             "in_valid": In(1), "in_first": In(1), "in_last": In(1), "in_logit": In(signed(8)), "in_ok": In(1, init=1),
+            "in_tilt": In(1), "in_dy": In(signed(TILT_DY_BITS)),
+            "tilt_we": In(1), "tilt_waddr": In(range(I.TILT_ENTRIES)), "tilt_wdata": In(I.TILT_BITS),
             "done": Out(1), "sample": Out(8), "busy": Out(1), "state": Out(32),
         })
 
@@ -333,41 +342,56 @@ class Sampler(wiring.Component):
         m = Module()
         table = [int(v) for v in S.gumbel_table()]
         m.submodules.gumbel = g = memory.Memory(shape=signed(S.GBITS), depth=len(table), init=table)
-        grd = g.read_port()
+        m.submodules.tilt = t = memory.Memory(shape=unsigned(I.TILT_BITS), depth=I.TILT_ENTRIES, init=[])
+        grd, trd, twr = g.read_port(), t.read_port(), t.write_port()
+        m.d.comb += [twr.addr.eq(self.tilt_waddr), twr.data.eq(self.tilt_wdata), twr.en.eq(self.tilt_we)]
         x = self.state
         x1, x2, x3 = Signal(32), Signal(32), Signal(32)
         m.d.comb += [x1.eq(x ^ (x << 13)[:32]), x2.eq(x1 ^ (x1 >> 17)), x3.eq(x2 ^ (x2 << 5)[:32])]
         m.d.comb += [grd.addr.eq(x3[32 - S.RBITS:]), grd.en.eq(1)]
-        v1, f1, l1, ok1, ok2, ok3, have = Signal(), Signal(), Signal(), Signal(), Signal(), Signal(), Signal()
+        v1, f1, l1, ok1, ok2, ok3, ok4, have = (Signal(name=n) for n in ("v1", "f1", "l1", "ok1", "ok2", "ok3", "ok4",
+                                                                          "have"))
+        t1, t2 = Signal(), Signal()
         lg1 = Signal(signed(8))
+        dy1 = Signal(signed(TILT_DY_BITS))
         idx, idx1 = Signal(8), Signal(8)
-        # score = logit * mult + G: 25 + 18 bits signed, so 27 bits hold it (and best)
-        best = Signal(signed(27))
+        # score = logit * mult + G - penalty: 25 + 18 bits signed, less 20 bits unsigned: 28 bits (and best)
+        best = Signal(signed(28))
         with m.If(self.seed_we):
             m.d.sync += x.eq(self.seed)
         with m.Elif(self.in_valid):
             m.d.sync += [x.eq(x3), idx.eq(Mux(self.in_first, 1, idx + 1)), idx1.eq(Mux(self.in_first, 0, idx))]
         m.d.sync += [v1.eq(self.in_valid), f1.eq(self.in_first), l1.eq(self.in_last & self.in_valid),
-                     lg1.eq(self.in_logit), ok1.eq(self.in_ok), ok2.eq(ok1), ok3.eq(ok2)]
-        # stage 2: the scaled logit and the Gumbel value registered; stage 3: their sum; then the argmax
-        v2, f2, l2, v3, f3, l3 = (Signal(name=n) for n in ("v2", "f2", "l2", "v3", "f3", "l3"))
-        idx2, idx3 = Signal(8), Signal(8)
+                     lg1.eq(self.in_logit), ok1.eq(self.in_ok), ok2.eq(ok1), ok3.eq(ok2), ok4.eq(ok3),
+                     t1.eq(self.in_tilt), t2.eq(t1), dy1.eq(self.in_dy)]
+        # the tilt table's address: dy1 >> TILT_SHIFT clamped to the table, offset to 0 .. TILT_ENTRIES - 1
+        half = I.TILT_ENTRIES // 2
+        q = dy1 >> I.TILT_SHIFT
+        m.d.comb += [trd.addr.eq(Mux(q < -half, 0, Mux(q >= half, I.TILT_ENTRIES - 1, q + half))), trd.en.eq(1)]
+        # stage 2: the scaled logit and the Gumbel value registered; stage 3: their sum and the penalty;
+        # stage 4: the score; then the argmax
+        v2, f2, l2, v3, f3, l3, v4, f4, l4 = (Signal(name=n) for n in ("v2", "f2", "l2", "v3", "f3", "l3",
+                                                                        "v4", "f4", "l4"))
+        idx2, idx3, idx4 = Signal(8), Signal(8), Signal(8)
         sl2 = Signal(signed(26))
         g2 = Signal(signed(S.GBITS))
-        score = Signal(signed(27))
+        sg3 = Signal(signed(27))
+        pen3 = Signal(I.TILT_BITS)
+        score = Signal(signed(28))
         # score > best as the sign of best - score: a carry chain, not a LUT comparator, ahead of the argmax's
         # register enables (a 14.8 ns path in the 75 MHz ECP5 build)
-        beaten = Signal(signed(28))
+        beaten = Signal(signed(29))
         m.d.comb += beaten.eq(best - score)
         m.d.sync += [v2.eq(v1), f2.eq(f1), l2.eq(l1), idx2.eq(idx1), sl2.eq(lg1 * self.mult), g2.eq(grd.data),
-                     v3.eq(v2), f3.eq(f2), l3.eq(l2), idx3.eq(idx2), score.eq(sl2 + g2)]
+                     v3.eq(v2), f3.eq(f2), l3.eq(l2), idx3.eq(idx2), sg3.eq(sl2 + g2), pen3.eq(Mux(t2, trd.data, 0)),
+                     v4.eq(v3), f4.eq(f3), l4.eq(l3), idx4.eq(idx3), score.eq(sg3 - pen3)]
         m.d.sync += self.done.eq(0)
-        with m.If(v3):
-            with m.If(ok3 & (f3 | ~have | beaten[-1])):
-                m.d.sync += [best.eq(score), self.sample.eq(idx3), have.eq(1)]
-            with m.Elif(f3):
+        with m.If(v4):
+            with m.If(ok4 & (f4 | ~have | beaten[-1])):
+                m.d.sync += [best.eq(score), self.sample.eq(idx4), have.eq(1)]
+            with m.Elif(f4):
                 m.d.sync += [self.sample.eq(0), have.eq(0)]
-            with m.If(l3):
+            with m.If(l4):
                 m.d.sync += self.done.eq(1)
-        m.d.comb += self.busy.eq(self.in_valid | v1 | v2 | v3)
+        m.d.comb += self.busy.eq(self.in_valid | v1 | v2 | v3 | v4)
         return m

@@ -8,7 +8,9 @@ gray (Kolesnikov & Lampert arXiv 1612.08185 §3, p(x) <= p(g) p(x | g), g = floo
   ``prior``  Gated PixelCNN over g;
   ``cond``   CondNet over the whole g: non-causal 3x3 convs (+ ReLU) run as a conditioner pass (row ops
              delayed by 2, 3, 4 rows) whose last op fills the engine's feature memory;
-  ``colour`` Gated PixelCNN over x whose every gated op adds a 1x1 over that feature map.
+  ``colour`` Gated PixelCNN over x whose every gated op adds a 1x1 over that feature map; with the
+             luma tilt (``luma_tilt=1``) also the op ``tilt`` (a 1x1 over the rectified feature map: d, the
+             tilt target's learnt part in steps of ``integer.TILT_D_STEP`` luma sums) and ``tilt_sigma``.
 pyramid (one coarser level, x_1 = 2x2 average pool of x):
   ``coarse``    Gated PixelCNN over x_1;
   ``up_coarse`` UpCondNet's first 3x3 conv (+ ReLU) over x_1 (conditioner pass at the coarse size);
@@ -61,9 +63,25 @@ def allowed(bundle, x, a):
     return I.luma_allowed(x, a, bundle["levels"], bundle["aux_levels"])
 
 
-def stage_bits(spec, logits, target, ok=None):
+def engine_outputs(spec, x, cond=None):
+    """What the engine streams out per pixel in likelihood mode (N, K, H, W): the logits, preceded by the
+    luma tilt's d when the spec has one (``engine.REG_TILT``)."""
+    out, maps = I.graph_forward(spec, x, cond, trace=True)
+    return np.concatenate([maps[I.TILT_MAP], out], 1) if spec.get("tilt_sigma") else out
+
+
+def stage_bits(spec, outputs, target, ok=None, aux=None, aux_levels=None):
+    """Bits per image of ``target`` under a stage's ``engine_outputs``; a tilted colour stage needs the gray
+    image ``aux`` and its levels (the luma bounds of the tilt's target)."""
     n, c, h, w = target.shape
-    return I.bits_per_image(np.asarray(logits).reshape(n, c, spec["levels"], h, w), target, spec["logit_scale"], ok)
+    L = spec["levels"]
+    outputs, pen = np.asarray(outputs), None
+    if spec.get("tilt_sigma"):
+        lo, hi = I.luma_bounds(np.asarray(aux)[:, 0], L, aux_levels)
+        pen = np.zeros((n, c, L, h, w), np.int64)
+        pen[:, 1] = I.tilt_penalty(target[:, 0], outputs[:, 0], lo, hi, I.tilt_table(spec["tilt_sigma"], L), L)
+        outputs = outputs[:, 1:]
+    return I.bits_per_image(outputs.reshape(n, c, L, h, w), target, spec["logit_scale"], ok, pen)
 
 
 def reference_bits(bundle, x):
@@ -71,9 +89,10 @@ def reference_bits(bundle, x):
     st = bundle["stages"]
     prior, cond = (st["prior"], st["colour"]) if bundle["model"] == "gray" else (st["coarse"], st["fine"])
     a = aux_image(bundle, x)
+    x = np.asarray(x, np.int64)
     return (stage_bits(prior, I.graph_forward(prior, a), a),
-            stage_bits(cond, I.graph_forward(cond, x, feature_maps(bundle, a)), np.asarray(x, np.int64),
-                       allowed(bundle, x, a)))
+            stage_bits(cond, engine_outputs(cond, x, feature_maps(bundle, a)), x, allowed(bundle, x, a), a,
+                       bundle["aux_levels"]))
 
 
 # --- bundle file
@@ -150,10 +169,6 @@ def quantize_gray(model, calib, levels, stream="shared"):
     import torch
     import torch.nn.functional as F
     from hw.pixelcnn.program import conditioner_delays
-    if getattr(model, "luma_tilt", False):
-        raise X.ExportError("the engine has no luma tilt yet (GrayscalePixelCNN luma_tilt=1 needs each pixel's "
-                            "gray-bin centre in the colour stage's op graph, which sees the gray image only as the sampler's luma "
-                            "bounds); export a luma_tilt=0 model")
     model = model.double().eval()
     convs = [m for m in model.cond_net.net if isinstance(m, torch.nn.Conv2d)]
     if any(c.dilation[0] != 1 or c.kernel_size[0] > 5 for c in convs):
@@ -176,6 +191,14 @@ def quantize_gray(model, calib, levels, stream="shared"):
     prior = X.quantize_gated(model.prior, X.calibrate_gated(model.prior, g.numpy()), stream=stream)
     colour = X.quantize_gated(model.colour, X.calibrate_gated(model.colour, calib, cond=feat.numpy()), cond_scale=s_in,
                               stream=stream)
+    if model.luma_tilt:  # d in steps of TILT_D_STEP luma sums, first of the pixel ops (before G's logits)
+        step = I.TILT_D_STEP * model._luma_unit
+        op = X._quant_op("tilt", "conv", "pixel", I.TILT_MAP, [("cond", model.tilt.weight.detach().numpy(),
+                                                                 np.ones((1, 1), bool), s_in)],
+                         model.tilt.bias.detach().numpy(), step, step, "none", relu_in=True)
+        k = next(i for i, o in enumerate(colour["ops"]) if o["phase"] == "pixel")
+        colour["ops"].insert(k, op)
+        colour["tilt_sigma"] = float(torch.exp(model.tilt_log_sigma.detach()))
     return {"prior": prior, "cond": _conditioner(ops, 1, model.gray_levels), "colour": colour}, int(model.exact)
 
 

@@ -354,7 +354,8 @@ if __name__ == "__main__":
 # every input of an op gets its own weight scale onto one accumulator scale.
 
 GRAPH_FORMAT = "zippix-pixelcnn-gated-int8"
-GRAPH_VERSION = 1
+GRAPH_VERSION = 1  # op graphs with a luma tilt (``tilt_sigma``) are written as version 2
+GRAPH_VERSIONS = (1, 2)
 GATE_SCALE = 1.0 / 127.0  # tanh / sigmoid table outputs
 
 
@@ -528,8 +529,11 @@ def save_graph_export(path, spec):
 
 def graph_arrays(spec):
     """The flat arrays of an op-graph spec (``save_graph_export``; bundles prefix their keys)."""
-    d = {"format": np.str_(GRAPH_FORMAT), "version": np.int32(GRAPH_VERSION),
+    tilt = float(spec.get("tilt_sigma") or 0.0)
+    d = {"format": np.str_(GRAPH_FORMAT), "version": np.int32(2 if tilt else GRAPH_VERSION),
          "architecture": np.str_(spec.get("architecture", "gated"))}
+    if tilt:
+        d["tilt_sigma"] = np.float64(tilt)
     for k in ("channels", "levels", "height", "width", "cond_channels"):
         d[k] = np.int32(spec.get(k, 0))
     d["input_lut"] = np.asarray(spec["input_lut"], np.int8)
@@ -561,9 +565,10 @@ def load_graph_export(z, what=""):
     """Validate the arrays ``z`` of an op-graph export -> spec dict (ExportError on any mismatch)."""
     spec = {"format": GRAPH_FORMAT, "version": _need(z, "version", np.int32),
             "architecture": _need(z, "architecture", "str")}
-    if spec["version"] != GRAPH_VERSION:
-        raise ExportError(f"gated export version {spec['version']} is not supported (reader: {GRAPH_VERSION})")
+    if spec["version"] not in GRAPH_VERSIONS:
+        raise ExportError(f"gated export version {spec['version']} is not supported (reader: {GRAPH_VERSIONS})")
     _read_common(z, spec, ("channels", "levels", "height", "width", "cond_channels", "n_ops"))
+    spec["tilt_sigma"] = float(_need(z, "tilt_sigma", np.float64)) if spec["version"] >= 2 else 0.0
     C, L = spec["channels"], spec["levels"]
     chans = {"x": C}
     if spec["cond_channels"]:
@@ -605,6 +610,10 @@ def load_graph_export(z, what=""):
         ops.append(op)
     if spec["architecture"] != "conditioner" and (not ops or chans[ops[-1]["out"]] != C * L):
         raise ExportError(f"the last op must output channels*levels = {C * L} logits")
+    if spec["tilt_sigma"] and not (spec["tilt_sigma"] > 0 and C == 3 and chans.get(integer.TILT_MAP) == 1 and
+                                   sum(op["out"] == integer.TILT_MAP for op in ops) == 1):
+        raise ExportError(f"a luma tilt needs RGB, a width > 0 (got {spec['tilt_sigma']}) and one op writing the "
+                          f"1-channel map {integer.TILT_MAP!r}")
     spec["ops"] = ops
     return spec
 

@@ -117,19 +117,22 @@ def forward_int(spec, x, trace=False):
     return (logits, maps) if trace else logits
 
 
-def log_probs(logits_int, logit_scale, allowed=None):
+def log_probs(logits_int, logit_scale, allowed=None, penalty=None):
     """float64 log-softmax (nats) over the level axis (axis 2) of logit_scale * integer logits;
-    ``allowed`` (bool, same shape): excluded levels get probability 0 (logit -inf) before the softmax."""
+    ``allowed`` (bool, same shape): excluded levels get probability 0 (logit -inf) before the softmax;
+    ``penalty`` (int, same shape): subtracted from the logits in units of 2**-TILT_FRAC nats (luma tilt)."""
     z = np.asarray(logits_int, np.float64) * float(logit_scale)
+    if penalty is not None:
+        z = z - np.asarray(penalty, np.float64) / (1 << TILT_FRAC)
     if allowed is not None:
         z = np.where(allowed, z, -np.inf)
     m = z.max(axis=2, keepdims=True)
     return z - m - np.log(np.exp(z - m).sum(axis=2, keepdims=True))
 
 
-def bits_per_image(logits_int, x, logit_scale, allowed=None):
-    """Bits of each image x (N,C,H,W) under the integer logits (float64; ``allowed``: see log_probs)."""
-    lp = log_probs(logits_int, logit_scale, allowed)
+def bits_per_image(logits_int, x, logit_scale, allowed=None, penalty=None):
+    """Bits of each image x (N,C,H,W) under the integer logits (float64; ``allowed``, ``penalty``: see log_probs)."""
+    lp = log_probs(logits_int, logit_scale, allowed, penalty)
     x = np.asarray(x, np.int64)
     if x.ndim == 3:
         x = x[None]
@@ -327,3 +330,52 @@ def graph_forward(spec, x, cond=None, trace=False):
     for op in spec["ops"]:
         out = maps[op["out"]] = op_forward(op, maps)
     return (out, maps) if trace else out
+
+
+# --- luma tilt (``GrayscalePixelCNN(luma_tilt=1)``): a Gaussian pull of G's logits towards a luma target
+#
+# The float model adds -(y - t)^2 / (2 sigma^2) (luma units) to the logit of G = v, y = (299 R + 587 v) * u,
+# t = 0.886 * (bin centre) + d, u = 255 / (levels - 1) / 1000 (one luma-sum step in luma units). In integers
+# (luma sums Y as in ``luma_bounds``): T = ((lo + hi) * TILT_CENTRE_MULT >> TILT_CENTRE_SHIFT) + TILT_D_STEP * d,
+# d the int8 output of the model's tilt op (a 1x1 over the rectified conditioning map), and the penalty
+# ``tilt_table(...)[tilt_index(299 R + 587 v - T)]`` is subtracted from G's scores (units 2**-frac nats):
+# the sampler's table lookup, and what the likelihood subtracts (frac = TILT_FRAC, temperature 1).
+
+TILT_CENTRE_MULT, TILT_CENTRE_SHIFT = 29032, 16  # 0.443 (= 0.886 / 2) in 16 fraction bits
+TILT_D_STEP = 125     # luma sum per step of d (1/8 luma unit at 256 levels)
+TILT_SHIFT = 6        # table step: 64 luma-sum units (0.064 luma units at 256 levels)
+TILT_ENTRIES = 2048   # table covers |Y - T| < 2**16 (65 luma units); the ends repeat beyond
+TILT_BITS = 20        # unsigned table entries (penalties saturate at 2**20 - 1)
+TILT_FRAC = 10        # fraction bits of the likelihood's penalties (the sampler's GFRAC)
+TILT_MAP = "tilt"     # the op-graph map that holds d
+
+
+def tilt_target(lo, hi, d):
+    """Luma-sum target T of pixels with luma bounds lo, hi and tilt outputs d (int arrays)."""
+    lo, hi, d = (np.asarray(a, np.int64) for a in (lo, hi, d))
+    return (((lo + hi) * TILT_CENTRE_MULT) >> TILT_CENTRE_SHIFT) + TILT_D_STEP * d
+
+
+def tilt_index(delta):
+    """Table index of luma-sum offsets Y - T: floor(delta / 2**TILT_SHIFT), clamped to the table."""
+    h = TILT_ENTRIES // 2
+    return np.clip(np.asarray(delta, np.int64) >> TILT_SHIFT, -h, h - 1) + h
+
+
+def tilt_table(sigma, levels, frac=TILT_FRAC, temperature=1.0):
+    """Penalties (TILT_ENTRIES,) int64: round(dy^2 / (2 sigma^2) * 2**frac / temperature) at each cell's
+    centre dy (luma units), saturated to TILT_BITS bits."""
+    if not sigma > 0 or not temperature > 0:
+        raise ValueError(f"tilt width {sigma} and temperature {temperature} must be > 0")
+    k = np.arange(TILT_ENTRIES, dtype=np.float64) - TILT_ENTRIES // 2 + 0.5
+    dy = k * (1 << TILT_SHIFT) * 255.0 / (levels - 1) / 1000.0
+    pen = np.floor(dy * dy / (2.0 * sigma * sigma) * (1 << frac) / temperature + 0.5)
+    return np.minimum(pen, (1 << TILT_BITS) - 1).astype(np.int64)
+
+
+def tilt_penalty(red, d, lo, hi, table, levels):
+    """Penalties (N, L, H, W) of every G value given R (N, H, W), the tilt map d (N, H, W) and the luma bounds."""
+    t = tilt_target(lo, hi, d)
+    v = np.arange(levels, dtype=np.int64)[None, :, None, None]
+    y = LUMA[0] * np.asarray(red, np.int64)[:, None] + LUMA[1] * v
+    return np.asarray(table, np.int64)[tilt_index(y - t[:, None])]
