@@ -670,7 +670,7 @@ def run_chain(args):
         "bpd": bpd, "bpd_integer_reference": bpd_ref, "bpd_float": b["float_bits_per_dim"],
         "bpd_parts": {"aux_prior": float(bits_a.sum() / test.size), "x_given_aux": float(bits_x.sum() / test.size)},
         "bpd_float_parts": b["float_parts"], "float_dataset": b["dataset"], "bpd_equal": bpd == bpd_ref,
-        "logits_equal": exact, "gray_exclusion": excl,
+        "logits_equal": exact, "gray_exclusion": excl, "luma_tilt": bool(cspec.get("tilt_sigma")),
         "cycles_per_image": cyc_img, "cycles_per_pixel": cyc_img / (H * W),
         "cycles_per_pixel_likelihood": cyc_img / (H * W),
         "mac_lower_bound_cycles_per_pixel": useful / (H * W) / params.lanes,

@@ -222,19 +222,21 @@ def test_patches_exports_fit_and_heldout_npz(model, tmp_path):
 
 
 def test_patches_bundles_integer_tracks_float():
-    """The committed gray (exact), gray_photo (the alternative Grayscale export, ``--weights``) and pyramid
-    patches bundles: the integer chain on 60 test patches within 0.05 bits/dim of the float checkpoints they
-    were quantised from."""
+    """The committed gray (exact, luma tilt), gray_photo (the alternative Grayscale export, ``--weights``) and
+    pyramid patches bundles: the integer chain on 60 test patches within 0.05 bits/dim of the float checkpoints
+    they were quantised from."""
     from host import pixelcnn_run as R
     from models.pixelcnn import cond_export as CE
     from models.pixelcnn import data
     from models.pixelcnn.train import load_checkpoint
     x = data.load("patches").test[:60]
-    for kind in ("gray", "gray_photo", "pyramid"):
+    for kind, ckpt in (("gray", "gray_tilt"), ("gray_photo", "gray_photo"), ("pyramid", "pyramid")):
         b = CE.load_bundle(R.WEIGHTS / f"{kind}_patches_int8.npz")
         assert b["exact"] == kind.startswith("gray")
+        if kind != "pyramid":
+            assert bool(b["stages"]["colour"]["tilt_sigma"]) == (kind == "gray")
         ib = sum(float(v.sum()) for v in CE.reference_bits(b, x)) / x.size
-        fm, _ = load_checkpoint(R.WEIGHTS / f"engine_{kind}_patches.pt")
+        fm, _ = load_checkpoint(R.WEIGHTS / f"engine_{ckpt}_patches.pt")
         with torch.no_grad():
             fb = float(fm.double().bpd(torch.as_tensor(x)).sum()) / len(x)
         assert abs(ib - fb) < 0.05, (kind, ib, fb)
@@ -255,4 +257,5 @@ def test_cli_patches_verilator(tmp_path, model):
     r = json.loads(out.read_text())
     assert rc == 0 and r["channels"] == 3 and r["bpd"] == r["bpd_integer_reference"] and r["logits_equal"]
     assert r["samples_equal_twin"] and r.get("gray_exclusion", False) == (model == "gray-pixelcnn")
+    assert r.get("luma_tilt", False) == (model == "gray-pixelcnn")
     assert r["sample_stats"]["samples"]["images"] == 1 and r["sample_stats"]["test_images"]["images"] == 1000

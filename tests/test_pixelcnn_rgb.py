@@ -121,12 +121,38 @@ def test_rgb_bundles_integer_chain_tracks_float(kind):
         assert np.array_equal(ok, model.offset(torch.from_numpy(x), torch.from_numpy(a)).numpy() == 0)
 
 
-def test_luma_tilt_export_refused():
-    """The engine has no luma tilt: exporting a luma_tilt=1 Grayscale model names that, before any work."""
+def test_luma_tilt_exports_to_the_engine(tmp_path):
+    """A luma_tilt=1 Grayscale model -> bundle (version-2 colour graph with the ``tilt`` op and its width, read
+    back): the integer target T (luma sums) is the float model's t to d's step, the integer colour part is within
+    quantisation tolerance of the float one, and the tilt moves it."""
     from models.pixelcnn import cond_export as CE
-    from models.pixelcnn.export import ExportError
+    from models.pixelcnn import integer as I
     from models.pixelcnn.models import GrayscalePixelCNN
-    model = GrayscalePixelCNN(3, 256, 16, hidden=6, n_layers=2, gray_hidden=4, gray_layers=2, cond_hidden=4,
-                              cond_layers=2, cond_dilated=0, luma_tilt=1)
-    with pytest.raises(ExportError, match="no luma tilt"):
-        CE.quantize_gray(model, np.zeros((2, 3, 4, 4), np.int64), 256)
+    torch.manual_seed(2)
+    L = 256
+    model = GrayscalePixelCNN(3, L, 16, hidden=6, n_layers=2, gray_hidden=4, gray_layers=2, cond_hidden=4,
+                              cond_layers=2, cond_dilated=0, exact=1, luma_tilt=1)
+    with torch.no_grad():
+        model.tilt.weight.normal_(0, 2.0)
+        model.tilt.bias.fill_(1.5)
+    x = np.random.default_rng(4).integers(0, L, (24, 3, 4, 4))
+    stages, exact = CE.quantize_gray(model, x, L)
+    b = dict(model="gray", dataset="t", channels=3, levels=L, height=4, width=4, aux_levels=16, stages=stages,
+             exact=exact, float_bits_per_dim=0.0, float_parts=[0.0, 0.0])
+    CE.save_bundle(tmp_path / "b.npz", b)
+    b = CE.load_bundle(tmp_path / "b.npz")
+    col = b["stages"]["colour"]
+    assert col["tilt_sigma"] == pytest.approx(float(torch.exp(model.tilt_log_sigma.detach())))
+    a = CE.aux_image(b, x)
+    out = CE.engine_outputs(col, x, CE.feature_maps(b, a))
+    lo, hi = I.luma_bounds(a[:, 0], L, 16)
+    with torch.no_grad():
+        m = model.double()
+        t = m.tilt_target(torch.from_numpy(a), m.condition(torch.from_numpy(a)))[:, 0].numpy()
+        fx = m.loss_parts(torch.from_numpy(x))["colour"].numpy()
+    got = I.tilt_target(lo, hi, out[:, 0]) * 0.001
+    assert np.abs(got - t).max() < 0.0625 + 0.02 and np.ptp(out[:, 0]) > 4
+    ix = CE.reference_bits(b, x)[1]
+    assert abs(ix.mean() - fx.mean()) / x[0].size < 0.05
+    untilted = dict(col, tilt_sigma=0.0)
+    assert abs(CE.stage_bits(untilted, out[:, 1:], x, CE.allowed(b, x, a)).mean() - ix.mean()) / x[0].size > 0.05

@@ -163,9 +163,17 @@ def _conditioner(name_ops, channels, levels, cond_channels=0):
                 cond_channels=cond_channels, ops=name_ops)
 
 
-def quantize_gray(model, calib, levels, stream="shared"):
+def _gated(net, calib, stream, centre, max_pre, cond=None, cond_scale=None):
+    """One gated stage -> op graph (``centre``: ``export.centre_logits`` first; ``max_pre``: gate clip)."""
+    if centre:
+        X.centre_logits(net)
+    return X.quantize_gated(net, X.calibrate_gated(net, calib, cond=cond, max_pre=max_pre), cond_scale=cond_scale,
+                            stream=stream)
+
+
+def quantize_gray(model, calib, levels, stream="shared", centre=False, max_pre=8.0):
     """GrayscalePixelCNN (float, ``cond_dilated=0``) -> bundle stages and the feature scale; ``stream``: the
-    residual stream's scales (``export.quantize_gated``)."""
+    residual stream's scales (``export.quantize_gated``); ``centre``, ``max_pre``: see ``export_checkpoint``."""
     import torch
     import torch.nn.functional as F
     from hw.pixelcnn.program import conditioner_delays
@@ -188,9 +196,8 @@ def quantize_gray(model, calib, levels, stream="shared"):
             h = pre if last else F.relu(pre)
             s_in, in_map = s_out, f"c{i}"
         feat = h
-    prior = X.quantize_gated(model.prior, X.calibrate_gated(model.prior, g.numpy()), stream=stream)
-    colour = X.quantize_gated(model.colour, X.calibrate_gated(model.colour, calib, cond=feat.numpy()), cond_scale=s_in,
-                              stream=stream)
+    prior = _gated(model.prior, g.numpy(), stream, centre, max_pre)
+    colour = _gated(model.colour, calib, stream, centre, max_pre, feat.numpy(), s_in)
     if model.luma_tilt:  # d in steps of TILT_D_STEP luma sums, first of the pixel ops (before G's logits)
         step = I.TILT_D_STEP * model._luma_unit
         op = X._quant_op("tilt", "conv", "pixel", I.TILT_MAP, [("cond", model.tilt.weight.detach().numpy(),
@@ -202,7 +209,7 @@ def quantize_gray(model, calib, levels, stream="shared"):
     return {"prior": prior, "cond": _conditioner(ops, 1, model.gray_levels), "colour": colour}, int(model.exact)
 
 
-def quantize_pyramid(model, calib, levels, stream="shared"):
+def quantize_pyramid(model, calib, levels, stream="shared", centre=False, max_pre=8.0):
     """PyramidPixelCNN (float, 2 levels, ``logit_prior=0``) -> bundle stages."""
     import torch
     import torch.nn.functional as F
@@ -224,14 +231,15 @@ def quantize_pyramid(model, calib, levels, stream="shared"):
     up_fine = _conditioner([_conv_op("upT", "u1", "cond", w_t, ct.bias.detach().numpy(), s0, s1p, s1, "relu", 0, parity=True),
                             _conv_op("up2", "u2", "u1", c2.weight.detach().numpy(), c2.bias.detach().numpy(), s1, s2, s2, "none", 1)],
                            0, levels, cond_channels=c0.out_channels)
-    coarse = X.quantize_gated(model.coarse, X.calibrate_gated(model.coarse, xc.numpy()), stream=stream)
-    fine = X.quantize_gated(model.fine[0], X.calibrate_gated(model.fine[0], calib, cond=p2.numpy()), cond_scale=s2,
-                            stream=stream)
+    coarse = _gated(model.coarse, xc.numpy(), stream, centre, max_pre)
+    fine = _gated(model.fine[0], calib, stream, centre, max_pre, p2.numpy(), s2)
     return {"coarse": coarse, "up_coarse": up_coarse, "up_fine": up_fine, "fine": fine}, 0
 
 
-def export_checkpoint(kind, ckpt, out, calib_n=500, log=print, stream="shared"):
-    """Trained checkpoint -> bundle .npz; returns (bundle, float bits/dim, integer bits/dim)."""
+def export_checkpoint(kind, ckpt, out, calib_n=500, log=print, stream="shared", centre=False, max_pre=8.0):
+    """Trained checkpoint -> bundle .npz; returns (bundle, float bits/dim, integer bits/dim). ``centre``: the
+    gated stages' logits centred per sub-pixel first (``export.centre_logits``: same probabilities, smaller
+    int8 logit scale); ``max_pre``: their gate pre-activations' clip (``export.calibrate_gated``)."""
     import torch
     from . import data
     from .train import load_checkpoint
@@ -241,7 +249,8 @@ def export_checkpoint(kind, ckpt, out, calib_n=500, log=print, stream="shared"):
         raise X.ExportError(f"{ckpt}: a {type(model).__name__} checkpoint, expected {want}")
     ds = data.load(ck["meta"]["dataset"])
     calib = ds.train[np.random.RandomState(0).permutation(len(ds.train))[:calib_n]]
-    stages, exact = (quantize_gray if kind == "gray" else quantize_pyramid)(model, calib, ds.levels, stream)
+    stages, exact = (quantize_gray if kind == "gray" else quantize_pyramid)(model, calib, ds.levels, stream, centre,
+                                                                           max_pre)
     if exact and ds.shape[0] != 3:
         raise X.ExportError("the engine's gray exclusion (exact=1) is for RGB images; train 1-channel gray models with exact=0")
     model = model.double().eval()
@@ -271,8 +280,12 @@ def main(argv=None):
     p.add_argument("--calib-n", type=int, default=500, help="calibration images from the training set")
     p.add_argument("--stream", choices=("shared", "per_layer"), default="shared",
                    help="residual stream scales: one for all layers, or one per layer (more MACs, finer steps)")
+    p.add_argument("--centre", action="store_true",
+                   help="centre each sub-pixel's logits first (same probabilities, finer int8 logit steps)")
+    p.add_argument("--max-pre", type=float, default=8.0, help="clip of the gate pre-activations' int8 range")
     a = p.parse_args(argv)
-    return export_checkpoint(a.kind, a.checkpoint, a.out, a.calib_n, stream=a.stream)
+    return export_checkpoint(a.kind, a.checkpoint, a.out, a.calib_n, stream=a.stream, centre=a.centre,
+                             max_pre=a.max_pre)
 
 
 if __name__ == "__main__":
