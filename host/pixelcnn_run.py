@@ -716,6 +716,8 @@ def print_chain(r):
     print(f"{r['model']} on {r['dataset']} ({r['backend']}): {r['test_images']} of {r['test_images_total']} test "
           f"images; prior over a = f(x), conditioner passes ({', '.join(r['stages']['conditioners']['passes'])}), "
           f"x | a: every stage on the engine")
+    if r.get("gray_exclusion"):
+        print(f"  sampler              : gray exclusion{' and luma tilt of G' if r.get('luma_tilt') else ''} on chip")
     print(f"  bits/dim engine      : {r['bpd']:.12f}  (a {r['bpd_parts']['aux_prior']:.4f} + "
           f"x|a {r['bpd_parts']['x_given_aux']:.4f})")
     print(f"  bits/dim integer ref : {r['bpd_integer_reference']:.12f}  "

@@ -63,26 +63,6 @@ def test_rgb_likelihood_matches_reference(lanes, idle, stall):
     assert r["pixels"] == n * H * W and r["beats"] == n * H * W * prog.mac_beats_per_pixel(spec, lanes)
 
 
-@pytest.mark.slow  # Amaranth simulator
-def test_rgb_tilt_likelihood_streams_d_first():
-    """With a luma tilt the likelihood run streams the tilt op's d before each pixel's logits
-    (``cond_export.engine_outputs``), under output backpressure."""
-    from models.pixelcnn import cond_export as CE
-    spec = rgb_spec(8, levels=8, tilt_sigma=12.0)
-    n, H, W = 1, 2, 3
-    x = np.random.default_rng(8).integers(0, spec["levels"], size=(n, 3, H, W))
-    s = EngineSim(rgb_engine(), seed=8, idle=0.2, stall=0.5)
-    s.program(spec, W, H)
-    s.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
-    nout = 1 + 3 * spec["levels"]
-    s.send(prog.input_stream(spec, x))
-    s.recv(n * H * W * nout, "out")
-    r = s.run(max_cycles=600_000)
-    got = np.frombuffer(bytes(r["out"]), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
-    want = CE.engine_outputs(spec, x)
-    assert np.array_equal(got, want) and len(np.unique(want[:, 0])) > 1
-
-
 def _sample(spec, n, H, W, seed, mult, bounds=None, stall=0.3):
     s = EngineSim(rgb_engine(), seed=seed & 0xFF, stall=stall)
     s.program(spec, W, H)
@@ -134,20 +114,59 @@ def test_rgb_sampling_gray_exclusion():
     assert not np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult))  # the exclusion acts
 
 
-@pytest.mark.slow  # Amaranth simulator
-def test_rgb_sampling_luma_tilt():
-    """Exclusion plus the luma tilt of G (d from the tilt op, T from the bounds on chip, table penalties): the
-    twin's images; the samples' gray image is the given one; without the tilt the draws differ."""
-    L, G = 16, 4
-    spec = rgb_spec(9, levels=L, tilt_sigma=3.0)
-    n, H, W, seed, mult = 1, 2, 3, 0x5EED, 60
-    g = np.random.default_rng(10).integers(0, G, (n, 1, H, W))
+@pytest.mark.slow  # Amaranth simulator: ~20 s
+def test_rgb_luma_tilt_likelihood_and_sampling():
+    """Luma tilt of G, one engine programmed once, under backpressure: the likelihood run streams the tilt op's d
+    before each pixel's logits (``cond_export.engine_outputs``); sampling with the exclusion and the tilt (d from
+    the tilt op, T from the bounds on chip, the loaded table's penalties) draws the twin's images, whose gray
+    image is the given one, and without the tilt the draws differ."""
+    from models.pixelcnn import cond_export as CE
+    L, G, sigma = 16, 4, 3.0
+    spec = rgb_spec(9, levels=L, tilt_sigma=sigma)
+    n, H, W, seed, mult = 1, 2, 2, 0x5EED, 60
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, L, (n, 3, H, W))
+    g = rng.integers(0, G, (n, 1, H, W))
     bounds = np.stack(integer.luma_bounds(g[:, 0], L, G), 1)
-    got, _ = _sample(spec, n, H, W, seed, mult, bounds)
-    table = integer.tilt_table(3.0, L)
+    s = EngineSim(rgb_engine(), seed=9, idle=0.2, stall=0.4)
+    s.program(spec, W, H)
+    nout = 1 + 3 * L
+    s.reg(E.REG_CTRL, E.MODE_LIKELIHOOD | 0x100)
+    s.send(prog.input_stream(spec, x))
+    s.recv(n * H * W * nout, "out")
+    s.reg(E.REG_CTRL, E.MODE_IDLE)
+    for reg, value in E.run_registers(spec, W, H, excl=True):
+        s.reg(reg, value)
+    s.reg(E.REG_SEED, seed)
+    s.reg(E.REG_LOGIT_MULT, mult)
+    s.reg(E.REG_NIMAGES, n)
+    s.reg(E.REG_CTRL, E.MODE_SAMPLE | 0x100)
+    s.send(prog.bounds_stream(bounds))
+    s.recv(n * H * W * 3, "img")
+    s.wait_mode_idle()
+    r = s.run(max_cycles=900_000)
+    out = np.frombuffer(bytes(r["out"]), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
+    want = CE.engine_outputs(spec, x)
+    assert np.array_equal(out, want) and len(np.unique(want[:, 0])) > 1
+    got = np.frombuffer(bytes(r["img"]), np.uint8).astype(np.int64).reshape(n, H, W, 3).transpose(0, 3, 1, 2)
+    table = integer.tilt_table(sigma, L)
     assert np.array_equal(M.to_gray(torch.from_numpy(got), L, G).numpy(), g)
     assert np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult, bounds=bounds, tilt=table))
     assert not np.array_equal(got, S.sample_images_twin(spec, n, H, W, seed, mult, bounds=bounds))
+
+
+def test_tilt_table_loads_with_its_spec():
+    """``pack_many`` loads the tilt's penalty table (temperature 1) with a tilted spec, none without one, and refuses
+    two different tilts at once; ``run_registers`` turns the tilt on with the tilt op's map."""
+    params = rgb_engine().cfg
+    a, b, plain = rgb_spec(9, levels=16, tilt_sigma=3.0), rgb_spec(9, levels=16, tilt_sigma=5.0), rgb_spec(9, levels=16)
+    images, _ = prog.pack_many([(a, 2, 2)], params)
+    assert np.array_equal(np.frombuffer(images[prog.T_TILT], "<u4"), integer.tilt_table(3.0, 16))
+    assert prog.T_TILT not in prog.pack_many([(plain, 2, 2)], params)[0]
+    with pytest.raises(prog.EngineFitError, match="one luma-tilt table"):
+        prog.pack_many([(a, 2, 2), (b, 2, 2)], params)
+    regs = dict(E.run_registers(a, 2, 2))
+    assert regs[E.REG_TILT] == 1 | (prog.tilt_map(a) << 8) and dict(E.run_registers(plain, 2, 2))[E.REG_TILT] == 0
 
 
 @pytest.mark.parametrize("levels,gray_levels", [(256, 16), (256, 4), (17, 4), (64, 16)])

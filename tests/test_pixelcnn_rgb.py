@@ -154,5 +154,10 @@ def test_luma_tilt_exports_to_the_engine(tmp_path):
     assert np.abs(got - t).max() < 0.0625 + 0.02 and np.ptp(out[:, 0]) > 4
     ix = CE.reference_bits(b, x)[1]
     assert abs(ix.mean() - fx.mean()) / x[0].size < 0.05
+    from models.pixelcnn import export as X
+    from models.pixelcnn.export import ExportError
+    renamed = dict(col, ops=[dict(op, out="t2") if op["out"] == I.TILT_MAP else op for op in col["ops"]])
+    with pytest.raises(ExportError, match="luma tilt needs"):
+        X.load_graph_export(X.graph_arrays(renamed))
     untilted = dict(col, tilt_sigma=0.0)
     assert abs(CE.stage_bits(untilted, out[:, 1:], x, CE.allowed(b, x, a)).mean() - ix.mean()) / x[0].size > 0.05

@@ -353,6 +353,9 @@ def pack_many(runs, params: EngineParams):
     """Memory images holding several specs at once (``runs``: (spec, width, height) each; the engine runs
     one of them at a time, chosen by its REG_BASE: first op and input-table offset). Checks every spec's fit
     and the totals; returns (images, [(op base, input-table base)] per spec)."""
+    tilts = {(float(s["tilt_sigma"]), s["levels"]) for s, _, _ in runs if tilt_map(s) is not None}
+    if len(tilts) > 1:
+        raise EngineFitError("the engine holds one luma-tilt table: load specs with different tilts separately")
     P = params.lanes
     wbytes, bbytes, lbytes, inlut = bytearray(), bytearray(), bytearray(), bytearray()
     taps_img = bytearray(params.max_layers * MAX_TAPS * TAP_BYTES)
@@ -405,9 +408,6 @@ def pack_many(runs, params: EngineParams):
         raise EngineFitError(f"input tables need {len(inlut)} entries together, the engine has {INPUT_TABLE}")
     images = {T_WEIGHTS: bytes(wbytes), T_BIAS: bytes(bbytes), T_LUT: bytes(lbytes), T_TAPS: bytes(taps_img),
               T_CONFIG: bytes(cfg), T_INLUT: bytes(inlut)}
-    tilts = {(float(s["tilt_sigma"]), s["levels"]) for s, _, _ in runs if tilt_map(s) is not None}
-    if len(tilts) > 1:
-        raise EngineFitError("the engine holds one luma-tilt table: load specs with different tilts separately")
     if tilts:  # the sampler's penalties at temperature 1 (``integer.tilt_table``)
         images[T_TILT] = np.asarray(tilt_table(*tilts.pop()), "<u4").tobytes()
     return images, bases

@@ -232,8 +232,7 @@ class GrayscalePixelCNN(nn.Module):
         luma less blue's share (0.114 B, about 0.114 of the luma), sigma is one learnt scalar. Only G gets it:
         given R and the bin, G's window is ~27 levels wide and the position in the bin nearly fixes it,
         while a tilt on R (needs G and B's share) or B (already sharp given R and G) measured no gain.
-        Every term is affine in R, the bin centre and ReLU(cond), so the offset is a 1x1 conv into G's logits
-        plus a fixed quadratic bias; the bin centre is needed to about a luma unit (docs/pixelcnn-models.md)."""
+        The conv engine's sampler applies it from a penalty table (``integer.tilt_*``; docs/conv-engine.md)."""
         if not self.luma_tilt:
             return None
         lo, hi = luma_bin(g.long(), self.levels, self.gray_levels)
