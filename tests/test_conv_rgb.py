@@ -63,9 +63,8 @@ def test_rgb_likelihood_matches_reference(lanes, idle, stall):
     assert r["pixels"] == n * H * W and r["beats"] == n * H * W * prog.mac_beats_per_pixel(spec, lanes)
 
 
-def _sample(spec, n, H, W, seed, mult, bounds=None, stall=0.3):
-    s = EngineSim(rgb_engine(), seed=seed & 0xFF, stall=stall)
-    s.program(spec, W, H)
+def _queue_sampling(s, spec, n, H, W, seed, mult, bounds=None):
+    """Queue a sample run of n images on the programmed engine sim ``s``; its bytes go to ``r["img"]``."""
     if bounds is not None:  # the exclusion's register bit and the pixels' luma bounds
         for reg, value in E.run_registers(spec, W, H, excl=True):
             s.reg(reg, value)
@@ -77,6 +76,12 @@ def _sample(spec, n, H, W, seed, mult, bounds=None, stall=0.3):
         s.send(prog.bounds_stream(bounds))
     s.recv(n * H * W * 3, "img")
     s.wait_mode_idle()
+
+
+def _sample(spec, n, H, W, seed, mult, bounds=None, stall=0.3):
+    s = EngineSim(rgb_engine(), seed=seed & 0xFF, stall=stall)
+    s.program(spec, W, H)
+    _queue_sampling(s, spec, n, H, W, seed, mult, bounds)
     s.read(E.REG_IMAGES, "images")
     s.read(E.REG_MAC_BEATS, "beats")
     s.read(E.REG_PIXELS, "pixels")
@@ -135,15 +140,7 @@ def test_rgb_luma_tilt_likelihood_and_sampling():
     s.send(prog.input_stream(spec, x))
     s.recv(n * H * W * nout, "out")
     s.reg(E.REG_CTRL, E.MODE_IDLE)
-    for reg, value in E.run_registers(spec, W, H, excl=True):
-        s.reg(reg, value)
-    s.reg(E.REG_SEED, seed)
-    s.reg(E.REG_LOGIT_MULT, mult)
-    s.reg(E.REG_NIMAGES, n)
-    s.reg(E.REG_CTRL, E.MODE_SAMPLE | 0x100)
-    s.send(prog.bounds_stream(bounds))
-    s.recv(n * H * W * 3, "img")
-    s.wait_mode_idle()
+    _queue_sampling(s, spec, n, H, W, seed, mult, bounds)
     r = s.run(max_cycles=900_000)
     out = np.frombuffer(bytes(r["out"]), np.int8).astype(np.int64).reshape(n, H, W, nout).transpose(0, 3, 1, 2)
     want = CE.engine_outputs(spec, x)

@@ -180,6 +180,33 @@ def test_requant_saturation_and_residual():
         assert got == list(zip(o.tolist(), z.tolist()))
 
 
+async def _draw_pixels(ctx, dut, seed, mult, pixels, per_level=None):
+    """Seed the sampler, feed each pixel's logits one per cycle (``per_level(ctx, k, v)`` sets further inputs of
+    level v of pixel k) and collect the samples."""
+    ctx.set(dut.seed, seed)
+    ctx.set(dut.seed_we, 1)
+    await ctx.tick()
+    ctx.set(dut.seed_we, 0)
+    ctx.set(dut.mult, mult)
+    got = []
+    for k, lg in enumerate(pixels):
+        for v in range(len(lg)):
+            ctx.set(dut.in_valid, 1)
+            ctx.set(dut.in_first, v == 0)
+            ctx.set(dut.in_last, v == len(lg) - 1)
+            ctx.set(dut.in_logit, int(lg[v]))
+            if per_level:
+                per_level(ctx, k, v)
+            await ctx.tick()
+        ctx.set(dut.in_valid, 0)
+        while True:
+            await ctx.tick()
+            if ctx.get(dut.done):
+                got.append(ctx.get(dut.sample))
+                break
+    return got
+
+
 def test_sampler_matches_twin():
     rng = np.random.default_rng(4)
     L, seed, mult = 7, 0x1234567, 97
@@ -189,24 +216,7 @@ def test_sampler_matches_twin():
     got = []
 
     async def bench(ctx):
-        ctx.set(dut.seed, seed)
-        ctx.set(dut.seed_we, 1)
-        await ctx.tick()
-        ctx.set(dut.seed_we, 0)
-        ctx.set(dut.mult, mult)
-        for lg in pixels:
-            for v in range(L):
-                ctx.set(dut.in_valid, 1)
-                ctx.set(dut.in_first, v == 0)
-                ctx.set(dut.in_last, v == L - 1)
-                ctx.set(dut.in_logit, int(lg[v]))
-                await ctx.tick()
-            ctx.set(dut.in_valid, 0)
-            while True:
-                await ctx.tick()
-                if ctx.get(dut.done):
-                    got.append(ctx.get(dut.sample))
-                    break
+        got.extend(await _draw_pixels(ctx, dut, seed, mult, pixels))
         got.append(ctx.get(dut.state))
 
     _run(dut, bench)
@@ -231,6 +241,12 @@ def test_sampler_tilt_matches_twin():
     dut = Sampler()
     got = []
 
+    def per_level(ctx, k, v):
+        _, dy, ok, on = pixels[k]
+        ctx.set(dut.in_ok, bool(ok[v]))
+        ctx.set(dut.in_tilt, on)
+        ctx.set(dut.in_dy, int(dy[v]))
+
     async def bench(ctx):
         for a, v in enumerate(table):
             ctx.set(dut.tilt_waddr, a)
@@ -238,27 +254,7 @@ def test_sampler_tilt_matches_twin():
             ctx.set(dut.tilt_we, 1)
             await ctx.tick()
         ctx.set(dut.tilt_we, 0)
-        ctx.set(dut.seed, seed)
-        ctx.set(dut.seed_we, 1)
-        await ctx.tick()
-        ctx.set(dut.seed_we, 0)
-        ctx.set(dut.mult, mult)
-        for lg, dy, ok, on in pixels:
-            for v in range(L):
-                ctx.set(dut.in_valid, 1)
-                ctx.set(dut.in_first, v == 0)
-                ctx.set(dut.in_last, v == L - 1)
-                ctx.set(dut.in_logit, int(lg[v]))
-                ctx.set(dut.in_ok, bool(ok[v]))
-                ctx.set(dut.in_tilt, on)
-                ctx.set(dut.in_dy, int(dy[v]))
-                await ctx.tick()
-            ctx.set(dut.in_valid, 0)
-            while True:
-                await ctx.tick()
-                if ctx.get(dut.done):
-                    got.append(ctx.get(dut.sample))
-                    break
+        got.extend(await _draw_pixels(ctx, dut, seed, mult, [p[0] for p in pixels], per_level))
 
     _run(dut, bench)
     tw = S.SamplerTwin(seed, mult)
