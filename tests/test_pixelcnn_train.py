@@ -169,6 +169,29 @@ def test_hflip_mirrors_training_images(monkeypatch):
     assert 16 < n_plain < 48 and res["hflip"] is True
 
 
+def test_colour_perm_permutes_each_images_channels(monkeypatch):
+    """``colour_perm``: every image the model sees is a training image with its RGB channels in some order,
+    all six orders occur in a 240-image batch, and the order is per image; one-channel data is refused."""
+    from models.pixelcnn.models import GatedPixelCNN
+    seen = []
+    orig = GatedPixelCNN.bpd
+    monkeypatch.setattr(GatedPixelCNN, "bpd", lambda self, x: (seen.append(x.numpy().copy()), orig(self, x))[1])
+    ds = tiny(3, levels=256, n=240)
+    _, res = train.train("pixelcnn", ds, epochs=1, batch_size=240, arch=TINY["pixelcnn"], max_steps=1,
+                         progress=False, log=lambda s: None, colour_perm=True)
+    xb = seen[0]
+    orders = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    by_image = {x.tobytes(): x for x in ds.train}
+    used = []
+    for x in xb:
+        hits = [o for o in orders for t in [x[list(np.argsort(o))]] if t.tobytes() in by_image]
+        assert len(hits) == 1
+        used.append(hits[0])
+    assert len(set(used)) == 6 and res["colour_perm"] is True
+    with pytest.raises(ValueError, match="permutes RGB channels"):
+        train.train("pixelcnn", tiny(1), epochs=1, arch=TINY["pixelcnn"], progress=False, colour_perm=True)
+
+
 def test_image_stats_cli(tmp_path):
     """``python -m models.pixelcnn.image_stats CKPT``: samples a trained checkpoint and reports its statistics
     beside the training and test images'."""

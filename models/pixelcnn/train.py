@@ -143,10 +143,19 @@ class LogitPenalty:
         return v
 
 
+_ORDERS = np.array([(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)])
+
+
+def permute_channels(x, rng):
+    """x (N, 3, H, W) with each image's channels in one of the six orders drawn uniformly by ``rng``."""
+    order = _ORDERS[rng.randint(len(_ORDERS), size=len(x))]
+    return x[np.arange(len(x))[:, None], order]
+
+
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
           warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None, hflip=False,
-          logit_penalty=0.0, init_from=None, logit_margin=None):
+          logit_penalty=0.0, init_from=None, logit_margin=None, colour_perm=False):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
@@ -158,6 +167,9 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     (default: every epoch; also before the first step), and the model with the best validation bits/dim is
     the one returned and saved (early stopping). ``hflip``: each training image is mirrored left-right with
     probability 1/2 at every step (data augmentation for photos; off by default, so earlier runs reproduce).
+    ``colour_perm``: each RGB training image's channels are put in one of the six orders, uniformly at random,
+    at every step (``permute_channels``; a photo's hues are six photos' for the model, whose colour must then
+    come from the image's own context rather than from the training photos' palette).
     ``logit_penalty``: weight (bits/dim per nat²) of ``LogitPenalty`` added to the training loss (0: off).
     ``init_from``: start from this checkpoint's weights (same model and architecture; fine-tuning with a fresh
     optimiser and learning-rate schedule)."""
@@ -171,6 +183,10 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             "version": CHECKPOINT_VERSION}
     if hflip:
         meta["hflip"] = True
+    if colour_perm:
+        if ds.shape[0] != 3:
+            raise ValueError(f"colour_perm permutes RGB channels; {ds.name} has {ds.shape[0]} channel(s)")
+        meta["colour_perm"] = True
     if logit_penalty < 0 or (logit_margin is not None and (not logit_penalty or logit_margin < 0)):
         raise ValueError(f"logit penalty {logit_penalty} / margin {logit_margin}: the penalty must be >= 0, and a "
                          f"margin (>= 0 nats) applies only with a penalty > 0")
@@ -265,6 +281,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             xb = train_x[perm[b * batch_size:(b + 1) * batch_size]]
             if hflip:
                 xb = np.where(np.random.rand(len(xb), 1, 1, 1) < 0.5, xb[..., ::-1], xb)
+            if colour_perm:
+                xb = permute_channels(xb, np.random)
             xb = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
             with autocast(dev):
                 loss = model.bpd(xb).mean()
@@ -333,6 +351,9 @@ def main(argv=None):
                    help="with --val-photo: validation every this many steps (default: every epoch)")
     p.add_argument("--hflip", action="store_true",
                    help="mirror each training image left-right with probability 1/2 at every step (photos)")
+    p.add_argument("--colour-perm", action="store_true",
+                   help="put each RGB training image's channels in a random one of the six orders at every step "
+                        "(photos: hue-independent colour coherence instead of the training photos' palette)")
     p.add_argument("--logit-penalty", type=float, default=0.0,
                    help="weight of the mean squared centred logit (nats^2) added to the loss, keeping logits in a "
                         "range int8 can carry (e.g. 1e-3; 0: off)")
@@ -350,7 +371,7 @@ def main(argv=None):
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
                    a.resume, not a.no_progress, device=a.device, warm_start=a.warm_start,
                    warm_lr_scale=a.warm_lr_scale, prior_from=a.prior_from, val_photo=a.val_photo,
-                   eval_every=a.eval_every, hflip=a.hflip,
+                   eval_every=a.eval_every, hflip=a.hflip, colour_perm=a.colour_perm,
                    logit_penalty=a.logit_penalty, init_from=a.init_from,
                    logit_margin=a.logit_margin)
     print(json.dumps(res, indent=1))
