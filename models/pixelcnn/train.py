@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from . import data as data_mod
+from .qat import QuantAware, plain_state_dict
 from .models import MODEL_NAMES, build, gated_nets, n_params
 
 
@@ -82,7 +83,7 @@ def evaluate(model, x, batch_size=256, device=None):
 def save_checkpoint(path, model, opt, epoch, meta):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict() if opt else None, "epoch": epoch,
+    torch.save({"model": {k: v.cpu() for k, v in plain_state_dict(model).items()}, "opt": opt.state_dict() if opt else None, "epoch": epoch,
                 "meta": meta, "torch_rng": torch.get_rng_state(),
                 "np_rng": np.random.get_state()}, tmp)
     os.replace(tmp, path)
@@ -155,7 +156,7 @@ def permute_channels(x, rng):
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
           warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None, hflip=False,
-          logit_penalty=0.0, init_from=None, logit_margin=None, colour_perm=False):
+          logit_penalty=0.0, init_from=None, logit_margin=None, colour_perm=False, qat=False):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
@@ -172,7 +173,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     come from the image's own context rather than from the training photos' palette).
     ``logit_penalty``: weight (bits/dim per nat²) of ``LogitPenalty`` added to the training loss (0: off).
     ``init_from``: start from this checkpoint's weights (same model and architecture; fine-tuning with a fresh
-    optimiser and learning-rate schedule)."""
+    optimiser and learning-rate schedule). ``qat``: train the logit layers and stream outputs on the conv
+    engine export's int8 weight grids (``qat.QuantAware``; the checkpoint keeps the rounded weights)."""
     ds = data_mod.load(dataset) if isinstance(dataset, str) else dataset
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -183,6 +185,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             "version": CHECKPOINT_VERSION}
     if hflip:
         meta["hflip"] = True
+    if qat:
+        meta["qat"] = True
     if colour_perm:
         if ds.shape[0] != 3:
             raise ValueError(f"colour_perm permutes RGB channels; {ds.name} has {ds.shape[0]} channel(s)")
@@ -253,6 +257,7 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
         torch.set_rng_state(ck["torch_rng"])
         np.random.set_state(ck["np_rng"])
         log(f"resumed {out} at epoch {start}")
+    grids = QuantAware(model) if qat else None
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_fn, last_epoch=start * steps_per_epoch - 1 if start else -1)
     dims = int(np.prod(ds.shape))
     step = start * steps_per_epoch
@@ -312,6 +317,8 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
         if out:
             save_checkpoint(out, model, opt, epochs, meta)
         log(f"early stopping: kept step {best[1]} (validation bpd {best[0]:.4f})")
+    if grids:
+        grids.detach()
     bpd, parts = evaluate(model, ds.test)
     res = dict(meta, test_bits_per_dim=bpd, test_parts_bits_per_dim=parts, n_params=n_params(model),
                train_s=time.time() - t0, dims=dims, device=dev.type)
@@ -360,6 +367,10 @@ def main(argv=None):
     p.add_argument("--logit-margin", type=float, default=None,
                    help="with --logit-penalty: penalise only logits more than this many nats below their "
                         "sub-pixel's largest (default: all, centred)")
+    p.add_argument("--qat", action="store_true",
+                   help="quantisation-aware: train each trainable gated net's logit layer and stream outputs on the "
+                        "conv engine's int8 weight grids (for cond_export --stream per_layer --centre); the "
+                        "checkpoint keeps the rounded weights")
     p.add_argument("--init-from", default=None,
                    help="start from this checkpoint's weights (same model and --arch): fine-tune with a fresh optimiser")
     p.add_argument("--json", default=None, help="write the result (test bits/dim and split) here")
@@ -371,7 +382,7 @@ def main(argv=None):
     _, res = train(a.model, a.dataset, a.epochs, a.batch_size, a.lr, a.seed, parse_arch(a.arch), out,
                    a.resume, not a.no_progress, device=a.device, warm_start=a.warm_start,
                    warm_lr_scale=a.warm_lr_scale, prior_from=a.prior_from, val_photo=a.val_photo,
-                   eval_every=a.eval_every, hflip=a.hflip, colour_perm=a.colour_perm,
+                   eval_every=a.eval_every, hflip=a.hflip, colour_perm=a.colour_perm, qat=a.qat,
                    logit_penalty=a.logit_penalty, init_from=a.init_from,
                    logit_margin=a.logit_margin)
     print(json.dumps(res, indent=1))
