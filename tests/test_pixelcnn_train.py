@@ -171,7 +171,8 @@ def test_hflip_mirrors_training_images(monkeypatch):
 
 def test_colour_perm_permutes_each_images_channels(monkeypatch):
     """``colour_perm``: every image the model sees is a training image with its RGB channels in some order,
-    all six orders occur in a 240-image batch, and the order is per image; one-channel data is refused."""
+    all six orders occur in a 240-image batch, and the order is per image; with probability 1/2, about 7/12
+    keep theirs; one-channel data and probabilities outside (0, 1] are refused."""
     from models.pixelcnn.models import GatedPixelCNN
     seen = []
     orig = GatedPixelCNN.bpd
@@ -187,7 +188,14 @@ def test_colour_perm_permutes_each_images_channels(monkeypatch):
         hits = [o for o in orders for t in [x[list(np.argsort(o))]] if t.tobytes() in by_image]
         assert len(hits) == 1
         used.append(hits[0])
-    assert len(set(used)) == 6 and res["colour_perm"] is True
+    assert len(set(used)) == 6 and res["colour_perm"] == 1.0
+    seen.clear()  # with probability 1/2: about 1/2 + 1/12 of the images keep their order
+    train.train("pixelcnn", ds, epochs=1, batch_size=240, arch=TINY["pixelcnn"], max_steps=1, progress=False,
+                log=lambda s: None, colour_perm=0.5)
+    kept = sum(x.tobytes() in by_image for x in seen[0])
+    assert 0.45 * 240 < kept < 0.72 * 240
+    with pytest.raises(ValueError, match="probability"):
+        train.train("pixelcnn", ds, epochs=1, arch=TINY["pixelcnn"], progress=False, colour_perm=1.5)
     with pytest.raises(ValueError, match="permutes RGB channels"):
         train.train("pixelcnn", tiny(1), epochs=1, arch=TINY["pixelcnn"], progress=False, colour_perm=True)
 

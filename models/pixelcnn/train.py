@@ -156,7 +156,7 @@ def permute_channels(x, rng):
 def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=None, out=None,
           resume=False, progress=True, max_steps=None, log=print, device="cpu", warm_start=None,
           warm_lr_scale=0.0, prior_from=None, val_photo=None, eval_every=None, hflip=False,
-          logit_penalty=0.0, init_from=None, logit_margin=None, colour_perm=False, qat=False):
+          logit_penalty=0.0, init_from=None, logit_margin=None, colour_perm=0.0, qat=False):
     """Train; returns (model, result dict with test bits/dim). ``dataset`` is a name/path or a Dataset.
     The model is built on the CPU from the seed (same initial weights on every device), then moved.
     ``warm_start`` (model ``gray`` only): a gated baseline (checkpoint path or model) copied into the
@@ -168,9 +168,10 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     (default: every epoch; also before the first step), and the model with the best validation bits/dim is
     the one returned and saved (early stopping). ``hflip``: each training image is mirrored left-right with
     probability 1/2 at every step (data augmentation for photos; off by default, so earlier runs reproduce).
-    ``colour_perm``: each RGB training image's channels are put in one of the six orders, uniformly at random,
-    at every step (``permute_channels``; a photo's hues are six photos' for the model, whose colour must then
-    come from the image's own context rather than from the training photos' palette).
+    ``colour_perm`` (probability p, 0 = off): at every step each RGB training image, with probability p, has its
+    channels put in one of the six orders, uniformly at random (``permute_channels``; a photo's hues are six
+    photos' for the model, whose colour must then come from the image's own context rather than from the
+    training photos' palette).
     ``logit_penalty``: weight (bits/dim per nat²) of ``LogitPenalty`` added to the training loss (0: off).
     ``init_from``: start from this checkpoint's weights (same model and architecture; fine-tuning with a fresh
     optimiser and learning-rate schedule). ``qat``: train the logit layers and stream outputs on the conv
@@ -190,7 +191,9 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
     if colour_perm:
         if ds.shape[0] != 3:
             raise ValueError(f"colour_perm permutes RGB channels; {ds.name} has {ds.shape[0]} channel(s)")
-        meta["colour_perm"] = True
+        if not 0 < colour_perm <= 1:
+            raise ValueError(f"colour_perm is a probability in (0, 1], got {colour_perm}")
+        meta["colour_perm"] = float(colour_perm)
     if logit_penalty < 0 or (logit_margin is not None and (not logit_penalty or logit_margin < 0)):
         raise ValueError(f"logit penalty {logit_penalty} / margin {logit_margin}: the penalty must be >= 0, and a "
                          f"margin (>= 0 nats) applies only with a penalty > 0")
@@ -287,7 +290,7 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             if hflip:
                 xb = np.where(np.random.rand(len(xb), 1, 1, 1) < 0.5, xb[..., ::-1], xb)
             if colour_perm:
-                xb = permute_channels(xb, np.random)
+                xb = np.where(np.random.rand(len(xb), 1, 1, 1) < colour_perm, permute_channels(xb, np.random), xb)
             xb = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
             with autocast(dev):
                 loss = model.bpd(xb).mean()
@@ -358,9 +361,10 @@ def main(argv=None):
                    help="with --val-photo: validation every this many steps (default: every epoch)")
     p.add_argument("--hflip", action="store_true",
                    help="mirror each training image left-right with probability 1/2 at every step (photos)")
-    p.add_argument("--colour-perm", action="store_true",
-                   help="put each RGB training image's channels in a random one of the six orders at every step "
-                        "(photos: hue-independent colour coherence instead of the training photos' palette)")
+    p.add_argument("--colour-perm", type=float, nargs="?", const=1.0, default=0.0, metavar="P",
+                   help="with probability P (alone: 1) put each RGB training image's channels in a random one of the "
+                        "six orders at every step (photos: hue-independent colour coherence instead of the training "
+                        "photos' palette; 0: off)")
     p.add_argument("--logit-penalty", type=float, default=0.0,
                    help="weight of the mean squared centred logit (nats^2) added to the loss, keeping logits in a "
                         "range int8 can carry (e.g. 1e-3; 0: off)")
