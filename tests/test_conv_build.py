@@ -35,16 +35,6 @@ def test_ulx3s_85f_defaults_hold_every_bundled_export(model, dataset):
         prog.check_fits(spec, params, w, h)  # raises EngineFitError otherwise
 
 
-def test_ulx3s_85f_defaults_hold_the_photo_gray_export():
-    """The alternative Grayscale patches export (``--weights .../gray_photo_patches_int8.npz``, one residual
-    scale per layer) fits the board too."""
-    from host import pixelcnn_run as R
-    params = prog.EngineParams(**design_defaults("conv", "ulx3s-85f")[0])
-    exp = R._load_export("gray-pixelcnn", str(R.WEIGHTS / "gray_photo_patches_int8.npz"), params)
-    for _, spec, w, h in R.stage_runs("gray-pixelcnn", exp):
-        prog.check_fits(spec, params, w, h)
-
-
 def test_conv_refused_on_a_board_it_does_not_fit(capsys):
     with pytest.raises(ValueError, match="no parameters for icebreaker"):
         design_defaults("conv", "icebreaker")
