@@ -274,6 +274,10 @@ class ConvDevice:
         images, bases = prog.pack_many([(s, w, h) for _, s, w, h in runs], self.params)
         if self.reg(E.REG_CTRL) != E.MODE_IDLE:
             self.reg(E.REG_CTRL, E.MODE_IDLE)
+        if prog.T_TILT in images and not self._has_tilt():
+            raise prog.EngineFitError("the engine on the device has no luma-tilt sampler (register REG_TILT reads "
+                                      "back 0: a build from before the tilt), and this export has a tilt; rebuild "
+                                      "the bitstream (make bitstream BOARD=... DESIGN=conv)")
         before = self.reg(E.REG_LOAD_WORDS)
         self.dev.send(prog.load_stream(images, self.params), timeout=self.timeout)
         deadline = time.monotonic() + self.timeout
@@ -286,6 +290,13 @@ class ConvDevice:
             raise RuntimeError(f"engine loaded {got} words, expected {words}")
         self.loaded = {name: (spec, w, h, base) for (name, spec, w, h), base in zip(runs, bases)}
         self.loaded_bytes = sum(len(v) for v in images.values())
+
+    def _has_tilt(self):
+        """Whether the engine has the luma-tilt sampler: its REG_TILT keeps a written 1 (older builds read 0)."""
+        self.reg(E.REG_TILT, 1)
+        on = self.reg(E.REG_TILT) & 1
+        self.reg(E.REG_TILT, 0)
+        return bool(on)
 
     def select(self, name, channels=None, feat=0, excl=False):
         """Set the registers of the loaded spec ``name`` (its ops, image geometry, feature memory use; ``excl``:

@@ -209,7 +209,8 @@ def main(argv=None) -> int:
         return C.EXIT_INTERRUPTED
     except Exception as exc:  # a run that failed: one line, not a traceback; anything else is a bug
         from host.backends.verilator_sim import SimulatorBuildError
-        if not isinstance(exc, (LinkError, SimulatorBuildError, OSError)):
+        from hw.pixelcnn.program import EngineFitError  # the device's engine cannot run the export
+        if not isinstance(exc, (LinkError, SimulatorBuildError, OSError, EngineFitError)):
             raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return C.EXIT_FAILED

@@ -150,3 +150,40 @@ def test_cli_gated_pixelcnn_verilator(tmp_path):
     assert r["bpd"] == r["bpd_integer_reference"] and r["logits_equal"] and r["samples_equal_twin"]
     assert r["counters_likelihood"]["pixels"] == 64
     assert r["mac_lower_bound_cycles_per_pixel"] <= r["cycles_per_pixel"] < 1.2 * r["mac_lower_bound_cycles_per_pixel"]
+
+
+class _Sent(Exception):
+    pass
+
+
+class _Link:
+    def send(self, data, timeout):
+        raise _Sent(len(data))
+
+
+class _EngineWithoutTilt(R.ConvDevice):
+    """A ConvDevice whose engine predates the luma tilt: idle, and every register it lacks reads 0; the load
+    stops where its bytes would go out."""
+
+    def __init__(self, params):
+        self.params, self.timeout, self.writes, self.dev = params, 1.0, [], _Link()
+
+    def reg(self, index, value=None):
+        if value is None:
+            return 0
+        self.writes.append(index)
+
+
+def test_load_refuses_a_tilted_export_on_an_engine_without_the_tilt():
+    """An engine built before the luma tilt (REG_TILT reads back 0) gets a message that names the tilt, before
+    anything is sent, instead of a word-count mismatch after the load; an untilted export still loads there."""
+    rng = np.random.default_rng(3)
+    params = prog.EngineParams(**dict(SMALL, max_outputs=16, max_layers=8))
+    tilted = prog.random_gated_spec(rng, levels=5, channels=3, tilt_sigma=4.0)
+    cd = _EngineWithoutTilt(params)
+    with pytest.raises(prog.EngineFitError, match="no luma-tilt sampler"):
+        cd.load([("", tilted, 3, 2)])
+    assert R.E.REG_TILT in cd.writes
+    plain = prog.random_gated_spec(rng, levels=5, channels=3)
+    with pytest.raises(_Sent):
+        _EngineWithoutTilt(params).load([("", plain, 3, 2)])
