@@ -289,7 +289,9 @@ def train(model_name, dataset, epochs=10, batch_size=64, lr=2e-3, seed=0, arch=N
             xb = train_x[perm[b * batch_size:(b + 1) * batch_size]]
             if hflip:
                 xb = np.where(np.random.rand(len(xb), 1, 1, 1) < 0.5, xb[..., ::-1], xb)
-            if colour_perm:
+            if colour_perm == 1:
+                xb = permute_channels(xb, np.random)
+            elif colour_perm:
                 xb = np.where(np.random.rand(len(xb), 1, 1, 1) < colour_perm, permute_channels(xb, np.random), xb)
             xb = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
             with autocast(dev):
