@@ -179,7 +179,7 @@ def test_colour_perm_permutes_each_images_channels(monkeypatch):
     monkeypatch.setattr(GatedPixelCNN, "bpd", lambda self, x: (seen.append(x.numpy().copy()), orig(self, x))[1])
     ds = tiny(3, levels=256, n=240)
     _, res = train.train("pixelcnn", ds, epochs=1, batch_size=240, arch=TINY["pixelcnn"], max_steps=1,
-                         progress=False, log=lambda s: None, colour_perm=True)
+                         progress=False, log=lambda s: None, colour_perm=1.0)
     xb = seen[0]
     orders = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
     by_image = {x.tobytes(): x for x in ds.train}
@@ -197,7 +197,7 @@ def test_colour_perm_permutes_each_images_channels(monkeypatch):
     with pytest.raises(ValueError, match="probability"):
         train.train("pixelcnn", ds, epochs=1, arch=TINY["pixelcnn"], progress=False, colour_perm=1.5)
     with pytest.raises(ValueError, match="permutes RGB channels"):
-        train.train("pixelcnn", tiny(1), epochs=1, arch=TINY["pixelcnn"], progress=False, colour_perm=True)
+        train.train("pixelcnn", tiny(1), epochs=1, arch=TINY["pixelcnn"], progress=False, colour_perm=1.0)
 
 
 def test_image_stats_cli(tmp_path):
