@@ -382,6 +382,12 @@ def gated_activations(model, x, cond=None):
     return dict(layers=layers, z1=z1, logits=model.head2(F.relu(z1)))
 
 
+def centred_logit_weight(w, channels, levels):
+    """A logit layer's (masked) weight (channels * levels, ...) less, per image channel, its mean over the levels."""
+    wv = w.view(channels, levels, -1)
+    return (wv - wv.mean(1, keepdim=True)).view_as(w)
+
+
 @torch.no_grad()
 def centre_logits(model):
     """Subtract, per image channel, the mean over its levels from the logit layer's weights and biases (in
@@ -390,14 +396,17 @@ def centre_logits(model):
     256 levels it halves the quantisation loss of the RGB patches model. Idempotent; group masks stay zero."""
     h2 = model.head2
     C, L = model.channels, model.levels
-    w = (h2.weight * h2.mask).view(C, L, -1)
-    h2.weight.copy_((w - w.mean(1, keepdim=True)).view_as(h2.weight))
+    h2.weight.copy_(centred_logit_weight(h2.weight * h2.mask, C, L))
     b = h2.bias.view(C, L)
     h2.bias.copy_((b - b.mean(1, keepdim=True)).view(-1))
     return model
 
 
-def calibrate_gated(model, calib, cond=None, percentile=99.99, stream_percentile=99.9, max_pre=8.0):
+ACT_PERCENTILE, STREAM_PERCENTILE = 99.99, 99.9  # calibration: |activation| percentile per int8 range
+
+
+def calibrate_gated(model, calib, cond=None, percentile=ACT_PERCENTILE, stream_percentile=STREAM_PERCENTILE,
+                    max_pre=8.0):
     """Activation scales (value per int8 step) of every map of the gated export from calibration
     images: gate pre-activations clipped at ``max_pre`` (tanh/sigmoid are flat beyond), one scale for
     the whole residual stream h."""

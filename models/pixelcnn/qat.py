@@ -4,7 +4,7 @@ The export (``export.quantize_gated``, ``--stream per_layer --centre``) rounds e
 int8 grid per op. Measured on the Grayscale patches model (docs/conv-engine.md, "Colour permutations"), two
 ops lose most of the bits: the logit layer ``head2``, whose 768 output rows share one grid, and each layer's
 stream output ``Hout_l`` (l > 0), whose 1x1 weights share an accumulator with the identity that carries
-h_{l-1}, so its grid step is set by the stream's scale: the weights get 10-25 levels. ``attach`` puts the
+h_{l-1}, so its grid step is set by the stream's scale: the weights get 10-25 levels. ``QuantAware`` puts the
 forward pass of those convs on the same grids, with straight-through gradients (Bengio et al. 2013,
 arXiv 1308.3432; Jacob et al. 2018 §3), so training learns weights that survive the rounding:
 
@@ -14,16 +14,15 @@ arXiv 1308.3432; Jacob et al. 2018 §3), so training learns weights that survive
   and s_g = the 99.99th of |g_l| / 127 (``export.calibrate_gated``'s percentiles), running averages over the
   training batches.
 
-``detach`` leaves the rounded weights in the model, so the float checkpoint is the model the export rounds
+``QuantAware.detach`` leaves the rounded weights in the model, so the float checkpoint is the model the export rounds
 (again, onto nearly the same grids).
 """
 import torch
 import torch.nn as nn
 import torch.nn.utils.parametrize as P
 
+from .export import ACT_PERCENTILE, STREAM_PERCENTILE, centred_logit_weight
 from .models import gated_nets
-
-STREAM_PERCENTILE, GATE_PERCENTILE = 99.9, 99.99  # as export.calibrate_gated
 
 
 def fake_quant(w, step):
@@ -45,13 +44,12 @@ class _LogitGrid(nn.Module):
         self.register_buffer("mask", net.head2.mask.clone())
 
     def forward(self, w):
-        wm = (w * self.mask).view(self.c, self.l, -1)
-        wc = (wm - wm.mean(1, keepdim=True)).view_as(w)
+        wc = centred_logit_weight(w * self.mask, self.c, self.l)
         return fake_quant(wc, wc.abs().max().detach() / 127)
 
 
 class _StreamGrid(nn.Module):
-    """Hout_l's grid; the scales are running averages kept by the two hooks ``attach`` adds."""
+    """Hout_l's grid; the scales are running averages kept by the two hooks ``QuantAware`` adds."""
 
     def __init__(self, mask, momentum=0.1):
         super().__init__()
@@ -59,7 +57,7 @@ class _StreamGrid(nn.Module):
         self.momentum, self.s_h, self.s_g = momentum, None, None
 
     def observe(self, name, t):
-        v = _percentile_scale(t, STREAM_PERCENTILE if name == "s_h" else GATE_PERCENTILE)
+        v = _percentile_scale(t, STREAM_PERCENTILE if name == "s_h" else ACT_PERCENTILE)
         old = getattr(self, name)
         setattr(self, name, v if old is None else (1 - self.momentum) * old + self.momentum * v)
 
